@@ -1,0 +1,36 @@
+# silson-agent — developer entry points. A fresh machine needs only Python 3.11, make and apt.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench dist lint fuzz clean deb
+
+$(STAMP): pyproject.toml
+	[ -x $(BIN)/python ] || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/silson-agent demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n auto -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent tests
+	$(BIN)/ruff format --check agent tests
+	$(BIN)/mypy agent
+
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.run_all
+
+dist: $(STAMP)
+	$(BIN)/python installer/build.py
+
+clean:
+	rm -rf $(VENV) build dist demo .pytest_cache

@@ -1,0 +1,1 @@
+"""Command implementations: one module per CLI command, each with ``run(args, env) -> int``."""
