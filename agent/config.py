@@ -407,3 +407,37 @@ def default_config(base_dir: Path) -> Config:
 
 
 ConfigFactory = Callable[[], Config]
+
+
+def settings_markdown() -> str:
+    """The reference table of every key (docs/configuration.md is checked against this)."""
+    lines = ["# Configuration reference", "",
+             "Generated from `agent/config.py` (`python -m agent.config > docs/configuration.md`); "
+             "a test fails when this page and the code disagree. Durations are `\"30s\"`, `\"5m\"`, "
+             "`\"2h\"`, `\"7d\"`, `\"3y\"` (1 y = 365 d). Relative paths resolve against the config file.", ""]
+
+    def table(prefix: str, spec: dict[str, Setting]) -> None:
+        lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
+        for key, s in spec.items():
+            default = s.default
+            if isinstance(default, bool):
+                default = str(default).lower()
+            elif isinstance(default, tuple):
+                default = "[]"
+            elif isinstance(default, str):
+                default = f'"{default}"'
+            meaning = s.help.replace("|", "\\|")
+            lines.append(f"| `{prefix}{key}` | {s.kind} | `{default}` | {meaning} |")
+        lines.append("")
+
+    for name, spec in SETTINGS.items():
+        lines.extend([f"## [{name}]", ""])
+        table(f"{name}.", spec)
+        if name == "agent":
+            lines.extend(["## [[watch]] (one table per export folder)", ""])
+            table("watch.", WATCH_SETTINGS)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())

@@ -1,0 +1,1 @@
+"""Operations: daemon composition, scheduler jobs, status, doctor, admin listener."""
