@@ -680,11 +680,13 @@ def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
                 ctx.add("R-207", f"{p}.non_covered")
         count = ln.get("count") if isinstance(ln.get("count"), Decimal) else None
         total = money["total"]
-        if (count is not None and count < 0) or (total is not None and total < 0):
-            ctx.add("W-203", p)
+        if count is not None and count < 0:
+            ctx.add("W-203", f"{p}.count")
+        elif total is not None and total < 0:
+            ctx.add("W-203", f"{p}.total")
         if line_type == "item":
             for name in _ITEM_LINE_REQUIRED:
-                if rl.get(name) is None and not (ctx.cancelled and False):
+                if rl.get(name) is None:
                     ctx.add("R-208", f"{p}.{name}")
             if has_code != has_code_type:
                 ctx.add("R-211", f"{p}.code_type" if has_code else f"{p}.code")
@@ -748,7 +750,8 @@ def _prescription_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> No
     issued_on = c.get("issued_on") if isinstance(c.get("issued_on"), dt.date) else None
     document_no = c.get("document_no")
     if isinstance(document_no, str) and issued_on is not None:
-        if ids.issue_no_date(document_no) != issued_on:
+        rx_date = ids.issue_no_date(document_no)
+        if rx_date is not None and rx_date != issued_on:
             ctx.add("R-302", "document_no")
     withheld = c.get("diagnosis_withheld")
     raw_codes = raw.get("diagnosis_codes")

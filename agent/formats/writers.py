@@ -19,7 +19,7 @@ import re
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from agent.documents.fields import all_paths, field_kind
+from agent.documents.fields import DOCUMENT_TYPES, all_paths, field_kind
 from agent.formats.csv_reader import ARRAY_SEPARATOR
 from agent.formats.text import render_scalar
 
@@ -171,7 +171,8 @@ def _csv_text(documents: list[dict[str, Any]]) -> str:
 
 def _ordered(doc_type: str, prefix: tuple[str, ...], used: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """Used paths in field-table order (a readable header), unknown paths after, first-seen order."""
-    known = [p[len(prefix) :] for p in all_paths(doc_type) if p[: len(prefix)] == prefix]
+    table = all_paths(doc_type) if doc_type in DOCUMENT_TYPES else []
+    known = [p[len(prefix) :] for p in table if p[: len(prefix)] == prefix and len(p) > len(prefix)]
     used_set = set(used)
     ordered = [p for p in known if p in used_set and field_kind(doc_type, (*prefix, *p)) is not None]
     ordered_set = set(ordered)

@@ -98,7 +98,8 @@ MIGRATIONS: list[str] = [
         qid TEXT PRIMARY KEY,
         file_id TEXT,
         created_at TEXT NOT NULL,
-        rules TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        size INTEGER,
         has_content INTEGER NOT NULL,
         {_SEALED}
     );

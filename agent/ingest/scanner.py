@@ -1,0 +1,288 @@
+"""The authoritative periodic scan of one watch folder and the hand-over rules (exports.md §1).
+
+A scan lists the folder (``os.scandir``, one entry at a time — a folder of 100,000 files costs
+names and stats, never contents) and decides for each file whether it is *ready*:
+
+- temporary names are skipped; sentinels (``.done``/``.ok``) mark their file ready at once;
+- with ``sentinel = required`` (or ``auto`` after the folder showed one sentinel) a file without
+  its sentinel waits and is shown as pending;
+- otherwise a plain write is ready when its size, mtime and ctime were identical in two
+  consecutive scans and nothing changed for ``settle`` seconds. On POSIX ``ctime`` moves on every
+  write and cannot be set by a writer, so "unchanged since" is measured from it as well as from
+  our own observations;
+- symlinks pointing outside the folder are ignored (never opened); unknown extensions are
+  logged once and left in place.
+
+An unreachable folder (missing, not a directory, permission denied, or a share that was a mount
+point and no longer is) is *unreachable*, never empty: candidates already known are kept so that
+nothing is forgotten while a share is away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.config import WatchConfig
+from agent.ingest.names import (
+    extension_of,
+    is_temp_name,
+    is_unsafe_name,
+    safe_extension,
+    sentinel_names,
+    sentinel_target,
+)
+
+log = logging.getLogger("agent.ingest.scan")
+
+# Minimum gap between two scans of one folder when candidates are settling (keeps a busy folder
+# from being listed in a tight loop while still confirming a settled file quickly).
+MIN_CONFIRM_GAP = 0.3
+
+
+@dataclasses.dataclass
+class FileState:
+    """What the scanner knows about one name in a folder."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    last_change: float          # monotonic time the stat last changed (or first seen)
+    unchanged_scans: int = 0    # consecutive scans that saw the same stat after the first
+    sentinel: str | None = None
+    unsafe: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """A file that may be read now."""
+
+    watch_index: int
+    relpath: str
+    size: int
+    mtime_ns: int
+    sentinel: str | None
+    signalled: bool
+    unsafe: bool = False
+
+
+@dataclasses.dataclass
+class ScanResult:
+    reachable: bool
+    ready: list[Ready]
+    pending: int                 # settling or waiting for a sentinel
+    settling: bool               # at least one file may become ready by time alone
+    next_due: float | None       # monotonic time a confirmation scan would be useful
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns if os.name != "nt" else 0)
+
+
+class FolderScanner:
+    """Scan state of one watch folder; call ``scan()`` from a single thread."""
+
+    def __init__(self, watch_index: int, watch: WatchConfig, *,
+                 supported: Callable[[str], bool],
+                 is_done: Callable[[int, str, int, int], bool],
+                 sentinel_seen: bool = False,
+                 on_sentinel_seen: Callable[[int], None] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.index = watch_index
+        self.watch = watch
+        self.root = Path(watch.path)
+        self._supported = supported
+        self._is_done = is_done
+        self.sentinel_seen = sentinel_seen
+        self._on_sentinel_seen = on_sentinel_seen
+        self._mono = monotonic
+        self._wall = wall
+        self.files: dict[str, FileState] = {}
+        self.reachable = True
+        self.last_scan: float | None = None
+        self._was_mount: bool | None = None
+        self._logged_names: set[str] = set()  # names already logged once (unknown ext, symlink)
+        self._real_root: str | None = None
+
+    # -- reachability -------------------------------------------------------------------------
+    def _check_root(self) -> bool:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or not os.access(self.root, os.R_OK | os.X_OK):
+            return False
+        mount = os.path.ismount(self.root)
+        if self._was_mount is None:
+            self._was_mount = mount
+        elif self._was_mount and not mount:
+            return False  # the share went away and left its empty mount-point directory behind
+        self._real_root = os.path.realpath(self.root)
+        return True
+
+    def needs_sentinel(self) -> bool:
+        mode = self.watch.sentinel
+        return mode == "required" or (mode == "auto" and self.sentinel_seen)
+
+    # -- listing --------------------------------------------------------------------------------
+    def _walk(self) -> tuple[dict[str, os.stat_result], set[str], set[str]]:
+        """(regular files by relpath, sentinel targets, unsafe relpaths); raises OSError if gone."""
+        files: dict[str, os.stat_result] = {}
+        sentinels: set[str] = set()
+        unsafe: set[str] = set()
+        stack = [""]
+        while stack:
+            prefix = stack.pop()
+            directory = self.root / prefix if prefix else self.root
+            try:
+                iterator = os.scandir(directory)
+            except OSError:
+                if not prefix:
+                    raise
+                continue  # a sub-folder that vanished or is unreadable: the next scan retries
+            with iterator:
+                for entry in iterator:
+                    name = entry.name
+                    rel = f"{prefix}{name}"
+                    try:
+                        if entry.is_symlink():
+                            st = self._symlink_target_stat(rel)
+                            if st is None:
+                                continue
+                        elif entry.is_dir(follow_symlinks=False):
+                            if self.watch.recursive and not is_temp_name(name):
+                                stack.append(rel + "/")
+                            continue
+                        else:
+                            st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # vanished between listing and stat
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    if is_temp_name(name):
+                        continue
+                    if is_unsafe_name(name):
+                        unsafe.add(rel)
+                        files[rel] = st
+                        continue
+                    target = sentinel_target(name)
+                    if target is not None and self.watch.sentinel != "off":
+                        sentinels.add(f"{prefix}{target}")
+                        continue
+                    if not self._supported(name):
+                        self._log_once(rel, "unknown extension left in place")
+                        continue
+                    files[rel] = st
+        return files, sentinels, unsafe
+
+    def _symlink_target_stat(self, rel: str) -> os.stat_result | None:
+        """Stat of a symlink's target if it stays inside the folder; None (never opened) else."""
+        real_root = self._real_root or os.path.realpath(self.root)
+        target = os.path.realpath(self.root / rel)
+        try:
+            inside = os.path.commonpath([real_root, target]) == real_root and target != real_root
+        except ValueError:
+            inside = False
+        if not inside:
+            self._log_once(rel, "symlink pointing outside the watch folder ignored")
+            return None
+        try:
+            return os.stat(target)
+        except OSError:
+            return None
+
+    def _log_once(self, rel: str, message: str) -> None:
+        if rel in self._logged_names:
+            return
+        if len(self._logged_names) > 100_000:  # bounded: a hostile folder cannot grow it forever
+            self._logged_names.clear()
+        self._logged_names.add(rel)
+        log.info(message, extra={"watch": self.index, "ext": safe_extension(rel)})
+
+    # -- the scan -------------------------------------------------------------------------------
+    def scan(self) -> ScanResult:
+        now = self._mono()
+        self.last_scan = now
+        if not self._check_root():
+            return self._unreachable()
+        try:
+            listing, sentinels, unsafe = self._walk()
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ESTALE,
+                             errno.EIO, errno.ENODEV, errno.EHOSTDOWN, errno.ENOTCONN):
+                return self._unreachable()
+            raise
+        if not self.reachable:
+            log.info("watch folder reachable again", extra={"watch": self.index})
+        self.reachable = True
+        if sentinels and not self.sentinel_seen and self.watch.sentinel == "auto":
+            self.sentinel_seen = True
+            if self._on_sentinel_seen:
+                self._on_sentinel_seen(self.index)
+        for gone in set(self.files) - set(listing):
+            del self.files[gone]
+        ready: list[Ready] = []
+        pending = 0
+        settling = False
+        next_due: float | None = None
+        wall_now = self._wall()
+        need_sentinel = self.needs_sentinel()
+        for rel, st in listing.items():
+            key = _stat_key(st)
+            state = self.files.get(rel)
+            if state is None or (state.size, state.mtime_ns, state.ctime_ns) != key:
+                state = FileState(*key, last_change=now)
+                self.files[rel] = state
+            else:
+                state.unchanged_scans += 1
+            if self._is_done(self.index, rel, st.st_size, st.st_mtime_ns):
+                continue  # acknowledged in keep mode, or a too-large file already quarantined
+            state.unsafe = rel in unsafe
+            state.sentinel = None
+            if rel in sentinels:
+                state.sentinel = next((s for s in (f"{rel.rsplit('/', 1)[0]}/{n}" if "/" in rel else n
+                                                   for n in sentinel_names(rel.rsplit("/", 1)[-1]))
+                                       if (self.root / s).exists()), None)
+            if state.sentinel is not None:
+                ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, state.sentinel, True,
+                                   state.unsafe))
+                continue
+            if need_sentinel and not state.unsafe:
+                pending += 1
+                continue
+            # Plain write: two consecutive identical scans and `settle` seconds without change.
+            quiet_for = now - state.last_change
+            if os.name != "nt":
+                changed_at = max(st.st_mtime_ns, st.st_ctime_ns) / 1e9
+                quiet_for = max(quiet_for, wall_now - changed_at)
+            if state.unchanged_scans >= 1 and quiet_for >= self.watch.settle:
+                ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, None, False, state.unsafe))
+                continue
+            pending += 1
+            settling = True
+            wait = max(MIN_CONFIRM_GAP, self.watch.settle - quiet_for) if state.unchanged_scans >= 1 \
+                else max(MIN_CONFIRM_GAP, min(self.watch.settle - quiet_for, self.watch.scan_interval))
+            due = now + wait
+            next_due = due if next_due is None else min(next_due, due)
+        return ScanResult(True, ready, pending, settling, next_due)
+
+    def _unreachable(self) -> ScanResult:
+        if self.reachable:
+            log.warning("watch folder unreachable; its files are deferred, not taken as gone",
+                        extra={"watch": self.index})
+        self.reachable = False
+        # Known candidates stay known: an unreachable share is never "empty" (exports.md §4).
+        return ScanResult(False, [], len(self.files), False, None)
+
+    def forget(self, relpath: str) -> None:
+        self.files.pop(relpath, None)
+
+    def extension_supported(self, name: str) -> bool:
+        return self._supported(name) and bool(extension_of(name))

@@ -1,0 +1,188 @@
+"""SQLite access: one writer thread fed by a queue, a small pool of read connections.
+
+This is the datasette pattern: every write runs on one thread and one connection (so writers never
+contend and never see "database is locked"), reads run on their own connections in WAL mode (so
+they never wait for the writer). Each write job runs inside ``BEGIN IMMEDIATE`` … ``COMMIT``; an
+exception rolls the whole job back. "database or disk is full" (SQLITE_FULL / ENOSPC) becomes
+``DiskFullError`` after the rollback, so the store stays consistent.
+
+Pragmas (security.md §6.3): WAL, ``synchronous=FULL`` on the writer (a commit after which a file is
+acknowledged must survive power loss), ``secure_delete=ON`` (freed pages are zeroed, so purged
+ciphertext does not linger), ``temp_store=MEMORY`` (no sort spill files), ``busy_timeout`` on every
+connection (readers opening during a checkpoint wait instead of failing).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import DiskFullError, UnavailableError
+from agent.store.schema import migrate
+
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 30_000
+READ_POOL_SIZE = 4
+
+TraceCallback = Callable[[str], None]
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+        return True
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc).lower()
+        return "database or disk is full" in text or "disk i/o error" in text and _enospc_hint(exc)
+    return False
+
+
+def _enospc_hint(exc: sqlite3.Error) -> bool:
+    # SQLite reports some ENOSPC conditions (WAL growth on a full volume) as SQLITE_IOERR_WRITE.
+    return getattr(exc, "sqlite_errorname", "") in {"SQLITE_IOERR_WRITE", "SQLITE_FULL"}
+
+
+def connect(path: Path, *, writer: bool, trace: TraceCallback | None = None) -> sqlite3.Connection:
+    """Open one connection with the store's pragmas; creates the file 0600."""
+    if not path.exists():
+        # Create with 0600 ourselves rather than rely on the umask of whoever started us.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    if trace is not None:
+        conn.set_trace_callback(trace)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = " + ("FULL" if writer else "NORMAL"))
+    conn.execute("PRAGMA secure_delete = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _fix_modes(path: Path) -> None:
+    """-wal and -shm are created by SQLite with the process umask: force 0600 (security.md §10)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        p = Path(str(path) + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+
+
+class Database:
+    """The writer thread and the read pool over one SQLite file."""
+
+    def __init__(self, path: Path, *, trace: TraceCallback | None = None, pool_size: int = READ_POOL_SIZE) -> None:
+        self.path = path
+        self._trace = trace
+        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._pool_size = pool_size
+        self._pool_created = 0
+        self._pool_lock = threading.Lock()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], bool,
+                                      concurrent.futures.Future[Any]] | None] = queue.Queue()
+        self._closed = False
+        old_umask = os.umask(0o077)  # -wal/-shm created by SQLite inherit it
+        try:
+            conn = connect(path, writer=True, trace=trace)
+            migrate(conn)
+        finally:
+            os.umask(old_umask)
+        self._writer_conn = conn
+        _fix_modes(path)
+        self._thread = threading.Thread(target=self._run_writer, name="store-writer", daemon=True)
+        self._thread.start()
+
+    # -- writes ------------------------------------------------------------------------------
+    def _run_writer(self) -> None:
+        conn = self._writer_conn
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                break
+            fn, transaction, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                if transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                result = fn(conn)
+                if transaction:
+                    conn.execute("COMMIT")
+                future.set_result(result)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+                if transaction and conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                future.set_exception(exc)
+        conn.close()
+
+    def write(self, fn: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
+        """Run ``fn(conn)`` on the writer thread in one transaction; returns its result."""
+        if self._closed:
+            raise UnavailableError("the store is closed")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, transaction, future))
+        try:
+            return future.result()
+        except sqlite3.Error as exc:
+            if is_disk_full(exc):
+                raise DiskFullError("disk full while writing the store; nothing was committed") from None
+            raise
+        except OSError as exc:
+            if exc.errno == 28:
+                raise DiskFullError("disk full while writing the store; nothing was committed") from None
+            raise
+
+    # -- reads -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A read connection from the pool, inside one short read transaction (a snapshot)."""
+        if self._closed:
+            raise UnavailableError("the store is closed")
+        conn = self._take()
+        try:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                # Short transactions: a long reader would block WAL checkpoints.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
+        finally:
+            self._pool.put(conn)
+
+    def _take(self) -> sqlite3.Connection:
+        try:
+            return self._pool.get_nowait()
+        except queue.Empty:
+            pass
+        with self._pool_lock:
+            if self._pool_created < self._pool_size:
+                self._pool_created += 1
+                conn = connect(self.path, writer=False, trace=self._trace)
+                self._all_readers.append(conn)
+                return conn
+        return self._pool.get()
+
+    def close(self) -> None:
+        """Checkpoint the WAL with TRUNCATE and close every connection (clean shutdown)."""
+        if self._closed:
+            return
+        with contextlib.suppress(Exception):
+            self.write(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), transaction=False)
+        self._closed = True
+        self._jobs.put(None)
+        self._thread.join()
+        for conn in self._all_readers:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        _fix_modes(self.path)
