@@ -35,7 +35,6 @@ from agent.ingest.names import (
     is_temp_name,
     is_unsafe_name,
     safe_extension,
-    sentinel_names,
     sentinel_target,
 )
 
@@ -132,10 +131,10 @@ class FolderScanner:
         return mode == "required" or (mode == "auto" and self.sentinel_seen)
 
     # -- listing --------------------------------------------------------------------------------
-    def _walk(self) -> tuple[dict[str, os.stat_result], set[str], set[str]]:
-        """(regular files by relpath, sentinel targets, unsafe relpaths); raises OSError if gone."""
+    def _walk(self) -> tuple[dict[str, os.stat_result], dict[str, str], set[str]]:
+        """(regular files by relpath, target -> sentinel relpath, unsafe relpaths); OSError if gone."""
         files: dict[str, os.stat_result] = {}
-        sentinels: set[str] = set()
+        sentinels: dict[str, str] = {}
         unsafe: set[str] = set()
         stack = [""]
         while stack:
@@ -174,7 +173,7 @@ class FolderScanner:
                         continue
                     target = sentinel_target(name)
                     if target is not None and self.watch.sentinel != "off":
-                        sentinels.add(f"{prefix}{target}")
+                        sentinels[f"{prefix}{target}"] = rel
                         continue
                     if not self._supported(name):
                         self._log_once(rel, "unknown extension left in place")
@@ -245,11 +244,7 @@ class FolderScanner:
             if self._is_done(self.index, rel, st.st_size, st.st_mtime_ns):
                 continue  # acknowledged in keep mode, or a too-large file already quarantined
             state.unsafe = rel in unsafe
-            state.sentinel = None
-            if rel in sentinels:
-                state.sentinel = next((s for s in (f"{rel.rsplit('/', 1)[0]}/{n}" if "/" in rel else n
-                                                   for n in sentinel_names(rel.rsplit("/", 1)[-1]))
-                                       if (self.root / s).exists()), None)
+            state.sentinel = sentinels.get(rel)
             if state.sentinel is not None:
                 ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, state.sentinel, True,
                                    state.unsafe))

@@ -1,0 +1,219 @@
+"""``doctor``: every check that can go wrong on an installation, each OK / WARN / FAIL with a fix.
+
+Checks are independent functions returning ``Check`` results; one failing check never hides
+another. Nothing here prints personal data: checks report paths, modes, counts and key ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from agent.config import SETTINGS, Config, parse_duration, parse_listen
+from agent.errors import AgentError
+from agent.keys import BLIND_INDEX_FILE, SIGNING_FILE, check_key_file, kek_files
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+MIN_FREE_FRACTION = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+CheckFn = Callable[[Config], Iterator[Check]]
+
+
+def check_key_files(config: Config) -> Iterator[Check]:
+    files = list(kek_files(config.keys_dir).values()) or [config.keys_dir / "kek-1.key"]
+    files += [config.keys_dir / BLIND_INDEX_FILE, config.keys_dir / SIGNING_FILE, config.api.server_key]
+    for path in files:
+        try:
+            check_key_file(path)
+        except AgentError as exc:
+            yield Check(f"key file {path.name}", FAIL, exc.message, f"chmod 600 {path}; chown to the service user")
+        else:
+            yield Check(f"key file {path.name}", OK, "0600, owned by the service user")
+    if os.name != "nt" and os.geteuid() == 0:
+        yield Check("service user", WARN, "running as root",
+                    "run the daemon as the dedicated `silson-agent` user (the systemd unit does)")
+
+
+def _load_certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def check_certificates(config: Config) -> Iterator[Check]:
+    now = dt.datetime.now(dt.UTC)
+    cert_path, key_path, ca_path = config.api.server_cert, config.api.server_key, config.api.client_ca
+    try:
+        chain = _load_certs(cert_path)
+    except (OSError, ValueError):
+        yield Check("server certificate", FAIL, f"{cert_path} missing or not PEM",
+                    "run `silson-agent enroll` (or `init --dev-certs` for a test installation)")
+        return
+    leaf = chain[0]
+    days = (leaf.not_valid_after_utc - now).days
+    if now < leaf.not_valid_before_utc or days < 0:
+        yield Check("server certificate", FAIL, "not valid now", "renew through the relay (enroll)")
+    elif days <= 30:
+        yield Check("server certificate", WARN, f"expires in {days} days", "renewal runs daily; check relay reachability")
+    else:
+        yield Check("server certificate", OK, f"expires in {days} days")
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        pub = lambda k: k.public_bytes(serialization.Encoding.DER,  # noqa: E731
+                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        if pub(key.public_key()) == pub(leaf.public_key()):
+            yield Check("server key matches certificate", OK, "")
+        else:
+            yield Check("server key matches certificate", FAIL, "key and certificate differ",
+                        "install the key that belongs to tls/server.crt")
+    except (OSError, ValueError):
+        yield Check("server key matches certificate", FAIL, f"{key_path} missing or unreadable", "")
+    try:
+        cas = _load_certs(ca_path)
+    except (OSError, ValueError):
+        yield Check("relay client CA", FAIL, f"{ca_path} missing or not PEM",
+                    "enroll writes it; it must hold only the relay-client issuer")
+        return
+    if any(ca.subject == leaf.issuer for ca in cas):
+        yield Check("relay client CA", FAIL, "api.client_ca contains the issuer of the server certificate",
+                    "api.client_ca must hold only the relay-client issuer (relay-api.md §10)")
+    else:
+        yield Check("relay client CA", OK, f"{len(cas)} CA certificate(s)")
+    server_ca = config.relay.server_ca
+    if not Path(server_ca).is_file():
+        yield Check("relay server CA", FAIL, f"{server_ca} missing",
+                    "copy the relay program's pinned CA bundle there before enrolling")
+    else:
+        yield Check("relay server CA", OK, "present")
+
+
+def check_ports(config: Config) -> Iterator[Check]:
+    for name, listen in (("api.listen", config.api.listen), ("admin.listen", config.admin.listen)):
+        host, port = parse_listen(listen)
+        if port == 0:
+            yield Check(f"{name} bindable", OK, "ephemeral port")
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                yield Check(f"{name} bindable", WARN, f"{host}:{port} in use (fine if the agent is running)",
+                            "stop the other program holding the port")
+            else:
+                yield Check(f"{name} bindable", OK, f"{host}:{port}")
+    if config.admin.allow_non_loopback:
+        yield Check("admin listener", WARN, "admin.allow_non_loopback = true", "keep admin.listen on 127.0.0.1")
+
+
+def check_watch_folders(config: Config) -> Iterator[Check]:
+    for index, watch in enumerate(config.watch):
+        path = watch.path
+        if not path.is_dir():
+            yield Check(f"watch[{index}] folder", FAIL, f"{path} unreachable (missing or not mounted)",
+                        "mount the share / create the folder")
+        elif not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            yield Check(f"watch[{index}] folder", FAIL, f"{path} not readable and writable",
+                        "grant the service user read/write access")
+        else:
+            yield Check(f"watch[{index}] folder", OK, str(path))
+
+
+def check_disk(config: Config) -> Iterator[Check]:
+    data_dir = config.data_dir
+    probe = data_dir if data_dir.exists() else data_dir.parent
+    usage = shutil.disk_usage(probe)
+    fraction = usage.free / usage.total if usage.total else 0
+    status = OK if fraction >= MIN_FREE_FRACTION else WARN
+    yield Check("disk space", status, f"{usage.free // (1024 * 1024)} MiB free ({fraction:.0%})",
+                "" if status == OK else "free space on the data volume; ingest pauses when full")
+
+
+def check_settings(config: Config) -> Iterator[Check]:
+    keep = config.retention.keep
+    if keep < 3 * 365 * 86400:
+        yield Check("retention.keep", WARN, "shorter than 3 years", "claims may come up to 3 years later")
+    for key, setting in SETTINGS["api.limits"].items():
+        value = config.limits.values[key]
+        default = parse_duration(setting.default) if setting.kind == "duration" else setting.default
+        looser = value > default if key not in ("rate_per_s", "health_rate_per_s") else (value == 0 or value > default)
+        if looser:
+            yield Check(f"api.limits.{key}", WARN, "looser than the default", "use the default unless benchmarking")
+
+
+def check_store(config: Config) -> Iterator[Check]:
+    if not (config.data_dir / "store.db").exists():
+        yield Check("store", OK, "no store yet (created on first run)")
+        return
+    try:
+        from agent.keys import load_keyring
+        from agent.store import Store
+
+        store = Store.open(config, keyring=load_keyring(config.keys_dir))
+        try:
+            report = store.verify(full=False)
+        finally:
+            store.close()
+    except AgentError as exc:
+        yield Check("store integrity", FAIL, exc.message, "run `silson-agent store verify`; restore a backup")
+        return
+    if report.ok:
+        yield Check("store integrity", OK, f"integrity_check ok, {report.checked} record(s) decrypted")
+    else:
+        yield Check("store integrity", FAIL, "; ".join(report.problems[:3]), "run `silson-agent store verify`")
+
+
+def check_audit(config: Config) -> Iterator[Check]:
+    if not (config.data_dir / "audit.db").exists():
+        yield Check("audit log", OK, "no audit log yet")
+        return
+    try:
+        from agent.audit import AuditLog
+
+        log = AuditLog.open(config)
+        result = log.verify()
+        writable = log.healthy()
+        log.close()
+    except AgentError as exc:
+        yield Check("audit log", FAIL, exc.message, "run `silson-agent audit verify`")
+        return
+    if not result.ok:
+        yield Check("audit chain", FAIL, f"broken at seq {result.first_bad_seq} ({result.kind})",
+                    "investigate: the access log was modified")
+    else:
+        yield Check("audit chain", OK, f"intact up to seq {result.head[0] if result.head else 0}")
+    yield Check("audit log writable", OK if writable else FAIL, "" if writable else "cannot append",
+                "" if writable else "check permissions and free space of data_dir")
+
+
+CHECKS: list[CheckFn] = [check_key_files, check_certificates, check_ports, check_watch_folders, check_disk,
+                         check_settings, check_store, check_audit]
+
+
+def run_checks(config: Config) -> list[Check]:
+    results: list[Check] = []
+    for fn in CHECKS:
+        try:
+            results.extend(fn(config))
+        except Exception as exc:  # a broken check is a FAIL of that check, not a crash of doctor
+            results.append(Check(fn.__name__.removeprefix("check_"), FAIL, f"check crashed: {type(exc).__name__}"))
+    return results
