@@ -247,7 +247,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         host, sep, port = text[1:].partition("]:")
     else:
         host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("bad host or port")
     return host, int(port)
 
