@@ -177,6 +177,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     env = env or Environment()
+    if os.name != "nt":
+        os.umask(0o077)  # every file 0600, every folder 0700 (security.md §10); logs chmod themselves
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -186,7 +188,14 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             return ExitStatus.OK
         if not args.command:
             raise UsageError("silson-agent: a command is required (see --help)")
-        module = importlib.import_module(f"agent.commands.{COMMANDS[args.command]}")
+        module_name = f"agent.commands.{COMMANDS[args.command]}"
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            env.err(f"error: `{args.command}` is not available in this build of silson-agent {__version__}")
+            return int(ExitStatus.INTERNAL)
         return int(module.run(args, env))
     except AgentError as exc:
         if debug:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ def profile_search_dirs(config: Config | None) -> list[Path]:
     if config is not None:
         dirs += [config.base_dir, config.base_dir / "profiles"]
     dirs.append(SHIPPED_PROFILES)
+    frozen = getattr(sys, "_MEIPASS", None)  # PyInstaller bundle: profiles are data files
+    if frozen:
+        dirs.append(Path(frozen) / "config" / "profiles")
     try:  # installed/frozen builds ship profiles as package data
         from importlib import resources
 

@@ -143,7 +143,7 @@ def _detail_receipt(detail: dict[str, Any], receipt: dict[str, Any]) -> list[Pro
         if ln.get("line_type") == "item":
             item_line_count[item] = item_line_count.get(item, 0) + 1
     w502 = w503 = False
-    for item in sorted(set(sums) | set(receipt_lines)):
+    for item in sorted(sums):  # "for some item k" of the detail; absent receipt line = 0
         d_sums = sums.get(item, {})
         r_line = receipt_lines.get(item, {})
         receipt_row = sum(_int(r_line.get(c)) for c in CORE_COLUMNS)

@@ -24,7 +24,7 @@ from agent.formats.paths import safe_name
 from agent.formats.result import ProblemSink, Record
 from agent.formats.text import clean_text, convert_text
 
-_XML_DECL_RE = re.compile(r"\A<\?xml[^>]*\?>")
+_XML_DECL_RE = re.compile(r"\A<\?xml[ \t\r\n][^>]*\?>")
 
 
 class XmlLimitError(Exception):

@@ -1,0 +1,164 @@
+"""The one adapter between the relay API and the store, the audit log and the keys.
+
+Every call the API makes into ``agent.store``, ``agent.audit`` and ``agent.keys`` goes through
+``Backend`` so a change in those modules is absorbed here. Store failures (SQLite errors, a
+closed database, a full disk) become ``StorageUnavailable``; an integrity failure stays
+``IntegrityError``; the audit log's ``AuditUnavailableError`` passes through (fail closed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from agent.clock import Clock
+from agent.config import Config
+from agent.errors import AuditUnavailableError, IntegrityError, UnavailableError
+
+log = logging.getLogger("agent.api")
+
+
+class StorageUnavailable(Exception):
+    """The store cannot be read, or the replay/binding tables cannot be written (503)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    claim_no: str
+    consent_id: str
+    subject_ref: str
+    allowed_ids: frozenset[str]
+    expires_at: float  # epoch seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    hits: list[dict[str, Any]]  # §6.2 response entries
+    withheld_count: int
+
+
+class BackendProtocol(Protocol):
+    def storage_ok(self) -> bool: ...
+    def audit_ok(self) -> bool: ...
+    def signing_kid(self) -> str: ...
+    def sign(self, data: bytes) -> str: ...
+    def relay_ids(self) -> frozenset[str] | None: ...
+    def subject_ref(self, rrn13: str) -> str: ...
+    def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool: ...
+    def search(self, rrn13: str, name: str, period_from: dt.date, period_to: dt.date,
+               types: tuple[str, ...]) -> SearchOutcome: ...
+    def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None: ...
+    def binding_extend(self, claim_no: str, consent_id: str, subject_ref: str, ids: Iterable[str],
+                       expires_at: float, now: dt.datetime) -> bool: ...
+    def get_current(self, doc_id: str) -> dict[str, Any] | None: ...
+    def audit_append(self, event: dict[str, Any]) -> None: ...
+    def count_rate_limited(self, client: str, day: str) -> None: ...
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    return (sqlite3.Error, OSError, UnavailableError)
+
+
+class Backend:
+    """Adapter over the real ``Store``, ``AuditLog`` and ``KeyRing``."""
+
+    def __init__(self, config: Config, *, store: Any, audit: Any, keyring: Any, clock: Clock) -> None:
+        self.config = config
+        self.store = store
+        self.audit = audit
+        self.keyring = keyring
+        self.clock = clock
+        self._signer = keyring.signer if keyring is not None else None
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (IntegrityError, AuditUnavailableError):
+            raise
+        except _storage_errors() as exc:
+            log.warning("store unavailable: %s", type(exc).__name__)
+            raise StorageUnavailable() from None
+
+    # -- health ----------------------------------------------------------------------------
+    def storage_ok(self) -> bool:
+        try:
+            healthy = getattr(self.store, "healthy", None)
+            if healthy is not None:
+                return bool(healthy())
+            self.store.kv_get("relay_ids")
+            return True
+        except Exception:
+            return False
+
+    def audit_ok(self) -> bool:
+        try:
+            return bool(self.audit.healthy())
+        except Exception:
+            return False
+
+    # -- keys ------------------------------------------------------------------------------
+    def signing_kid(self) -> str:
+        return str(self._signer.kid)
+
+    def sign(self, data: bytes) -> str:
+        return str(self._signer.sign(data))
+
+    def subject_ref(self, rrn13: str) -> str:
+        return str(self.keyring.rrn_index(rrn13))
+
+    # -- state -----------------------------------------------------------------------------
+    def relay_ids(self) -> frozenset[str] | None:
+        """The relay ids received at enrollment, or ``None`` when never enrolled (accept any)."""
+        raw = self._call(self.store.kv_get, "relay_ids")
+        if raw is None:
+            return None
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        return frozenset(value)
+
+    def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool:
+        return bool(self._call(self.store.replay_check_and_insert, request_id, now))
+
+    def search(self, rrn13: str, name: str, period_from: dt.date, period_to: dt.date,
+               types: tuple[str, ...]) -> SearchOutcome:
+        result = self._call(self.store.search, rrn13=rrn13, name=name, period_from=period_from,
+                            period_to=period_to, document_types=types)
+        return SearchOutcome([hit.as_json() for hit in result.hits], result.withheld_count)
+
+    def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None:
+        found = self._call(self.store.binding_get, claim_no, now)
+        if found is None or found.expires_at <= now.timestamp():
+            return None
+        return Binding(found.claim_no, found.consent_id, found.subject_ref, frozenset(found.allowed_ids),
+                       float(found.expires_at))
+
+    def binding_extend(self, claim_no: str, consent_id: str, subject_ref: str, ids: Iterable[str],
+                       expires_at: float, now: dt.datetime) -> bool:
+        """B1/B2 atomically; returns True when B3 applies (another subject/consent won a race)."""
+        update = self._call(self.store.binding_upsert, claim_no, consent_id, subject_ref, list(ids), now)
+        return bool(update.conflict)
+
+    def get_current(self, doc_id: str) -> dict[str, Any] | None:
+        stored = self._call(self.store.get_current, doc_id)
+        if stored is None:
+            return None
+        doc = dict(stored.document)
+        doc.setdefault("version", stored.version)
+        doc.setdefault("status", stored.status)
+        doc.setdefault("received_at", stored.received_at)
+        return doc
+
+    # -- audit -----------------------------------------------------------------------------
+    def audit_append(self, event: dict[str, Any]) -> None:
+        self.audit.append(event)
+
+    def count_rate_limited(self, client: str, day: str) -> None:
+        target = self.store if hasattr(self.store, "count_rate_limited") else self.audit
+        try:
+            target.count_rate_limited(client, day)
+        except Exception as exc:  # a counter must never turn a 429 into something else
+            log.warning("429 counter not written: %s", type(exc).__name__)

@@ -1,0 +1,930 @@
+"""The encrypted document store: one SQLite file ``data_dir/store.db`` behind one writer thread.
+
+What it owns (architecture.md): documents and their versions (encrypted, envelope per version),
+subjects (RRN/name ciphertext + keyed blind indexes), the ingest ledger, the encrypted archive of
+ingested files (blobs in the database, so archive and records commit in one transaction),
+quarantine entries, replay ids, claim bindings, per-day 429 counters and a small key/value table.
+
+Rules it protects:
+- No plaintext RRN or name in any table, index, WAL page, temp file, SQL text or bound parameter:
+  look-ups bind the HMAC blind index; names are compared after decryption (relay-api.md §6.2).
+- A file is all-or-nothing: ``commit_file`` decides and writes every record, the ledger row and
+  the archive blob in one transaction (exports.md §4).
+- Any authentication failure is ``IntegrityError`` naming the row (doc id/version), never "not
+  found" and never partial plaintext.
+- The current KEK is re-read from ``keys/`` at every write transaction, so a ``keys rotate`` run
+  from the CLI while the daemon runs never leaves new rows wrapped under a KEK about to be retired;
+  unknown KEK ids met on read are loaded from their key file (the other process made them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import random
+import sqlite3
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.clock import KST, Clock, SystemClock, utc_iso
+from agent.config import Config
+from agent.documents.problems import Problem
+from agent.errors import IntegrityError, UsageError
+from agent.fsutil import ensure_dir
+from agent.keys import KeyRing, check_key_file, kek_files, load_keyring
+from agent.store import crypto
+from agent.store.crypto import Sealed
+from agent.store.db import Database, TraceCallback
+from agent.store.decide import CONFLICT, DUPLICATE, StoredVersion, decide, merge_cancellation
+from agent.store.ids import new_doc_id, new_entry_id, subject_id_for
+from agent.store.models import (
+    ACCEPTED,
+    COMMITTED_OUTCOMES,
+    QUARANTINED,
+    SUPERSEDED,
+    Binding,
+    BindingUpdate,
+    FileFingerprint,
+    FileOutcome,
+    LedgerEntry,
+    PurgeResult,
+    QuarantineEntry,
+    QuarantineItem,
+    RotationResult,
+    SearchHit,
+    SearchResult,
+    StoredDocument,
+    VerifyReport,
+)
+from agent.store.models import (
+    DUPLICATE as OUT_DUPLICATE,
+)
+
+STORE_FILE = "store.db"
+REPLAY_WINDOW_S = 24 * 3600  # relay-api.md §4: ids remembered 24 h (protocol value)
+BINDING_LIFE_S = 60 * 60  # relay-api.md §6.3: latest search + 60 minutes
+AGENT_FIELDS = ("source", "received_at", "content_hash", "validation")
+ALL_TYPES = ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")
+_SEALED_COLS = "kek_id, wrap_nonce, wrapped_dek, nonce, ciphertext"
+
+# Every table holding a wrapped DEK: (table, kind, record-id column, version expression, label).
+_ENCRYPTED_TABLES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("versions", crypto.KIND_DOC, "doc_id", "version", "document"),
+    ("subjects", crypto.KIND_SUBJECT, "subject_id", "version", "subject"),
+    ("archive", crypto.KIND_ARCHIVE, "archive_id", "0", "archive entry"),
+    ("quarantine", crypto.KIND_QUARANTINE, "qid", "0", "quarantine entry"),
+    ("ledger", crypto.KIND_LEDGER, "path_id", "0", "ledger entry"),
+)
+
+
+class _Rollback(Exception):
+    """Raised inside a write job to roll the transaction back and hand a value out."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("rollback")
+        self.value = value
+
+
+def normalise_name(name: str) -> str:
+    """relay-api.md §6.2 name match: NFC, drop every ``str.isspace`` character, casefold."""
+    return "".join(ch for ch in unicodedata.normalize("NFC", name) if not ch.isspace()).casefold()
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _sealed(row: Sequence[Any], start: int = 0) -> Sealed:
+    return Sealed(row[start], bytes(row[start + 1]), bytes(row[start + 2]), bytes(row[start + 3]),
+                  bytes(row[start + 4]))
+
+
+def _pack(meta: dict[str, Any], content: bytes | None) -> bytes:
+    """Encrypted entry payload: 4-byte length + JSON meta + raw content (no base64 blow-up)."""
+    head = _dumps(meta)
+    return len(head).to_bytes(4, "big") + head + (content or b"")
+
+
+def _unpack(data: bytes) -> tuple[dict[str, Any], bytes]:
+    n = int.from_bytes(data[:4], "big")
+    return json.loads(data[4:4 + n]), data[4 + n:]
+
+
+class Store:
+    """The store of one installation. Open with ``Store.open(config)``; close (or use ``with``)."""
+
+    def __init__(self, db: Database, keyring: KeyRing, clock: Clock, data_dir: Path,
+                 retention_keep_s: int, backup_dir: Path | None = None) -> None:
+        self.db = db
+        self.keyring = keyring
+        self.clock = clock
+        self.data_dir = data_dir
+        self.retention_keep_s = retention_keep_s
+        self.backup_dir = backup_dir
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, config: Config, *, keyring: KeyRing | None = None, clock: Clock | None = None,
+             trace: TraceCallback | None = None) -> Store:
+        """Open (creating and migrating as needed) ``data_dir/store.db``."""
+        data_dir = ensure_dir(config.data_dir)
+        ensure_dir(data_dir / "tmp")
+        keyring = keyring or load_keyring(config.keys_dir)
+        db = Database(data_dir / STORE_FILE, trace=trace)
+        store = cls(db, keyring, clock or SystemClock(), data_dir, int(config.retention.keep),
+                    backup_dir=config.backup.dir)
+        store._ensure_identity()
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ensure_identity(self) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('store_id', ?)", (new_entry_id("store"),))
+            conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('generation', '0')")
+            conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('created_at', ?)",
+                         (utc_iso(self.clock.now()),))
+        self.db.write(job)
+
+    # -- keys ----------------------------------------------------------------------------------
+    def _kek(self, kek_id: str, what: str) -> bytes:
+        kek = self.keyring.keks.get(kek_id)
+        if kek is not None:
+            return kek
+        # Another process (``keys rotate``) may have created it since we loaded the keyring.
+        path = self.keyring.keys_dir / f"{kek_id}.key"
+        if path.exists():
+            check_key_file(path)
+            data = path.read_bytes()
+            if len(data) == 32:
+                self.keyring.keks[kek_id] = data
+                return data
+        raise IntegrityError(f"integrity error: {what}: its key-encryption key {kek_id} is not available")
+
+    def _refresh_current_kek(self) -> tuple[str, bytes]:
+        """The newest KEK on disk is current: picks up a rotation done by another process."""
+        files = kek_files(self.keyring.keys_dir)
+        if files:
+            newest = max(files, key=lambda k: int(k.split("-")[1]))
+            if int(newest.split("-")[1]) > int(self.keyring.current_kek_id.split("-")[1]):
+                self._kek(newest, "current key")
+                self.keyring.current_kek_id = newest
+        return self.keyring.current_kek_id, self.keyring.current_kek
+
+    def _open(self, kind: str, record_id: str, version: int | str, sealed: Sealed, what: str) -> bytes:
+        return crypto.open_sealed(kind, record_id, version, sealed, self._kek(sealed.kek_id, what), what=what)
+
+    def path_hmac(self, path: str) -> str:
+        """Keyed HMAC of a source path for ledger look-up (the path itself is stored encrypted)."""
+        return hmac.new(self.keyring.blind_index_key, b"path:v1:" + path.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).hexdigest()
+
+    # -- helpers for write jobs -----------------------------------------------------------------
+    def _bump_generation(self, conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE kv SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    def _insert_ledger(self, conn: sqlite3.Connection, fp: FileFingerprint | None, sha256: str, outcome: str,
+                       meta: dict[str, Any] | None, now_iso: str, kek: tuple[str, bytes]) -> int:
+        path_id = sealed = None
+        path_h = size = mtime = None
+        if fp is not None:
+            path_h, size, mtime = self.path_hmac(fp.path), fp.size, fp.mtime_ns
+            path_id = new_entry_id("led")
+            sealed = crypto.seal(crypto.KIND_LEDGER, path_id, 0, _dumps({"path": fp.path, "meta": meta or {}}), *kek)
+        cur = conn.execute(
+            "INSERT INTO ledger (file_id, sha256, size, mtime_ns, path_hmac, outcome, committed_at, path_id, "
+            f"{_SEALED_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (sha256[:16], sha256, size, mtime, path_h, outcome, now_iso, path_id,
+             *((sealed.kek_id, sealed.wrap_nonce, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext)
+               if sealed else (None,) * 5)))
+        return int(cur.lastrowid or 0)
+
+    # -- ingest --------------------------------------------------------------------------------
+    def file_known(self, sha256: str) -> bool:
+        """True when a byte-identical file was already committed (accepted/duplicate/superseded)."""
+        with self.db.reader() as conn:
+            row = conn.execute("SELECT 1 FROM ledger WHERE sha256 = ? AND outcome IN (?,?,?) LIMIT 1",
+                               (sha256, *COMMITTED_OUTCOMES)).fetchone()
+        return row is not None
+
+    def ledger_lookup(self, path: str, size: int, mtime_ns: int) -> LedgerEntry | None:
+        """The latest ledger row for this path with this size and mtime (``keep`` mode), if any."""
+        with self.db.reader() as conn:
+            row = conn.execute(
+                "SELECT ledger_id, file_id, sha256, size, mtime_ns, outcome, records_committed, committed_at "
+                "FROM ledger WHERE path_hmac = ? AND size = ? AND mtime_ns = ? ORDER BY ledger_id DESC LIMIT 1",
+                (self.path_hmac(path), size, mtime_ns)).fetchone()
+        return LedgerEntry(*row) if row else None
+
+    def commit_file(self, fingerprint: FileFingerprint, records: Sequence[Any], *, archive: bytes | None = None,
+                    file_meta: dict[str, Any] | None = None) -> FileOutcome:
+        """Commit every record of one file in ONE transaction and return the file's outcome.
+
+        ``records``: ``StoreRecord`` or ``agent.pipeline.ValidatedRecord`` (index, canonical document,
+        content hash, warnings), all already valid. ``file_meta``: ``file_name``, ``profile``,
+        ``format``, ``encoding`` for the ``source`` block (stored only encrypted). On a version
+        conflict (R-010/R-014) nothing is written and the outcome is ``quarantined`` with the
+        problems; the caller quarantines the file.
+        """
+        meta = dict(file_meta or {})
+        inputs = [_record_input(r) for r in records]
+        now = self.clock.now()
+        now_iso = utc_iso(now)
+        file_id = fingerprint.file_id
+
+        def job(conn: sqlite3.Connection) -> FileOutcome:
+            kek = self._refresh_current_kek()
+            if conn.execute("SELECT 1 FROM ledger WHERE sha256 = ? AND outcome IN (?,?,?) LIMIT 1",
+                            (fingerprint.sha256, *COMMITTED_OUTCOMES)).fetchone():
+                ledger_id = self._insert_ledger(conn, fingerprint, fingerprint.sha256, OUT_DUPLICATE, meta,
+                                                now_iso, kek)
+                self._bump_generation(conn)
+                return FileOutcome(OUT_DUPLICATE, file_id, noop_records=len(inputs), ledger_id=ledger_id)
+            ledger_id = self._insert_ledger(conn, fingerprint, fingerprint.sha256, ACCEPTED, meta, now_iso, kek)
+            outcome = FileOutcome(ACCEPTED, file_id, ledger_id=ledger_id)
+            superseded = False
+            existed_before: dict[tuple[str, str, str], bool] = {}
+            # Version order is the only ordering (documents.md §9.2): sort a file's records per key.
+            for rec in sorted(inputs, key=lambda r: (_natural_key(r.document), int(r.document["version"]))):
+                result = self._apply_record(conn, rec, meta, fingerprint.sha256, ledger_id, now_iso, kek,
+                                            existed_before)
+                if isinstance(result, Problem):
+                    outcome.problems.append(result)
+                    continue
+                kind, doc_id, was_existing, warnings = result
+                outcome.warnings.extend(Problem(rule, path, _WARNING_TEXT[rule], rec.index)
+                                        for rule, path in warnings)
+                if kind == DUPLICATE:
+                    outcome.noop_records += 1
+                    continue
+                outcome.versions_stored += 1
+                if doc_id not in outcome.doc_ids:
+                    outcome.doc_ids.append(doc_id)
+                superseded = superseded or was_existing
+            if outcome.problems:
+                raise _Rollback(FileOutcome(QUARANTINED, file_id, problems=sorted(
+                    outcome.problems, key=lambda p: (p.record or 0, p.rule))))
+            if inputs and outcome.versions_stored == 0:
+                outcome.outcome = OUT_DUPLICATE
+            elif superseded:
+                outcome.outcome = SUPERSEDED
+            conn.execute("UPDATE ledger SET outcome = ?, records_committed = ? WHERE ledger_id = ?",
+                         (outcome.outcome, outcome.versions_stored, ledger_id))
+            if archive is not None and outcome.versions_stored:
+                archive_id = new_entry_id("arc")
+                sealed = crypto.seal(crypto.KIND_ARCHIVE, archive_id, 0,
+                                     _pack({"original_name": meta.get("file_name")}, archive), *kek)
+                conn.execute(f"INSERT INTO archive (archive_id, ledger_id, size, created_at, {_SEALED_COLS}) "
+                             "VALUES (?,?,?,?,?,?,?,?,?)",
+                             (archive_id, ledger_id, len(archive), now_iso, sealed.kek_id, sealed.wrap_nonce,
+                              sealed.wrapped_dek, sealed.nonce, sealed.ciphertext))
+            conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('last_commit_at', ?)", (now_iso,))
+            self._bump_generation(conn)
+            return outcome
+
+        try:
+            return self.db.write(job)
+        except _Rollback as rb:
+            return rb.value  # type: ignore[no-any-return]
+
+    def _apply_record(self, conn: sqlite3.Connection, rec: _Input, meta: dict[str, Any], sha256: str,
+                      ledger_id: int, now_iso: str, kek: tuple[str, bytes],
+                      existed_before: dict[tuple[str, str, str], bool]
+                      ) -> Problem | tuple[str, str, bool, tuple[tuple[str, str], ...]]:
+        doc = rec.document
+        key = _natural_key(doc)
+        row = conn.execute("SELECT doc_id, current_version FROM documents "
+                           "WHERE ykiho = ? AND document_type = ? AND document_no = ?", key).fetchone()
+        if key not in existed_before:
+            existed_before[key] = row is not None
+        stored: list[StoredVersion] = []
+        current: dict[str, Any] | None = None
+        doc_id = row[0] if row else new_doc_id()
+        if row:
+            stored = [StoredVersion(v, h, s) for v, h, s in conn.execute(
+                "SELECT version, content_hash, status FROM versions WHERE doc_id = ?", (doc_id,))]
+            current = self._read_version(conn, doc_id, int(row[1])).document
+            current = {k: v for k, v in current.items() if k not in AGENT_FIELDS}
+        decision = decide(doc, rec.content_hash, stored, current)
+        if decision.kind == CONFLICT:
+            rule = decision.rule or "R-010"
+            return Problem(rule, decision.path, _CONFLICT_TEXT[rule], rec.index)
+        if decision.kind == DUPLICATE:
+            return DUPLICATE, doc_id, existed_before[key], ()
+        version = int(doc["version"])
+        status = doc["status"]
+        content = merge_cancellation(current, doc) if status == "cancelled" else dict(doc)
+        warnings = list(rec.warnings) + [{"rule": r, "path": p} for r, p in decision.warnings]
+        stored_doc = dict(content)
+        stored_doc["source"] = {k: v for k, v in {
+            "file_name": meta.get("file_name"), "sha256": sha256, "record_index": rec.index,
+            "profile": meta.get("profile", "standard"), "format": meta.get("format"),
+            "encoding": meta.get("encoding")}.items() if v is not None}
+        stored_doc["received_at"] = now_iso
+        stored_doc["content_hash"] = rec.content_hash
+        stored_doc["validation"] = {"warnings": warnings, "cross_warnings": []}
+        issued_on = str(content.get("issued_on"))
+        care = content.get("care_period") if isinstance(content.get("care_period"), dict) else None
+        care_start = care.get("start") if care else None
+        care_end = care.get("end") if care else None
+        total = content.get("total_charge") if content.get("document_type") in ("receipt", "pharmacy_receipt") \
+            else None
+        patient = content.get("patient") or {}
+        rrn_bidx = rrn7_bidx = None
+        if isinstance(patient.get("rrn"), str) and len(patient["rrn"]) == 13:
+            rrn_bidx = self.keyring.rrn_index(patient["rrn"])
+        elif isinstance(patient.get("rrn_masked"), str):
+            rrn7_bidx = self.keyring.rrn7_index(patient["rrn_masked"][:7])
+        if row is None:
+            conn.execute(
+                "INSERT INTO documents (doc_id, ykiho, document_type, document_no, current_version, current_status, "
+                "issued_on, care_start, care_end, total_charge, rrn_bidx, rrn7_bidx, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (doc_id, *key, version, status, issued_on, care_start, care_end, total, rrn_bidx, rrn7_bidx, now_iso))
+        else:
+            conn.execute(
+                "UPDATE documents SET current_version = ?, current_status = ?, issued_on = ?, care_start = ?, "
+                "care_end = ?, total_charge = ?, rrn_bidx = ?, rrn7_bidx = ?, updated_at = ? WHERE doc_id = ?",
+                (version, status, issued_on, care_start, care_end, total, rrn_bidx, rrn7_bidx, now_iso, doc_id))
+        sealed = crypto.seal(crypto.KIND_DOC, doc_id, version, _dumps(stored_doc), *kek)
+        conn.execute(
+            "INSERT INTO versions (doc_id, version, status, content_hash, issued_on, care_start, care_end, "
+            f"total_charge, ledger_id, received_at, warning_rules, {_SEALED_COLS}) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (doc_id, version, status, rec.content_hash, issued_on, care_start, care_end, total, ledger_id, now_iso,
+             json.dumps(sorted({w["rule"] for w in warnings})), sealed.kek_id, sealed.wrap_nonce,
+             sealed.wrapped_dek, sealed.nonce, sealed.ciphertext))
+        subject_id = subject_id_for(doc_id)
+        subject = {k: patient[k] for k in ("name", "rrn", "rrn_masked", "patient_reg_no") if k in patient}
+        ssealed = crypto.seal(crypto.KIND_SUBJECT, subject_id, version, _dumps(subject), *kek)
+        conn.execute(f"INSERT INTO subjects (subject_id, doc_id, version, rrn_bidx, rrn7_bidx, {_SEALED_COLS}) "
+                     "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                     (subject_id, doc_id, version, rrn_bidx, rrn7_bidx, ssealed.kek_id, ssealed.wrap_nonce,
+                      ssealed.wrapped_dek, ssealed.nonce, ssealed.ciphertext))
+        return "new", doc_id, existed_before[key], decision.warnings
+
+    def set_cross_warnings(self, doc_id: str, version: int, rules: Sequence[dict[str, str]]) -> None:
+        """Store cross-document warnings (W-5xx) computed by the caller on a stored version.
+
+        The version's ciphertext is re-sealed (fresh DEK) with ``validation.cross_warnings`` replaced;
+        the clear ``cross_warning_rules`` column holds the rule ids only.
+        """
+        def job(conn: sqlite3.Connection) -> None:
+            kek = self._refresh_current_kek()
+            stored = self._read_version(conn, doc_id, version)
+            document = dict(stored.document)
+            validation = dict(document.get("validation") or {})
+            validation["cross_warnings"] = [dict(r) for r in rules]
+            document["validation"] = validation
+            sealed = crypto.seal(crypto.KIND_DOC, doc_id, version, _dumps(document), *kek)
+            conn.execute(f"UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, wrapped_dek = ?, "
+                         "nonce = ?, ciphertext = ? WHERE doc_id = ? AND version = ?",
+                         (json.dumps(sorted({r["rule"] for r in rules})), sealed.kek_id, sealed.wrap_nonce,
+                          sealed.wrapped_dek, sealed.nonce, sealed.ciphertext, doc_id, version))
+        self.db.write(job)
+
+    # -- reads ---------------------------------------------------------------------------------
+    def _read_version(self, conn: sqlite3.Connection, doc_id: str, version: int,
+                      current_version: int | None = None) -> StoredDocument:
+        row = conn.execute(f"SELECT status, content_hash, received_at, {_SEALED_COLS} FROM versions "
+                           "WHERE doc_id = ? AND version = ?", (doc_id, version)).fetchone()
+        what = f"document {doc_id} version {version}"
+        if row is None:
+            raise IntegrityError(f"integrity error: {what}: version row missing")
+        plain = self._open(crypto.KIND_DOC, doc_id, version, _sealed(row, 3), what)
+        document = json.loads(plain)
+        if current_version is None:
+            cur = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+            current_version = cur[0] if cur else None
+        return StoredDocument(doc_id, version, row[0], row[1], row[2], version == current_version, document)
+
+    def _reading(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run a read; if a KEK vanished mid-read (retired by a rotation), re-read once."""
+        for attempt in range(2):
+            try:
+                with self.db.reader() as conn:
+                    return fn(conn)
+            except IntegrityError:
+                if attempt == 0 and self._kek_churn():
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _kek_churn(self) -> bool:
+        """True when the KEK files on disk differ from what this process knows (a rotation ran)."""
+        on_disk = set(kek_files(self.keyring.keys_dir))
+        known = set(self.keyring.keks)
+        if on_disk != known:
+            for gone in known - on_disk:
+                if gone != self.keyring.current_kek_id:
+                    self.keyring.keks.pop(gone, None)
+            return True
+        return False
+
+    def get_current(self, doc_id: str) -> StoredDocument | None:
+        """The current (highest) version of a document, decrypted; ``None`` when unknown or purged."""
+        def fn(conn: sqlite3.Connection) -> StoredDocument | None:
+            row = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+            return self._read_version(conn, doc_id, int(row[0]), int(row[0])) if row else None
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    def get_current_many(self, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """Current versions of several documents read in one snapshot (fetch: all or nothing)."""
+        def fn(conn: sqlite3.Connection) -> dict[str, StoredDocument]:
+            out = {}
+            for doc_id in doc_ids:
+                row = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+                if row:
+                    out[doc_id] = self._read_version(conn, doc_id, int(row[0]), int(row[0]))
+            return out
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    def get_version(self, doc_id: str, version: int) -> StoredDocument | None:
+        def fn(conn: sqlite3.Connection) -> StoredDocument | None:
+            if not conn.execute("SELECT 1 FROM versions WHERE doc_id = ? AND version = ?", (doc_id, version)).fetchone():
+                return None
+            return self._read_version(conn, doc_id, version)
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    def history(self, doc_id: str) -> list[StoredDocument]:
+        """Every stored version of a document, oldest first (operators and audit; never served)."""
+        def fn(conn: sqlite3.Connection) -> list[StoredDocument]:
+            cur = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+            if not cur:
+                return []
+            versions = [v for (v,) in conn.execute(
+                "SELECT version FROM versions WHERE doc_id = ? ORDER BY version", (doc_id,))]
+            return [self._read_version(conn, doc_id, v, int(cur[0])) for v in versions]
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    def find_doc_id(self, ykiho: str, document_type: str, document_no: str) -> str | None:
+        """The stable doc id of a natural key (documents.md §2.2), if stored."""
+        with self.db.reader() as conn:
+            row = conn.execute("SELECT doc_id FROM documents WHERE ykiho = ? AND document_type = ? AND document_no = ?",
+                               (ykiho, document_type, document_no)).fetchone()
+        return row[0] if row else None
+
+    def doc_ids(self, *, current_active_only: bool = False) -> list[str]:
+        with self.db.reader() as conn:
+            sql = "SELECT doc_id FROM documents" + (" WHERE current_status = 'active'" if current_active_only else "")
+            return [r[0] for r in conn.execute(sql + " ORDER BY doc_id")]
+
+    def search(self, *, rrn: str, name: str, period_from: str | dt.date, period_to: str | dt.date,
+               document_types: Iterable[str] | None = None, limit: int | None = None) -> SearchResult:
+        """relay-api.md §6.2 matching; the plaintext RRN never reaches SQL (only its HMAC is bound).
+
+        ``limit``: stop decrypting after more than ``limit`` hits (the caller answers 422).
+        """
+        rrn13 = rrn.replace("-", "")
+        if len(rrn13) != 13 or not rrn13.isdigit():
+            raise UsageError("an RRN is 13 digits (with or without the hyphen)")
+        bidx = self.keyring.rrn_index(rrn13)
+        bidx7 = self.keyring.rrn7_index(rrn13[:7])
+        types = tuple(document_types) if document_types else ALL_TYPES
+        wanted = normalise_name(name)
+        p_from, p_to = str(period_from), str(period_to)
+        marks = ",".join("?" * len(types))
+        sql = ("SELECT d.doc_id, d.document_type, d.document_no, d.current_version, d.issued_on, d.care_start, "
+               f"d.care_end, d.total_charge, d.ykiho, s.subject_id, s.{_SEALED_COLS.replace(', ', ', s.')} "
+               "FROM documents d JOIN subjects s ON s.doc_id = d.doc_id AND s.version = d.current_version "
+               "WHERE d.{col} = ? AND d.current_status = 'active' "
+               f"AND d.document_type IN ({marks}) "
+               "AND COALESCE(d.care_start, d.issued_on) <= ? AND COALESCE(d.care_end, d.issued_on) >= ?")
+
+        def fn(conn: sqlite3.Connection) -> SearchResult:
+            hits: list[SearchHit] = []
+            withheld: list[str] = []
+            for col, value, match in (("rrn_bidx", bidx, "rrn"), ("rrn7_bidx", bidx7, "rrn_prefix")):
+                for row in conn.execute(sql.format(col=col), (value, *types, p_to, p_from)):
+                    doc_id, version = row[0], row[3]
+                    subject = json.loads(self._open(crypto.KIND_SUBJECT, row[9], version, _sealed(row, 10),
+                                                    f"subject of document {doc_id} version {version}"))
+                    if not isinstance(subject.get("name"), str) or normalise_name(subject["name"]) != wanted:
+                        withheld.append(doc_id)
+                        continue
+                    care = {"start": row[5], "end": row[6]} if row[5] else None
+                    hits.append(SearchHit(doc_id, row[1], row[2], version, row[4], care, row[7], row[8], match))
+                    if limit is not None and len(hits) > limit:
+                        break
+            hits.sort(key=lambda h: (h.issued_on, h.doc_id))
+            return SearchResult(bidx, hits, sorted(withheld))
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    # -- quarantine ----------------------------------------------------------------------------
+    def quarantine_add(self, file_bytes: bytes | None, reason: dict[str, Any], original_name: str, *,
+                       fingerprint: FileFingerprint | None = None) -> str:
+        """Store a quarantined file encrypted; ``reason`` (rule ids, record indexes, messages) is clear.
+
+        The original name lives only inside the encrypted entry (security.md §6.3). A ledger row with
+        outcome ``quarantined`` is written in the same transaction (status counts).
+        """
+        sha = fingerprint.sha256 if fingerprint else (hashlib.sha256(file_bytes).hexdigest() if file_bytes else "")
+        now_iso = utc_iso(self.clock.now())
+        qid = new_entry_id("q")
+
+        def job(conn: sqlite3.Connection) -> str:
+            kek = self._refresh_current_kek()
+            sealed = crypto.seal(crypto.KIND_QUARANTINE, qid, 0, _pack({"original_name": original_name}, file_bytes),
+                                 *kek)
+            conn.execute(f"INSERT INTO quarantine (qid, file_id, created_at, reason, size, has_content, {_SEALED_COLS}) "
+                         "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                         (qid, sha[:16] or None, now_iso, json.dumps(reason, ensure_ascii=False, sort_keys=True),
+                          len(file_bytes) if file_bytes is not None else None, int(file_bytes is not None),
+                          sealed.kek_id, sealed.wrap_nonce, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext))
+            self._insert_ledger(conn, fingerprint, sha, QUARANTINED, {"qid": qid}, now_iso, kek)
+            self._bump_generation(conn)
+            return qid
+        return self.db.write(job)
+
+    def quarantine_list(self) -> list[QuarantineEntry]:
+        with self.db.reader() as conn:
+            rows = conn.execute("SELECT qid, file_id, created_at, reason, size, has_content FROM quarantine "
+                                "ORDER BY created_at, qid").fetchall()
+        return [QuarantineEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], bool(r[5])) for r in rows]
+
+    def quarantine_get(self, qid: str) -> QuarantineItem | None:
+        def fn(conn: sqlite3.Connection) -> QuarantineItem | None:
+            r = conn.execute(f"SELECT qid, file_id, created_at, reason, size, has_content, {_SEALED_COLS} "
+                             "FROM quarantine WHERE qid = ?", (qid,)).fetchone()
+            if r is None:
+                return None
+            meta, content = _unpack(self._open(crypto.KIND_QUARANTINE, qid, 0, _sealed(r, 6),
+                                               f"quarantine entry {qid}"))
+            entry = QuarantineEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], bool(r[5]))
+            return QuarantineItem(entry, meta.get("original_name", ""), content if r[5] else None)
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    def quarantine_remove(self, qid: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            n = conn.execute("DELETE FROM quarantine WHERE qid = ?", (qid,)).rowcount
+            if n:
+                self._bump_generation(conn)
+            return bool(n)
+        return self.db.write(job)
+
+    def archive_get(self, ledger_id: int) -> tuple[str, bytes] | None:
+        """The archived copy of a committed file: (original name, bytes)."""
+        def fn(conn: sqlite3.Connection) -> tuple[str, bytes] | None:
+            r = conn.execute(f"SELECT archive_id, {_SEALED_COLS} FROM archive WHERE ledger_id = ?",
+                             (ledger_id,)).fetchone()
+            if r is None:
+                return None
+            meta, content = _unpack(self._open(crypto.KIND_ARCHIVE, r[0], 0, _sealed(r, 1), f"archive entry {r[0]}"))
+            return meta.get("original_name") or "", content
+        return self._reading(fn)  # type: ignore[no-any-return]
+
+    # -- relay state ---------------------------------------------------------------------------
+    def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool:
+        """Atomically record a request id; False when seen within 24 h (→ 409). Prunes older ids."""
+        ts = now.timestamp()
+
+        def job(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM replay WHERE first_seen < ?", (ts - REPLAY_WINDOW_S,))
+            return conn.execute("INSERT OR IGNORE INTO replay (request_id, first_seen) VALUES (?, ?)",
+                                (request_id, ts)).rowcount == 1
+        return self.db.write(job)
+
+    def replay_prune(self, now: dt.datetime) -> int:
+        return self.db.write(lambda c: c.execute("DELETE FROM replay WHERE first_seen < ?",
+                                                 (now.timestamp() - REPLAY_WINDOW_S,)).rowcount)
+
+    def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None:
+        """The live binding of a claim (expired ones are treated as absent, B4)."""
+        with self.db.reader() as conn:
+            r = conn.execute("SELECT claim_no, consent_id, subject_ref, allowed_ids, expires_at FROM bindings "
+                             "WHERE claim_no = ? AND expires_at > ?", (claim_no, now.timestamp())).fetchone()
+        return Binding(r[0], r[1], r[2], frozenset(json.loads(r[3])), r[4]) if r else None
+
+    def binding_upsert(self, claim_no: str, *, consent_id: str, subject_ref: str, add_ids: Iterable[str],
+                       now: dt.datetime) -> BindingUpdate:
+        """Rules B1–B3 of relay-api.md §6.3 in one transaction: create, extend, or report a conflict."""
+        ts = now.timestamp()
+        ids = set(add_ids)
+
+        def job(conn: sqlite3.Connection) -> BindingUpdate:
+            r = conn.execute("SELECT consent_id, subject_ref, allowed_ids FROM bindings "
+                             "WHERE claim_no = ? AND expires_at > ?", (claim_no, ts)).fetchone()
+            if r is not None and (r[0] != consent_id or r[1] != subject_ref):
+                return BindingUpdate(True, None)
+            allowed = (set(json.loads(r[2])) if r else set()) | ids
+            expires = ts + BINDING_LIFE_S
+            conn.execute("INSERT OR REPLACE INTO bindings (claim_no, consent_id, subject_ref, allowed_ids, expires_at) "
+                         "VALUES (?,?,?,?,?)", (claim_no, consent_id, subject_ref, json.dumps(sorted(allowed)), expires))
+            return BindingUpdate(False, Binding(claim_no, consent_id, subject_ref, frozenset(allowed), expires))
+        return self.db.write(job)
+
+    def binding_prune(self, now: dt.datetime) -> int:
+        return self.db.write(lambda c: c.execute("DELETE FROM bindings WHERE expires_at <= ?",
+                                                 (now.timestamp(),)).rowcount)
+
+    def count_rate_limited(self, client: str, now: dt.datetime) -> int:
+        """Count one 429 for ``client`` (certificate fingerprint or IP) on the local (KST) day."""
+        day = now.astimezone(KST).date().isoformat()
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO rate_limited (day, client, count) VALUES (?, ?, 1) "
+                         "ON CONFLICT (day, client) DO UPDATE SET count = count + 1", (day, client))
+            return int(conn.execute("SELECT count FROM rate_limited WHERE day = ? AND client = ?",
+                                    (day, client)).fetchone()[0])
+        return self.db.write(job)
+
+    def rate_limited_counts(self, day_from: str, day_to: str) -> dict[str, dict[str, int]]:
+        """``{day: {client: count}}`` for local days in ``[day_from, day_to]`` (monthly report)."""
+        out: dict[str, dict[str, int]] = {}
+        with self.db.reader() as conn:
+            for day, client, count in conn.execute(
+                    "SELECT day, client, count FROM rate_limited WHERE day BETWEEN ? AND ? ORDER BY day, client",
+                    (day_from, day_to)):
+                out.setdefault(day, {})[client] = count
+        return out
+
+    def kv_get(self, key: str) -> str | None:
+        with self.db.reader() as conn:
+            r = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return r[0] if r else None
+
+    def kv_set(self, key: str, value: str) -> None:
+        self.db.write(lambda c: c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value)))
+
+    # -- status --------------------------------------------------------------------------------
+    def counts(self) -> dict[str, Any]:
+        """The store-derived members of ``status --json`` (cli.md §3.1)."""
+        with self.db.reader() as conn:
+            by_status = dict(conn.execute("SELECT current_status, COUNT(*) FROM documents GROUP BY current_status"))
+            versions_total = conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+            by_outcome = dict(conn.execute("SELECT outcome, COUNT(*) FROM ledger GROUP BY outcome"))
+            records = conn.execute("SELECT COALESCE(SUM(records_committed), 0) FROM ledger").fetchone()[0]
+            last = conn.execute("SELECT value FROM kv WHERE key = 'last_commit_at'").fetchone()
+        return {
+            "documents": {"current_active": by_status.get("active", 0),
+                          "current_cancelled": by_status.get("cancelled", 0),
+                          "versions_total": versions_total},
+            "ingest": {"files_accepted": by_outcome.get(ACCEPTED, 0) + by_outcome.get(SUPERSEDED, 0),
+                       "files_duplicate": by_outcome.get(OUT_DUPLICATE, 0),
+                       "files_quarantined": by_outcome.get(QUARANTINED, 0),
+                       "records_committed": int(records),
+                       "last_commit_at": _seconds_iso(last[0]) if last else None},
+        }
+
+    def generation(self) -> int:
+        return int(self.kv_get("generation") or 0)
+
+    # -- retention -----------------------------------------------------------------------------
+    def purge(self, now: dt.datetime, *, dry_run: bool = False, only: Sequence[str] | None = None) -> PurgeResult:
+        """Delete documents whose issue date + ``retention.keep`` is before today (security.md §11).
+
+        One transaction removes versions (ciphertext + wrapped DEKs), subject rows, archive entries
+        no longer referenced, expired quarantine entries and binding references; then the WAL is
+        checkpointed with TRUNCATE. ``secure_delete`` zeroes the freed pages. ``only`` restricts the
+        run to ids found earlier (so an audit record written between a dry run and the run lists
+        exactly what is deleted).
+        """
+        today = now.astimezone(KST).date()
+        keep_days = self.retention_keep_s // 86400
+        cutoff = (today - dt.timedelta(days=keep_days)).isoformat()  # issued_on + keep < today
+        q_cutoff = utc_iso(now - dt.timedelta(seconds=self.retention_keep_s))
+
+        def select(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            ids = [r[0] for r in conn.execute("SELECT doc_id FROM documents WHERE issued_on < ? ORDER BY doc_id",
+                                              (cutoff,))]
+            if only is not None:
+                allowed = set(only)
+                ids = [i for i in ids if i in allowed]
+            qids = [r[0] for r in conn.execute("SELECT qid FROM quarantine WHERE created_at < ?", (q_cutoff,))]
+            return ids, qids
+
+        if dry_run:
+            with self.db.reader() as conn:
+                ids, qids = select(conn)
+                versions = _count_in(conn, "versions", "doc_id", ids)
+            return PurgeResult(True, {"documents": len(ids), "versions": versions, "quarantine": len(qids),
+                                      "archive": 0}, ids)
+
+        def job(conn: sqlite3.Connection) -> PurgeResult:
+            ids, qids = select(conn)
+            versions = _count_in(conn, "versions", "doc_id", ids)
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM subjects WHERE doc_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk)
+                conn.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk)
+            archives = conn.execute("DELETE FROM archive WHERE ledger_id NOT IN "
+                                    "(SELECT ledger_id FROM versions WHERE ledger_id IS NOT NULL)").rowcount
+            for chunk in _chunks(qids, 500):
+                conn.execute(f"DELETE FROM quarantine WHERE qid IN ({','.join('?' * len(chunk))})", chunk)
+            if ids:
+                gone = set(ids)
+                for claim_no, allowed in conn.execute("SELECT claim_no, allowed_ids FROM bindings").fetchall():
+                    kept = [i for i in json.loads(allowed) if i not in gone]
+                    conn.execute("UPDATE bindings SET allowed_ids = ? WHERE claim_no = ?", (json.dumps(kept), claim_no))
+            self._bump_generation(conn)
+            return PurgeResult(False, {"documents": len(ids), "versions": versions, "quarantine": len(qids),
+                                       "archive": archives}, ids)
+
+        result = self.db.write(job)
+        self.checkpoint()
+        return result
+
+    def checkpoint(self) -> None:
+        """``wal_checkpoint(TRUNCATE)``: old pages (ciphertext of purged rows) leave the WAL."""
+        self.db.write(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), transaction=False)
+
+    # -- integrity -----------------------------------------------------------------------------
+    def verify(self, *, full: bool = True, sample: int = 50) -> VerifyReport:
+        """``PRAGMA integrity_check`` + decrypt-and-verify every record (``full``) or a sample."""
+        errors: list[str] = []
+        checked = 0
+        with self.db.reader() as conn:
+            result = "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check").fetchall())
+        if result != "ok":
+            errors.append(f"sqlite integrity_check: {result[:500]}")
+        for table, kind, id_col, version_expr, label in _ENCRYPTED_TABLES:
+            with self.db.reader() as conn:
+                where = " WHERE kek_id IS NOT NULL"
+                keys = conn.execute(f"SELECT rowid, {id_col}, {version_expr} FROM {table}{where}").fetchall()
+            if not full and len(keys) > sample:
+                keys = random.sample(keys, sample)
+            for rowid, record_id, version in keys:
+                what = f"{label} {record_id}" + (f" version {version}" if version_expr != "0" else "")
+                try:
+                    with self.db.reader() as conn:
+                        row = conn.execute(f"SELECT {_SEALED_COLS} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+                    if row is None:
+                        continue
+                    plain = self._open(kind, record_id, version, _sealed(row), what)
+                    if kind in (crypto.KIND_DOC, crypto.KIND_SUBJECT, crypto.KIND_LEDGER):
+                        json.loads(plain)
+                    checked += 1
+                except IntegrityError as exc:
+                    errors.append(exc.message)
+                except ValueError:
+                    errors.append(f"integrity error: {what}: decrypted content is not valid JSON")
+        errors.extend(self._verify_consistency())
+        return VerifyReport(not errors, result, checked, errors)
+
+    def _verify_consistency(self) -> list[str]:
+        with self.db.reader() as conn:
+            missing = conn.execute("SELECT d.doc_id, d.current_version FROM documents d LEFT JOIN versions v "
+                                   "ON v.doc_id = d.doc_id AND v.version = d.current_version "
+                                   "WHERE v.doc_id IS NULL LIMIT 10").fetchall()
+        return [f"integrity error: document {d} version {v}: current version row missing" for d, v in missing]
+
+    # -- keys ----------------------------------------------------------------------------------
+    def rotate_kek(self, *, batch: int = 500, retire: bool = True,
+                   progress: Callable[[int, int], None] | None = None) -> RotationResult:
+        """``keys rotate``: new current KEK, re-wrap every DEK online, retire old KEKs no longer used.
+
+        Each batch is one short write transaction updating ``kek_id`` and the wrapped DEK of a row
+        together, so a concurrent reader always sees a consistent pair; the content ciphertext is
+        never touched.
+        """
+        new_id = self.keyring.add_kek()
+        new_kek = self.keyring.keks[new_id]
+        with self.db.reader() as conn:
+            total = sum(conn.execute(f"SELECT COUNT(*) FROM {t} WHERE kek_id IS NOT NULL AND kek_id != ?",
+                                     (new_id,)).fetchone()[0] for t, *_ in _ENCRYPTED_TABLES)
+        done = 0
+        self.kv_set("rotation", json.dumps({"kek_id": new_id, "done": 0, "total": total}))
+        for table, _kind, id_col, version_expr, label in _ENCRYPTED_TABLES:
+            while True:
+                def job(conn: sqlite3.Connection, table: str = table, id_col: str = id_col,
+                        version_expr: str = version_expr, label: str = label) -> int:
+                    rows = conn.execute(f"SELECT rowid, {id_col}, {version_expr}, {_SEALED_COLS} FROM {table} "
+                                        "WHERE kek_id IS NOT NULL AND kek_id != ? LIMIT ?", (new_id, batch)).fetchall()
+                    for row in rows:
+                        sealed = _sealed(row, 3)
+                        what = f"{label} {row[1]}"
+                        fresh = crypto.rewrap(row[1], row[2], sealed, self._kek(sealed.kek_id, what), new_id, new_kek,
+                                              what=what)
+                        conn.execute(f"UPDATE {table} SET kek_id = ?, wrap_nonce = ?, wrapped_dek = ? WHERE rowid = ?",
+                                     (fresh.kek_id, fresh.wrap_nonce, fresh.wrapped_dek, row[0]))
+                    if rows:
+                        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('rotation', ?)",
+                                     (json.dumps({"kek_id": new_id, "done": done + len(rows), "total": total}),))
+                    return len(rows)
+                n = self.db.write(job)
+                if not n:
+                    break
+                done += n
+                if progress:
+                    progress(done, total)
+        retired, kept = self.retire_unused_keks() if retire else ([], [k for k in self.keyring.keks if k != new_id])
+        return RotationResult(new_id, done, retired, kept)
+
+    def kek_usage(self) -> dict[str, int]:
+        with self.db.reader() as conn:
+            usage: dict[str, int] = {}
+            for table, *_ in _ENCRYPTED_TABLES:
+                for kek_id, n in conn.execute(f"SELECT kek_id, COUNT(*) FROM {table} WHERE kek_id IS NOT NULL "
+                                              "GROUP BY kek_id"):
+                    usage[kek_id] = usage.get(kek_id, 0) + n
+        return usage
+
+    def retire_unused_keks(self) -> tuple[list[str], list[str]]:
+        """Retire every non-current KEK used by no row and by no backup in ``backup.dir``.
+
+        The usage check runs in a write transaction, so no commit can slip a row wrapped under the
+        old KEK in between (and writers pick the newest KEK on disk anyway).
+        """
+        from agent.store.backup import backup_kek_ids
+
+        in_backups = backup_kek_ids(self.backup_dir) if self.backup_dir else set()
+        retired, kept = [], []
+        for kek_id in sorted(self.keyring.keks):
+            if kek_id == self.keyring.current_kek_id:
+                continue
+
+            def job(conn: sqlite3.Connection, kek_id: str = kek_id) -> bool:
+                for table, *_ in _ENCRYPTED_TABLES:
+                    if conn.execute(f"SELECT 1 FROM {table} WHERE kek_id = ? LIMIT 1", (kek_id,)).fetchone():
+                        return False
+                return kek_id not in in_backups
+            if self.db.write(job):
+                self.keyring.retire_kek(kek_id)
+                retired.append(kek_id)
+            else:
+                kept.append(kek_id)
+        return retired, kept
+
+    # -- backup --------------------------------------------------------------------------------
+    def backup(self, out_path: Path) -> dict[str, Any]:
+        """Online, encrypted backup of this store (and ``audit.db`` if present) to ``out_path``."""
+        from agent.store.backup import write_backup
+
+        return write_backup(self, out_path)
+
+
+class _Input:
+    """A record normalised from the accepted input shapes."""
+
+    __slots__ = ("index", "document", "content_hash", "warnings")
+
+    def __init__(self, index: int, document: dict[str, Any], content_hash: str,
+                 warnings: list[dict[str, str]]) -> None:
+        self.index = index
+        self.document = document
+        self.content_hash = content_hash
+        self.warnings = warnings
+
+
+def _record_input(rec: Any) -> _Input:
+    document = rec.document
+    validation = getattr(rec, "validation", None)
+    content_hash = getattr(rec, "content_hash", None) or (validation.content_hash if validation else None)
+    warnings = getattr(rec, "warnings", None)
+    if warnings is None and validation is not None:
+        warnings = validation.warnings
+    if document is None or not content_hash:
+        raise ValueError("commit_file takes validated records only (document and content_hash required)")
+    clean = {k: v for k, v in document.items() if k not in AGENT_FIELDS}
+    return _Input(int(rec.index), clean, str(content_hash),
+                  [{"rule": p.rule, "path": p.path} for p in (warnings or ()) if p.rule.startswith("W-")])
+
+
+def _natural_key(doc: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(doc["institution"]["ykiho"]), str(doc["document_type"]), str(doc["document_no"]))
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _count_in(conn: sqlite3.Connection, table: str, column: str, ids: Sequence[str]) -> int:
+    total = 0
+    for chunk in _chunks(ids, 500):
+        total += conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})",
+                              chunk).fetchone()[0]
+    return total
+
+
+def _seconds_iso(value: str) -> str:
+    """``2026-11-23T05:12:00.481Z`` → ``2026-11-23T05:12:00Z`` (cli.md §3.1 shows whole seconds)."""
+    return value[:19] + "Z" if len(value) > 20 else value
+
+
+_CONFLICT_TEXT = {
+    "R-010": "version conflicts with a stored version of this document",
+    "R-014": "new version changes the identity of the document",
+}
+_WARNING_TEXT = {
+    "W-011": "new version changes the patient's name or registration number",
+    "W-012": "cancellation stored for a document with no earlier version",
+    "W-013": "active version stored after a cancellation",
+}
+
+__all__ = ["Store", "normalise_name", "STORE_FILE"]
+
+_ = os  # os is used by callers through agent.store.backup; keep import explicit for type checkers
