@@ -51,7 +51,7 @@ class BackendProtocol(Protocol):
     def subject_ref(self, rrn13: str) -> str: ...
     def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool: ...
     def search(self, rrn13: str, name: str, period_from: dt.date, period_to: dt.date,
-               types: tuple[str, ...]) -> SearchOutcome: ...
+               types: tuple[str, ...], limit: int) -> SearchOutcome: ...
     def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None: ...
     def binding_extend(self, claim_no: str, consent_id: str, subject_ref: str, ids: Iterable[str],
                        expires_at: float, now: dt.datetime) -> bool: ...
@@ -124,9 +124,10 @@ class Backend:
         return bool(self._call(self.store.replay_check_and_insert, request_id, now))
 
     def search(self, rrn13: str, name: str, period_from: dt.date, period_to: dt.date,
-               types: tuple[str, ...]) -> SearchOutcome:
-        result = self._call(self.store.search, rrn13=rrn13, name=name, period_from=period_from,
-                            period_to=period_to, document_types=types)
+               types: tuple[str, ...], limit: int) -> SearchOutcome:
+        # ``limit``: the store stops decrypting once more than ``limit`` hits are found (→ 422).
+        result = self._call(self.store.search, rrn=rrn13, name=name, period_from=period_from,
+                            period_to=period_to, document_types=types, limit=limit)
         return SearchOutcome([hit.as_json() for hit in result.hits], result.withheld_count)
 
     def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None:
@@ -139,7 +140,8 @@ class Backend:
     def binding_extend(self, claim_no: str, consent_id: str, subject_ref: str, ids: Iterable[str],
                        expires_at: float, now: dt.datetime) -> bool:
         """B1/B2 atomically; returns True when B3 applies (another subject/consent won a race)."""
-        update = self._call(self.store.binding_upsert, claim_no, consent_id, subject_ref, list(ids), now)
+        update = self._call(self.store.binding_upsert, claim_no, consent_id=consent_id, subject_ref=subject_ref,
+                            add_ids=list(ids), now=now)
         return bool(update.conflict)
 
     def get_current(self, doc_id: str) -> dict[str, Any] | None:
@@ -157,8 +159,8 @@ class Backend:
         self.audit.append(event)
 
     def count_rate_limited(self, client: str, day: str) -> None:
-        target = self.store if hasattr(self.store, "count_rate_limited") else self.audit
+        # The audit log keeps the per-day counters its monthly report summarises (security.md §7.5).
         try:
-            target.count_rate_limited(client, day)
+            self.audit.count_rate_limited(client, day)
         except Exception as exc:  # a counter must never turn a 429 into something else
             log.warning("429 counter not written: %s", type(exc).__name__)

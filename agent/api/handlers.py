@@ -227,7 +227,7 @@ class Handlers:
         if binding is not None and (binding.subject_ref != subject_ref or binding.consent_id != env.consent_id):
             raise ProblemError("claim-conflict")  # B3: binding unchanged, nothing listed
         result = self.backend.search(req.rrn13, req.patient_name, req.period_from, req.period_to,
-                                     req.document_types)
+                                     req.document_types, int(self.limits.max_search_results))
         hits = sorted(result.hits, key=lambda h: (h["issued_on"], h["id"]))
         withheld = result.withheld_count
         ctx.withheld_count = withheld

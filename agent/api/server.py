@@ -30,14 +30,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import h11
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from agent import metrics
 from agent.api.app import ConnInfo, RelayApp
-from agent.api.backend import Backend
+from agent.api.backend import Backend, BackendProtocol
 from agent.api.tls import build_server_context, client_cert_allowed, peer_identity
 from agent.clock import Clock, SystemClock
 from agent.config import Config, parse_listen
@@ -147,9 +146,16 @@ class _RelayHTTP(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self.transport.get_write_buffer_size() > 0:
+            # §9: the client must accept the response within write_timeout.
+            self.loop.call_later(self._listener.write_timeout, self._write_deadline)
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             # "within 10 s of connection or of the previous response" (§9).
             self._arm_head_timer()
+
+    def _write_deadline(self) -> None:
+        if not self.transport.is_closing() and self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
 
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -167,6 +173,7 @@ class _Listener:
         self.allowed = frozenset(f.lower() for f in config.api.allowed_client_fingerprints)
         self.handshake_timeout = float(limits.handshake_timeout)
         self.header_timeout = float(limits.header_timeout)
+        self.write_timeout = float(limits.write_timeout)
         self.max_handshakes = int(limits.max_handshakes)
         self.max_connections = int(limits.max_connections)
         # uvicorn's protocol needs a loaded Config; everything it would add is switched off:
@@ -275,10 +282,11 @@ class RelayServer:
     def __init__(self, config: Config, *, store: Any, audit: Any, keyring: Any, clock: Clock | None = None,
                  ingest_status: Callable[[], str] | None = None,
                  handler_hook: Callable[[str], Awaitable[None]] | None = None,
-                 sock: socket.socket | None = None) -> None:
+                 sock: socket.socket | None = None, backend: BackendProtocol | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.backend = Backend(config, store=store, audit=audit, keyring=keyring, clock=self.clock)
+        # ``backend`` replaces the store adapter (unit tests of the HTTP layer only).
+        self.backend = backend or Backend(config, store=store, audit=audit, keyring=keyring, clock=self.clock)
         self.app = RelayApp(config, self.backend, self.clock, ingest_status=ingest_status, handler_hook=handler_hook)
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -375,4 +383,4 @@ class RelayServer:
             await self._listener.close()
 
 
-__all__ = ["RelayServer", "h11"]
+__all__ = ["RelayServer"]

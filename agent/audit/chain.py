@@ -224,7 +224,8 @@ def verify_chain(rows: Iterable[Row], *, start: tuple[int, str] = (0, ZERO_HASH)
         seq = record["seq"]
         if seq != expected:
             if seq < expected:
-                return fail(expected, "inserted", f"record {expected}: an extra record (seq {seq}) stands here")
+                # A second record claiming an already-passed seq: the forged/extra one is named.
+                return fail(seq, "inserted", f"a second record {seq} stands where record {expected} belongs")
             later = any(_seq_of(r) == expected for r in iterator)
             if later:
                 return fail(expected, "reordered", f"record {expected} is out of order")

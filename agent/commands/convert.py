@@ -46,12 +46,13 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         return ExitStatus.INVALID_INPUT
     docs = [r.document for r in result.records if r.document is not None]
     if args.to == "fhir":
-        from agent.documents.fhir import render_bundle
+        from agent.documents.fhir import bundle_bytes, render_bundle
 
         base = config.api.fhir_base if config else "https://silson-agent.invalid/fhir"
-        out = [render_bundle(d, doc_id=_doc_id_for(d), fhir_base=base) for d in docs]
-    else:
-        out = docs
-    value = out[0] if len(out) == 1 else out
+        bundles = [render_bundle(d, doc_id=_doc_id_for(d), fhir_base=base) for d in docs]
+        # bundle_bytes writes fractional FHIR decimals exactly (never as binary floats)
+        env.stdout.write(bundle_bytes(bundles[0] if len(bundles) == 1 else bundles, indent=2).decode("utf-8") + "\n")
+        return ExitStatus.OK
+    value = docs[0] if len(docs) == 1 else docs
     env.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
     return ExitStatus.OK

@@ -138,9 +138,9 @@ class FileProcessor:
             self._acknowledge(ready, root, fingerprint, watch.source_mode, fid)
             log.info("file ingested", extra={"file_id": fid, "outcome": "duplicate", "records": 0})
             return ProcessResult("duplicate", fid)
-        if self.store.quarantined_sha(sha) and watch.source_mode == "move":
+        if self.store.quarantined_file(fingerprint):
             # Quarantined before a crash but not yet removed: finish the move, no second entry.
-            self._acknowledge(ready, root, fingerprint, "move", fid)
+            self._acknowledge(ready, root, fingerprint, watch.source_mode, fid)
             return ProcessResult(RECOVERED, fid)
 
         if ready.unsafe:
@@ -172,6 +172,7 @@ class FileProcessor:
                     fingerprint: Any, problems: list[Problem]) -> ProcessResult:
         watch = self.config.watch[ready.watch_index]
         reason = reason_of(fid, problems)
+        reason["watch"] = ready.watch_index  # `quarantine retry` re-reads with this folder's profile
         qid = self.store.quarantine(fingerprint, reason=reason, original_name=ready.relpath,
                                     content=fb.data)
         FILES.labels("quarantined").inc()

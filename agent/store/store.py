@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
 import random
 import sqlite3
 import unicodedata
@@ -34,13 +33,13 @@ from typing import Any
 from agent.clock import KST, Clock, SystemClock, utc_iso
 from agent.config import Config
 from agent.documents.problems import Problem
+from agent.documents.versions import StoredVersion, decide_version, merge_cancellation
 from agent.errors import IntegrityError, UsageError
 from agent.fsutil import ensure_dir
 from agent.keys import KeyRing, check_key_file, kek_files, load_keyring
 from agent.store import crypto
 from agent.store.crypto import Sealed
 from agent.store.db import Database, TraceCallback
-from agent.store.decide import CONFLICT, DUPLICATE, StoredVersion, decide, merge_cancellation
 from agent.store.ids import new_doc_id, new_entry_id, subject_id_for
 from agent.store.models import (
     ACCEPTED,
@@ -264,9 +263,8 @@ class Store:
                     outcome.problems.append(result)
                     continue
                 kind, doc_id, was_existing, warnings = result
-                outcome.warnings.extend(Problem(rule, path, _WARNING_TEXT[rule], rec.index)
-                                        for rule, path in warnings)
-                if kind == DUPLICATE:
+                outcome.warnings.extend(warnings)
+                if kind == "duplicate":
                     outcome.noop_records += 1
                     continue
                 outcome.versions_stored += 1
@@ -302,7 +300,7 @@ class Store:
     def _apply_record(self, conn: sqlite3.Connection, rec: _Input, meta: dict[str, Any], sha256: str,
                       ledger_id: int, now_iso: str, kek: tuple[str, bytes],
                       existed_before: dict[tuple[str, str, str], bool]
-                      ) -> Problem | tuple[str, str, bool, tuple[tuple[str, str], ...]]:
+                      ) -> Problem | tuple[str, str, bool, tuple[Problem, ...]]:
         doc = rec.document
         key = _natural_key(doc)
         row = conn.execute("SELECT doc_id, current_version FROM documents "
@@ -317,16 +315,17 @@ class Store:
                 "SELECT version, content_hash, status FROM versions WHERE doc_id = ?", (doc_id,))]
             current = self._read_version(conn, doc_id, int(row[1])).document
             current = {k: v for k, v in current.items() if k not in AGENT_FIELDS}
-        decision = decide(doc, rec.content_hash, stored, current)
-        if decision.kind == CONFLICT:
-            rule = decision.rule or "R-010"
-            return Problem(rule, decision.path, _CONFLICT_TEXT[rule], rec.index)
-        if decision.kind == DUPLICATE:
-            return DUPLICATE, doc_id, existed_before[key], ()
+        decision = decide_version(doc, rec.content_hash, stored, current)
+        if decision.action == "conflict":
+            first = decision.errors[0]
+            return first.with_record(rec.index)
+        if decision.action == "duplicate":
+            return "duplicate", doc_id, existed_before[key], ()
+        decided = tuple(p.with_record(rec.index) for p in decision.problems if not p.is_error)
         version = int(doc["version"])
         status = doc["status"]
-        content = merge_cancellation(current, doc) if status == "cancelled" else dict(doc)
-        warnings = list(rec.warnings) + [{"rule": r, "path": p} for r, p in decision.warnings]
+        content = merge_cancellation(current, doc) if status == "cancelled" and current else dict(doc)
+        warnings = list(rec.warnings) + [{"rule": p.rule, "path": p.path} for p in decided]
         stored_doc = dict(content)
         stored_doc["source"] = {k: v for k, v in {
             "file_name": meta.get("file_name"), "sha256": sha256, "record_index": rec.index,
@@ -373,7 +372,7 @@ class Store:
                      "VALUES (?,?,?,?,?,?,?,?,?,?)",
                      (subject_id, doc_id, version, rrn_bidx, rrn7_bidx, ssealed.kek_id, ssealed.wrap_nonce,
                       ssealed.wrapped_dek, ssealed.nonce, ssealed.ciphertext))
-        return "new", doc_id, existed_before[key], decision.warnings
+        return "new", doc_id, existed_before[key], decided
 
     def set_cross_warnings(self, doc_id: str, version: int, rules: Sequence[dict[str, str]]) -> None:
         """Store cross-document warnings (W-5xx) computed by the caller on a stored version.
@@ -389,7 +388,7 @@ class Store:
             validation["cross_warnings"] = [dict(r) for r in rules]
             document["validation"] = validation
             sealed = crypto.seal(crypto.KIND_DOC, doc_id, version, _dumps(document), *kek)
-            conn.execute(f"UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, wrapped_dek = ?, "
+            conn.execute("UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, wrapped_dek = ?, "
                          "nonce = ?, ciphertext = ? WHERE doc_id = ? AND version = ?",
                          (json.dumps(sorted({r["rule"] for r in rules})), sealed.kek_id, sealed.wrap_nonce,
                           sealed.wrapped_dek, sealed.nonce, sealed.ciphertext, doc_id, version))
@@ -800,7 +799,7 @@ class Store:
         for table, _kind, id_col, version_expr, label in _ENCRYPTED_TABLES:
             while True:
                 def job(conn: sqlite3.Connection, table: str = table, id_col: str = id_col,
-                        version_expr: str = version_expr, label: str = label) -> int:
+                        version_expr: str = version_expr, label: str = label, done: int = done) -> int:
                     rows = conn.execute(f"SELECT rowid, {id_col}, {version_expr}, {_SEALED_COLS} FROM {table} "
                                         "WHERE kek_id IS NOT NULL AND kek_id != ? LIMIT ?", (new_id, batch)).fetchall()
                     for row in rows:
@@ -915,16 +914,4 @@ def _seconds_iso(value: str) -> str:
     return value[:19] + "Z" if len(value) > 20 else value
 
 
-_CONFLICT_TEXT = {
-    "R-010": "version conflicts with a stored version of this document",
-    "R-014": "new version changes the identity of the document",
-}
-_WARNING_TEXT = {
-    "W-011": "new version changes the patient's name or registration number",
-    "W-012": "cancellation stored for a document with no earlier version",
-    "W-013": "active version stored after a cancellation",
-}
-
 __all__ = ["Store", "normalise_name", "STORE_FILE"]
-
-_ = os  # os is used by callers through agent.store.backup; keep import explicit for type checkers

@@ -89,3 +89,15 @@ def test_schema_validates_every_example(cli) -> None:
     for path in EXAMPLES_DIR.glob("*.json"):
         jsonschema.Draft202012Validator(combined).validate(json.loads(path.read_text(encoding="utf-8")))
     assert cli("schema", "diagnosis").code == 2
+
+
+def test_convert_to_fhir_renders_a_valid_r4_document_bundle(cli) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    result = cli("convert", "--to", "fhir", str(EXAMPLES_DIR / "prescription.json"))
+    assert result.code == 0, result.stderr
+    bundle = json.loads(result.stdout)
+    assert bundle["type"] == "document"
+    assert bundle["entry"][0]["resource"]["resourceType"] == "Composition"
+    Bundle.model_validate(bundle)
+    assert "9001011000001" not in result.stdout

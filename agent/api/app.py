@@ -1,0 +1,230 @@
+"""The ASGI application of the public port: exactly three routes, steps 2–5 of relay-api.md §8.
+
+A plain ASGI callable rather than a framework router, so the order of §8 is visible in one
+function: in-flight limit → route/method (404/405) → per-client rate limit (429) → body size
+(413) → media type (415); then the blocking part (JSON, schema, store, audit) runs in a worker
+thread (``agent.api.handlers``) so SQLite never stalls the event loop that also runs handshakes
+and deadlines. Every response carries the §2.4 headers; nothing here ever echoes input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from agent import metrics
+from agent.api.backend import BackendProtocol
+from agent.api.handlers import ConnPeer, Handlers, Response, problem_response, today_kst
+from agent.api.problems import ProblemError
+from agent.api.ratelimit import TokenBucket
+from agent.api.tls import PeerIdentity
+from agent.clock import Clock
+from agent.config import Config
+
+HEALTH = "/v1/health"
+SEARCH = "/v1/documents/search"
+FETCH = "/v1/documents/fetch"
+
+# path -> (method, audit action or None). The OpenAPI document is generated from this table.
+ROUTES: dict[str, tuple[str, str | None]] = {
+    HEALTH: ("GET", None),
+    SEARCH: ("POST", "documents.search"),
+    FETCH: ("POST", "documents.fetch"),
+}
+
+_BASE_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+
+
+@dataclasses.dataclass
+class ConnInfo:
+    """Per-connection facts from the TLS layer, handed to the app in ``scope["state"]["conn"]``."""
+
+    peer: PeerIdentity | None
+    ip: str
+    port: int
+    abort: Callable[[], None]
+
+    @property
+    def client_key(self) -> str:
+        # §9: the client for rate limiting is the certificate fingerprint, else the address.
+        return self.peer.cert_sha256 if self.peer is not None else self.ip
+
+    def conn_peer(self) -> ConnPeer:
+        return ConnPeer(self.peer.cert_sha256 if self.peer else None, self.peer.subject if self.peer else None,
+                        self.ip, self.port)
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class RelayApp:
+    def __init__(self, config: Config, backend: BackendProtocol, clock: Clock, *,
+                 ingest_status: Callable[[], str] | None = None,
+                 handler_hook: Callable[[str], Awaitable[None]] | None = None) -> None:
+        limits = config.limits
+        self.config = config
+        self.clock = clock
+        self.handlers = Handlers(config, backend, clock)
+        self.backend = backend
+        self.max_in_flight = int(limits.max_in_flight)
+        self.max_body = int(limits.max_body_bytes)
+        self.body_timeout = float(limits.body_timeout)
+        self.write_timeout = float(limits.write_timeout)
+        self.doc_rate = TokenBucket(limits.rate_per_s, limits.rate_burst)
+        self.health_rate = TokenBucket(limits.health_rate_per_s, limits.health_rate_burst)
+        self.ingest_status = ingest_status or (lambda: "ok")
+        # Test hook (C-32): awaited inside the in-flight window, so a test can hold requests.
+        self.handler_hook = handler_hook
+        self.in_flight = 0
+        # One worker per in-flight slot: a request never queues behind the pool.
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.max_in_flight + 2,
+                                                          thread_name_prefix="relay-api")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return
+        conn: ConnInfo = scope["state"]["conn"]
+        started = time.perf_counter()
+        path = scope["path"]
+        route = path if path in ROUTES else "other"
+        # Step 2: in-flight limit, before anything else touches the request.
+        if self.in_flight >= self.max_in_flight:
+            response = problem_response("overloaded", None, retry_after=1)
+        else:
+            self.in_flight += 1
+            try:
+                response = await self._dispatch(scope, receive, conn)
+            except _Disconnected:
+                return
+            finally:
+                self.in_flight -= 1
+        if response is None:
+            return
+        metrics.REQUESTS.labels(route=route, status_class=f"{response.status // 100}xx").inc()
+        if response.problem:
+            metrics.PROBLEMS.labels(problem_type=response.problem).inc()
+        metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+        await self._send(send, response, conn)
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                        conn: ConnInfo) -> Response | None:
+        loop = asyncio.get_running_loop()
+        path, method = scope["path"], scope["method"]
+        # Step 3: route and method. A query string is not part of any route.
+        if path not in ROUTES:
+            return problem_response("not-found", None)
+        allowed, action = ROUTES[path]
+        if method != allowed:
+            response = problem_response("method-not-allowed", None)
+            if action is not None:  # reached step 3 of a document route: audited (C-34)
+                response = await loop.run_in_executor(
+                    self.pool, self.handlers.process, action, conn.conn_peer(), ProblemError("method-not-allowed"),
+                    None)
+            response.headers.append(("allow", allowed))
+            return response
+        # Step 4: per-client rate limit; a 429 writes no audit record, only the per-day counter.
+        bucket = self.health_rate if action is None else self.doc_rate
+        retry = bucket.take(conn.client_key, self.clock.monotonic())
+        if retry:
+            if action is not None:
+                await loop.run_in_executor(self.pool, self.backend.count_rate_limited, conn.client_key,
+                                           today_kst(self.clock.now()))
+            return problem_response("rate-limited", None, retry_after=retry)
+        if self.handler_hook is not None:
+            await self.handler_hook(path)
+        if action is None:
+            return await loop.run_in_executor(self.pool, self.handlers.health, self.ingest_status())
+        # Step 5: size, then media type and encoding.
+        headers = _header_map(scope["headers"])
+        early: ProblemError | None = None
+        body: bytes | None = None
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            early = ProblemError("payload-too-large")
+        else:
+            body = await self._read_body(receive, conn)
+            if body is None:
+                early = ProblemError("payload-too-large")
+        if early is None and not _media_type_ok(headers):
+            early = ProblemError("unsupported-media-type")
+        return await loop.run_in_executor(self.pool, self.handlers.process, action, conn.conn_peer(), early, body)
+
+    async def _read_body(self, receive: Callable[[], Awaitable[dict[str, Any]]], conn: ConnInfo) -> bytes | None:
+        """The body within ``body_timeout`` (else close, §9); ``None`` when over the size limit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                conn.abort()
+                raise _Disconnected() from None
+            if message["type"] == "http.disconnect":
+                raise _Disconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _send(self, send: Callable[[dict[str, Any]], Awaitable[None]], response: Response,
+                    conn: ConnInfo) -> None:
+        headers = [(b"content-type", response.content_type.encode("ascii")),
+                   (b"content-length", str(len(response.body)).encode("ascii"))] + _BASE_HEADERS
+        headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in response.headers]
+        if response.close:
+            headers.append((b"connection", b"close"))
+        try:
+            # uvicorn waits for the transport to drain before each write: bound that wait (§9).
+            await asyncio.wait_for(send({"type": "http.response.start", "status": response.status,
+                                         "headers": headers}), self.write_timeout)
+            await asyncio.wait_for(send({"type": "http.response.body", "body": response.body}),
+                                   self.write_timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            conn.abort()
+
+
+def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in out and name in (b"content-type", b"content-encoding"):
+            out[name] += b"," + value
+        else:
+            out.setdefault(name, value)
+    return out
+
+
+def _media_type_ok(headers: dict[bytes, bytes]) -> bool:
+    """§3: ``application/json`` with at most ``charset=utf-8``; identity content encoding only."""
+    encoding = headers.get(b"content-encoding")
+    if encoding is not None and encoding.strip().lower() != b"identity":
+        return False
+    ctype = headers.get(b"content-type")
+    if ctype is None:
+        return False
+    parts = [p.strip() for p in ctype.decode("latin-1").split(";")]
+    if parts[0].lower() != "application/json":
+        return False
+    for param in parts[1:]:
+        if not param:
+            continue
+        key, _, value = param.partition("=")
+        if key.strip().lower() != "charset" or value.strip().strip('"').lower() != "utf-8":
+            return False
+    return True

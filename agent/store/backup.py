@@ -1,0 +1,388 @@
+"""Encrypted online backups of the store (and the audit database): write, verify, restore.
+
+Taking a backup: SQLite's online backup API copies a consistent snapshot of ``store.db`` (and
+``audit.db`` when present) into ``data_dir/tmp`` while the agent keeps running — a snapshot is one
+read transaction, so a commit is either wholly in it or wholly absent. The copies (which hold only
+ciphertext for personal fields) are then encrypted as one chunked stream and removed.
+
+File format (all integers big-endian)::
+
+    b"SLSNBAK1" | u32 header length | header JSON | chunk* ; chunk = u32 length | 12-byte nonce | ct
+
+The header names the backup id, the KEK id, the wrapped per-backup DEK and the members (name,
+size, sha256). Each chunk is AES-256-GCM under the DEK with
+AAD = ``"silson:v1:backup:" + backup_id + ":" + index + ":" + final + ":" + sha256(header)``: the
+index stops reordering, the final flag (1 only on the last chunk) makes truncation detectable, and
+the header digest stops header edits. Keys are never inside a backup: opening one needs the KEK
+from ``keys/`` (security.md §5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from agent.clock import utc_iso
+from agent.errors import ConfigError, IntegrityError, UnavailableError
+from agent.fsutil import ensure_dir, fsync_dir
+from agent.keys import KeyRing, check_key_file
+from agent.store import crypto
+from agent.store.ids import new_entry_id
+
+if TYPE_CHECKING:
+    from agent.store.store import Store
+
+MAGIC = b"SLSNBAK1"
+CHUNK_SIZE = 1 << 20
+MAX_HEADER = 1 << 16
+AUDIT_FILE = "audit.db"
+
+
+def _chunk_aad(backup_id: str, index: int, final: bool, header_digest: bytes) -> bytes:
+    return f"silson:v1:backup:{backup_id}:{index}:{int(final)}:".encode() + header_digest
+
+
+def _new_tmp(tmp_dir: Path, suffix: str) -> Path:
+    """A generated temp name (never derived from data) created 0600 in ``data_dir/tmp``."""
+    ensure_dir(tmp_dir)
+    path = tmp_dir / f"bk-{secrets.token_hex(8)}{suffix}"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return path
+
+
+def _remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(path) + suffix).unlink()
+
+
+def snapshot(src_path: Path, dst_path: Path) -> None:
+    """Copy a consistent snapshot of a live SQLite database with the online backup API."""
+    src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True, timeout=30)
+    dst = sqlite3.connect(str(dst_path))
+    try:
+        src.backup(dst)  # pages=-1: the whole database in one step = one read snapshot
+        dst.execute("PRAGMA journal_mode = DELETE")  # a self-contained file, no -wal beside it
+    finally:
+        dst.close()
+        src.close()
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK_SIZE):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _db_generation(path: Path) -> tuple[int, str | None]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = dict(conn.execute("SELECT key, value FROM kv WHERE key IN ('generation', 'store_id')").fetchall())
+    except sqlite3.Error:
+        rows = {}
+    finally:
+        conn.close()
+    return int(rows.get("generation", 0) or 0), rows.get("store_id")
+
+
+def write_backup(store: Store, out_path: Path) -> dict[str, Any]:
+    """Snapshot, encrypt and atomically write a backup; returns its (non-personal) header info."""
+    tmp_dir = store.data_dir / "tmp"
+    members: list[tuple[str, Path]] = []
+    try:
+        store_copy = _new_tmp(tmp_dir, ".db")
+        members.append(("store.db", store_copy))
+        snapshot(store.db.path, store_copy)
+        audit = store.data_dir / AUDIT_FILE
+        if audit.exists():
+            audit_copy = _new_tmp(tmp_dir, ".db")
+            members.append((AUDIT_FILE, audit_copy))
+            snapshot(audit, audit_copy)
+        generation, store_id = _db_generation(store_copy)
+        kek_id, kek = store._refresh_current_kek()
+        return _encrypt_members(members, out_path, kek_id, kek, generation, store_id, utc_iso(store.clock.now()))
+    except OSError as exc:
+        if exc.errno == 28:
+            from agent.errors import DiskFullError
+
+            raise DiskFullError("disk full while writing the backup; no backup file was written") from None
+        raise
+    finally:
+        for _, path in members:
+            _remove_db(path)
+
+
+def _encrypt_members(members: list[tuple[str, Path]], out_path: Path, kek_id: str, kek: bytes, generation: int,
+                     store_id: str | None, created_at: str) -> dict[str, Any]:
+    backup_id = new_entry_id("bak")
+    dek = crypto.new_dek()
+    wrap_nonce, wrapped = crypto.wrap_dek(dek, backup_id, 0, kek_id, kek)
+    info = []
+    for name, path in members:
+        size, digest = _sha256_file(path)
+        info.append({"name": name, "size": size, "sha256": digest})
+    header = {"format": 1, "backup_id": backup_id, "created_at": created_at, "kek_id": kek_id,
+              "wrap_nonce": wrap_nonce.hex(), "wrapped_dek": wrapped.hex(), "chunk_size": CHUNK_SIZE,
+              "members": info, "generation": generation, "store_id": store_id}
+    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(header_bytes).digest()
+    aead = AESGCM(dek)
+    ensure_dir(out_path.parent)
+    tmp = out_path.with_name(f".{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(MAGIC + len(header_bytes).to_bytes(4, "big") + header_bytes)
+            index = 0
+            for is_last, block in _lookahead(_stream(members)):
+                nonce = os.urandom(12)
+                ct = aead.encrypt(nonce, block, _chunk_aad(backup_id, index, is_last, digest))
+                out.write(len(ct).to_bytes(4, "big") + nonce + ct)
+                index += 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out_path.parent)
+    return {k: header[k] for k in ("backup_id", "created_at", "kek_id", "members", "generation")} | {"chunks": index}
+
+
+def _stream(members: list[tuple[str, Path]]) -> Iterator[bytes]:
+    buf = b""
+    for _, path in members:
+        with open(path, "rb") as fh:
+            while block := fh.read(CHUNK_SIZE):
+                buf += block
+                while len(buf) >= CHUNK_SIZE:
+                    yield buf[:CHUNK_SIZE]
+                    buf = buf[CHUNK_SIZE:]
+    yield buf  # possibly empty: the final chunk always exists so truncation is visible
+
+
+def _lookahead(items: Iterator[bytes]) -> Iterator[tuple[bool, bytes]]:
+    prev: bytes | None = None
+    for item in items:
+        if prev is not None:
+            yield False, prev
+        prev = item
+    if prev is not None:
+        yield True, prev
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """The header of a backup file (no key needed); ``IntegrityError`` when it is not one."""
+    with open(path, "rb") as fh:
+        return _read_header(fh)[0]
+
+
+def _read_header(fh: IO[bytes]) -> tuple[dict[str, Any], bytes]:
+    if fh.read(8) != MAGIC:
+        raise IntegrityError("integrity error: not a silson-agent backup file (bad magic)")
+    n = int.from_bytes(fh.read(4), "big")
+    if not 0 < n <= MAX_HEADER:
+        raise IntegrityError("integrity error: backup header is corrupt")
+    raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+        if header.get("format") != 1:
+            raise ValueError
+    except ValueError:
+        raise IntegrityError("integrity error: backup header is corrupt") from None
+    return header, raw
+
+
+def backup_kek_ids(backup_dir: Path) -> set[str]:
+    """KEK ids that backups in ``backup_dir`` depend on (they keep the KEK from retirement)."""
+    ids: set[str] = set()
+    if backup_dir and backup_dir.is_dir():
+        for entry in backup_dir.iterdir():
+            if entry.is_file():
+                with contextlib.suppress(OSError, IntegrityError):
+                    ids.add(str(read_header(entry)["kek_id"]))
+    return ids
+
+
+def _kek_for(keyring: KeyRing, kek_id: str) -> bytes:
+    kek = keyring.keks.get(kek_id)
+    if kek is None:
+        path = keyring.keys_dir / f"{kek_id}.key"
+        if not path.exists():
+            raise ConfigError(f"the backup needs key-encryption key {kek_id}, which is not in {keyring.keys_dir} "
+                              "(retired, or keys from another installation)")
+        check_key_file(path)
+        kek = path.read_bytes()
+    return kek
+
+
+def decrypt_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Authenticate every chunk and write the members to temp files; caller removes them.
+
+    Raises ``IntegrityError`` (exit 6) on any modified, reordered, missing or truncated chunk.
+    """
+    outputs: dict[str, Path] = {}
+    ok = False
+    try:
+        with open(path, "rb") as fh:
+            header, raw = _read_header(fh)
+            digest = hashlib.sha256(raw).digest()
+            backup_id = str(header["backup_id"])
+            kek = _kek_for(keyring, str(header["kek_id"]))
+            dek = crypto.unwrap_dek(backup_id, 0, str(header["kek_id"]), kek, bytes.fromhex(header["wrap_nonce"]),
+                                    bytes.fromhex(header["wrapped_dek"]), what="backup")
+            aead = AESGCM(dek)
+            members = header["members"]
+            handles = []
+            for m in members:
+                p = _new_tmp(tmp_dir, ".db")
+                outputs[m["name"]] = p
+                handles.append((m, open(p, "wb"), hashlib.sha256()))
+            try:
+                member_i, written = 0, 0
+                index, final_seen = 0, False
+                while True:
+                    head = fh.read(4)
+                    if not head:
+                        break
+                    if final_seen:
+                        raise IntegrityError("integrity error: backup has data after its final chunk")
+                    n = int.from_bytes(head, "big")
+                    nonce = fh.read(12)
+                    ct = fh.read(n)
+                    if len(head) != 4 or len(nonce) != 12 or len(ct) != n or n > CHUNK_SIZE + 16:
+                        raise IntegrityError(f"integrity error: backup chunk {index} is truncated")
+                    plain = None
+                    for final in (False, True):
+                        try:
+                            plain = aead.decrypt(nonce, ct, _chunk_aad(backup_id, index, final, digest))
+                            final_seen = final
+                            break
+                        except InvalidTag:
+                            continue
+                    if plain is None:
+                        raise IntegrityError(f"integrity error: backup chunk {index} failed authentication")
+                    while plain:
+                        if member_i >= len(handles):
+                            raise IntegrityError("integrity error: backup holds more data than its header lists")
+                        m, out, h = handles[member_i]
+                        take = plain[:m["size"] - written]
+                        out.write(take)
+                        h.update(take)
+                        written += len(take)
+                        plain = plain[len(take):]
+                        if written == m["size"]:
+                            member_i, written = member_i + 1, 0
+                    index += 1
+                if not final_seen:
+                    raise IntegrityError("integrity error: backup is truncated (final chunk missing)")
+                while member_i < len(handles) and handles[member_i][0]["size"] == 0:
+                    member_i += 1
+                if member_i != len(handles):
+                    raise IntegrityError("integrity error: backup is truncated (member incomplete)")
+            finally:
+                for _, out, _h in handles:
+                    out.close()
+            for m, _out, h in handles:
+                if h.hexdigest() != m["sha256"]:
+                    raise IntegrityError(f"integrity error: backup member {m['name']} digest mismatch")
+        ok = True
+        return header, outputs
+    finally:
+        if not ok:
+            for p in outputs.values():
+                _remove_db(p)
+
+
+def _integrity_check(path: Path, name: str) -> None:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise IntegrityError(f"integrity error: backup member {name} is not a valid database ({exc})") from None
+    finally:
+        conn.close()
+    if rows != ["ok"]:
+        raise IntegrityError(f"integrity error: backup member {name} fails integrity_check: {'; '.join(rows)[:300]}")
+
+
+def verify_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> dict[str, Any]:
+    """``backup verify``: every chunk authenticated and every database inside passes integrity_check."""
+    header, outputs = decrypt_backup(path, keyring, tmp_dir)
+    try:
+        for name, p in outputs.items():
+            _integrity_check(p, name)
+    finally:
+        for p in outputs.values():
+            _remove_db(p)
+    return {k: header[k] for k in ("backup_id", "created_at", "kek_id", "members", "generation")}
+
+
+def restore_backup(path: Path, data_dir: Path, keyring: KeyRing, *, force: bool = False) -> dict[str, Any]:
+    """Replace ``data_dir/store.db`` by the backup's (the agent must not be running).
+
+    Refuses (``UnavailableError``, exit 5) when the current store's generation is newer than the
+    backup's, unless ``force``. ``audit.db`` is restored only when none exists: a live audit chain is
+    append-only and newer than any backup of it.
+    """
+    from agent.store.store import STORE_FILE
+
+    ensure_dir(data_dir)
+    tmp_dir = ensure_dir(data_dir / "tmp")
+    header, outputs = decrypt_backup(path, keyring, tmp_dir)
+    try:
+        for name, p in outputs.items():
+            _integrity_check(p, name)
+        target = data_dir / STORE_FILE
+        current_gen = None
+        if target.exists():
+            _checkpoint(target)
+            current_gen, _ = _db_generation(target)
+            if current_gen > int(header.get("generation", 0)) and not force:
+                raise UnavailableError(
+                    f"the current store is newer than the backup (generation {current_gen} > "
+                    f"{header.get('generation', 0)}); use --force to overwrite it")
+        restored = []
+        for name, p in outputs.items():
+            dest = data_dir / name
+            if name == AUDIT_FILE and dest.exists():
+                continue
+            if dest.exists():
+                _checkpoint(dest)
+            # Remove the old WAL first, or SQLite would replay it onto the restored file.
+            for suffix in ("-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(str(dest) + suffix).unlink()
+            os.chmod(p, 0o600)
+            os.replace(p, dest)
+            restored.append(name)
+        fsync_dir(data_dir)
+        return {"backup_id": header["backup_id"], "restored": restored, "previous_generation": current_gen,
+                "generation": header.get("generation")}
+    finally:
+        for p in outputs.values():
+            _remove_db(p)
+
+
+def _checkpoint(path: Path) -> None:
+    conn = sqlite3.connect(str(path), timeout=30)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except sqlite3.DatabaseError:
+        pass
+    finally:
+        conn.close()

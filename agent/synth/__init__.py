@@ -1,0 +1,1 @@
+"""Deterministic synthetic data generator (cli.md `synth`)."""
