@@ -25,20 +25,33 @@ _FIXED = set(COMPUTED) | {"actor", "source", "action"}
 
 
 def admin_actor(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``{"kind": "admin", "os_user", "uid", "host"}`` of the person running this process."""
+    """``{"kind": "admin", "os_user", "uid", "host"}`` of the person running this process.
+
+    The account comes from the real uid, not from ``$USER`` (which anyone can set); ``SUDO_USER``
+    is believed only when running as root, which is when sudo sets it.
+    """
     environ = os.environ if environ is None else environ
-    sudo_user = environ.get("SUDO_USER")
     uid: int | None = os.getuid() if hasattr(os, "getuid") else None
-    if sudo_user:
-        user = sudo_user
+    sudo_user = environ.get("SUDO_USER")
+    if sudo_user and hasattr(os, "geteuid") and os.geteuid() == 0:
         sudo_uid = environ.get("SUDO_UID", "")
-        uid = int(sudo_uid) if sudo_uid.isdigit() else uid
-    else:
+        return {"kind": "admin", "os_user": sudo_user, "uid": int(sudo_uid) if sudo_uid.isdigit() else uid,
+                "host": socket.gethostname()}
+    return {"kind": "admin", "os_user": _account_name(uid), "uid": uid, "host": socket.gethostname()}
+
+
+def _account_name(uid: int | None) -> str:
+    if uid is not None:
         try:
-            user = getpass.getuser()
-        except (OSError, KeyError):  # no name for this uid (containers)
-            user = str(uid) if uid is not None else "unknown"
-    return {"kind": "admin", "os_user": user, "uid": uid, "host": socket.gethostname()}
+            import pwd
+
+            return pwd.getpwuid(uid).pw_name
+        except (ImportError, KeyError):  # no passwd entry (containers): the number will do
+            return str(uid)
+    try:
+        return getpass.getuser()  # Windows: the logon name
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def admin_source() -> dict[str, Any]:

@@ -336,8 +336,8 @@ class AuditLog:
         ``AuditUnavailableError`` after rolling back and dropping the connection."""
         conn = None
         try:
+            conn = self._writer()  # creates the directory and database on first use
             self._check_writable()
-            conn = self._writer()
             conn.execute("BEGIN IMMEDIATE")
             result = work(conn)
             conn.execute("COMMIT")

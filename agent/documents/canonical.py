@@ -64,7 +64,8 @@ def _canon_obj(obj: dict[str, Any], fields: Any) -> dict[str, Any]:
 def canonical_form(doc: dict[str, Any]) -> dict[str, Any]:
     """The canonical form of §9.3 without validating: agent fields, nulls and empty arrays removed,
     decimals and KCD codes normalised. `validate_document` produces the same dict as `.document`."""
-    fields = FIELDS.get(doc.get("document_type"), {})  # type: ignore[call-overload]
+    doc_type = doc.get("document_type")
+    fields = FIELDS.get(doc_type, {}) if isinstance(doc_type, str) else {}
     body = {k: v for k, v in doc.items() if k not in AGENT_FIELDS}
     return _canon_obj(body, fields)
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from agent.documents import codes
 from agent.documents.fields import CORE_COLUMNS, LEGACY_COLUMNS
-from agent.documents.ids import issue_no_date
 from agent.documents.problems import Problem, problem
 from agent.documents.validate import names_equal, parse_date
 

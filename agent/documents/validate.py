@@ -35,7 +35,7 @@ from agent.documents.fields import (
     LEGACY_COLUMNS,
     Field,
 )
-from agent.documents.problems import Problem, join_path, problem
+from agent.documents.problems import Problem, problem
 
 KST = dt.timezone(dt.timedelta(hours=9))
 MIN_ISSUED_ON = dt.date(2000, 1, 1)
@@ -216,7 +216,11 @@ def _walk_value(ctx: _Ctx, value: Any, f: Field, path: str, ptuple: tuple[str, .
         if f.compiled is not None and not f.compiled.match(value):
             ctx.add(f.pattern_rule, path)
             return value, _BAD
-        extra = _EXTRA_STR.get((ctx.doc_type, ptuple)) or _EXTRA_STR.get((None, ptuple))
+        extra = (
+            (_EXTRA_STR.get((ctx.doc_type, ptuple)) or _EXTRA_STR.get((None, ptuple)))
+            if f.name in _EXTRA_NAMES
+            else None
+        )
         if extra is not None:
             rule = extra(value)
             if rule is not None:
@@ -353,12 +357,19 @@ def _walk_object(
     # Cancellation records (§9.4) need only a few envelope fields; deeper objects that are
     # present are validated normally.
     cancel_scope = ctx.cancelled and (not ptuple or ptuple in (("institution",), ("patient",)))
-    for name, f in fields.items():
-        if f.required and raw.get(name) is None:
-            if cancel_scope and (*ptuple, name) not in CANCEL_REQUIRED:
+    required = _REQUIRED.get(id(fields))
+    if required is None:
+        required = _REQUIRED[id(fields)] = tuple(f for f in fields.values() if f.required)
+    for f in required:
+        if raw.get(f.name) is None:
+            if cancel_scope and (*ptuple, f.name) not in CANCEL_REQUIRED:
                 continue
-            ctx.add(f.missing_rule, f"{path}.{name}" if path else name)
+            ctx.add(f.missing_rule, f"{path}.{f.name}" if path else f.name)
     return canon, clean
+
+
+# Required fields per field table (tables live for the whole process, so id() is stable).
+_REQUIRED: dict[int, tuple[Field, ...]] = {}
 
 
 # Identifier checks that a pattern cannot express, per (document_type or None, path).
@@ -376,6 +387,7 @@ _EXTRA_STR: dict[tuple[str | None, tuple[str, ...]], Any] = {
         lambda v: None if ids.issue_no_date(v) is not None else "R-404"
     ),
 }
+_EXTRA_NAMES = frozenset(path[-1] for _, path in _EXTRA_STR)
 
 
 # ============================================================ pass 2: rules per type
@@ -387,6 +399,16 @@ def _i(d: Mapping[str, Any] | None, key: str) -> int | None:
         return None
     v = d.get(key)
     return v if type(v) is int else None
+
+
+def _list(d: Mapping[str, Any], key: str) -> list[Any]:
+    v = d.get(key)
+    return v if isinstance(v, list) else []
+
+
+def _dict(d: Mapping[str, Any], key: str) -> dict[str, Any]:
+    v = d.get(key)
+    return v if isinstance(v, dict) else {}
 
 
 def _sum(lines: list[Any], column: str) -> int | None:
@@ -421,7 +443,7 @@ def _common_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any], received_on
         if isinstance(issued_at, dt.datetime) and kst_date(issued_at) != issued_on:
             ctx.add("W-002", "issued_at")
     patient = c.get("patient") or {}
-    raw_patient = raw.get("patient") if isinstance(raw.get("patient"), dict) else {}
+    raw_patient = _dict(raw, "patient")
     rrn_present = raw_patient.get("rrn") is not None
     masked_present = raw_patient.get("rrn_masked") is not None
     rrn = patient.get("rrn")
@@ -511,8 +533,8 @@ def _receipt_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
         ctx.add("R-020", "insurer_charge_total")
 
     columns = _layout_columns(ctx, raw, "R-105")
-    raw_lines = raw.get("lines") if isinstance(raw.get("lines"), list) else []
-    lines: list[Any] = c.get("lines") if isinstance(c.get("lines"), list) else []
+    raw_lines = _list(raw, "lines")
+    lines: list[Any] = _list(c, "lines")
     legacy = raw.get("amount_layout") == "legacy_selective"
 
     # item uniqueness and other_optional labels.
@@ -602,7 +624,7 @@ def _receipt_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
         ctx.add("W-107", "unpaid")
     if amount_due is not None and amount_due < 0:
         ctx.add("W-108", "amount_due")
-    institution = raw.get("institution") if isinstance(raw.get("institution"), dict) else {}
+    institution = _dict(raw, "institution")
     for i, ln in enumerate(lines):
         if not isinstance(ln, dict):
             continue
@@ -650,8 +672,8 @@ def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
     period = _care_period(ctx, c, "R-202")
     columns = _layout_columns(ctx, raw, "R-201")
     legacy = raw.get("amount_layout") == "legacy_selective"
-    raw_lines = raw.get("lines") if isinstance(raw.get("lines"), list) else []
-    lines: list[Any] = c.get("lines") if isinstance(c.get("lines"), list) else []
+    raw_lines = _list(raw, "lines")
+    lines: list[Any] = _list(c, "lines")
     if len(lines) != len(raw_lines):
         lines = []
     previous_no: int | None = None
@@ -693,7 +715,8 @@ def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
             # RD-2 (R-204 / W-201)
             amount, days = ln.get("amount"), _i(ln, "days")
             if isinstance(amount, Decimal) and count is not None and days is not None and total is not None:
-                dose = ln.get("dose") if isinstance(ln.get("dose"), Decimal) else Decimal(1)
+                dose_value = ln.get("dose")
+                dose = dose_value if isinstance(dose_value, Decimal) else Decimal(1)
                 if rl.get("dose") is None or isinstance(ln.get("dose"), Decimal):
                     product = _DEC_CTX.multiply(_DEC_CTX.multiply(_DEC_CTX.multiply(amount, dose), count), days)
                     diff = abs(total - round_half_up(product))
@@ -760,7 +783,7 @@ def _prescription_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> No
         ctx.add("R-307", "diagnosis_codes")
     if withheld is False and not has_codes and not ctx.cancelled:
         ctx.add("W-301", "diagnosis_codes")
-    raw_lines = raw.get("lines") if isinstance(raw.get("lines"), list) else []
+    raw_lines = _list(raw, "lines")
     has_injection = any(isinstance(ln, dict) and ln.get("kind") == "injection" for ln in raw_lines)
     has_dispensing = raw.get("injection_dispensing") is not None
     if has_injection and not has_dispensing and not ctx.cancelled:
@@ -851,7 +874,7 @@ def _pharmacy_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
         type_code = institution.get("type_code")
         if type_code is not None and type_code != codes.PHARMACY_TYPE_CODE:
             ctx.add("W-404", "institution.type_code")
-    raw_lines = raw.get("lines") if isinstance(raw.get("lines"), list) else []
+    raw_lines = _list(raw, "lines")
     seen_no: set[int] = set()
     amounts: list[int | None] = []
     for i, rl in enumerate(raw_lines):
@@ -939,6 +962,6 @@ def _validate(doc: Any, received_at: dt.datetime) -> Validation:
     canon, clean = _walk_object(ctx, doc, fields, "", ())
     received_on = kst_date(received_at)
     _common_rules(ctx, doc, clean, received_on)
-    _TYPE_RULES[doc_type](ctx, doc, clean)
+    _TYPE_RULES[str(doc_type)](ctx, doc, clean)
     problems = _finish(ctx)
     return Validation(problems, canon, hashlib.sha256(serialize(canon)).hexdigest(), doc_type)

@@ -84,7 +84,9 @@ def decide_version(
         name_a, name_b = _get(incoming, "patient", "name"), _get(current, "patient", "name")
         if isinstance(name_a, str) and isinstance(name_b, str) and not names_equal(name_a, name_b):
             warnings.append(problem("W-011", "patient.name"))
-        if _get(incoming, "patient", "patient_reg_no") != _get(current, "patient", "patient_reg_no"):
+        # Compared only when both carry it: a §9.4 cancellation record may omit it.
+        reg_a, reg_b = _get(incoming, "patient", "patient_reg_no"), _get(current, "patient", "patient_reg_no")
+        if reg_a is not None and reg_b is not None and reg_a != reg_b:
             warnings.append(problem("W-011", "patient.patient_reg_no"))
     current_status = current.get("status") if isinstance(current, dict) else newest.status
     if status == "active" and (current_status == "cancelled" or newest.status == "cancelled"):

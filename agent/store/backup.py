@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.clock import utc_iso
-from agent.errors import ConfigError, IntegrityError, UnavailableError
+from agent.errors import IntegrityError, UnavailableError
 from agent.fsutil import ensure_dir, fsync_dir
 from agent.keys import KeyRing, check_key_file
 from agent.store import crypto
@@ -223,7 +223,8 @@ def _kek_for(keyring: KeyRing, kek_id: str) -> bytes:
     if kek is None:
         path = keyring.keys_dir / f"{kek_id}.key"
         if not path.exists():
-            raise ConfigError(f"the backup needs key-encryption key {kek_id}, which is not in {keyring.keys_dir} "
+            # Exit 6, not 4: without its KEK the backup cannot be authenticated (or its header was edited).
+            raise IntegrityError(f"the backup needs key-encryption key {kek_id}, which is not in {keyring.keys_dir} "
                               "(retired, or keys from another installation)")
         check_key_file(path)
         kek = path.read_bytes()
@@ -241,12 +242,19 @@ def decrypt_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> tuple[dict[st
         with open(path, "rb") as fh:
             header, raw = _read_header(fh)
             digest = hashlib.sha256(raw).digest()
-            backup_id = str(header["backup_id"])
-            kek = _kek_for(keyring, str(header["kek_id"]))
-            dek = crypto.unwrap_dek(backup_id, 0, str(header["kek_id"]), kek, bytes.fromhex(header["wrap_nonce"]),
-                                    bytes.fromhex(header["wrapped_dek"]), what="backup")
+            try:
+                backup_id = str(header["backup_id"])
+                kek_id = str(header["kek_id"])
+                wrap_nonce, wrapped = bytes.fromhex(header["wrap_nonce"]), bytes.fromhex(header["wrapped_dek"])
+                members = [{"name": str(m["name"]), "size": int(m["size"]), "sha256": str(m["sha256"])}
+                           for m in header["members"]]
+                if any(m["name"] not in ("store.db", AUDIT_FILE) or m["size"] < 0 for m in members):
+                    raise ValueError
+            except (KeyError, ValueError, TypeError):
+                raise IntegrityError("integrity error: backup header is corrupt") from None
+            kek = _kek_for(keyring, kek_id)
+            dek = crypto.unwrap_dek(backup_id, 0, kek_id, kek, wrap_nonce, wrapped, what="backup")
             aead = AESGCM(dek)
-            members = header["members"]
             handles = []
             for m in members:
                 p = _new_tmp(tmp_dir, ".db")

@@ -410,27 +410,17 @@ class Store:
         return StoredDocument(doc_id, version, row[0], row[1], row[2], version == current_version, document)
 
     def _reading(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run a read; if a KEK vanished mid-read (retired by a rotation), re-read once."""
-        for attempt in range(2):
-            try:
-                with self.db.reader() as conn:
-                    return fn(conn)
-            except IntegrityError:
-                if attempt == 0 and self._kek_churn():
-                    continue
-                raise
-        raise AssertionError("unreachable")
+        """Run a read; on an integrity failure re-read once in a fresh snapshot.
 
-    def _kek_churn(self) -> bool:
-        """True when the KEK files on disk differ from what this process knows (a rotation ran)."""
-        on_disk = set(kek_files(self.keyring.keys_dir))
-        known = set(self.keyring.keks)
-        if on_disk != known:
-            for gone in known - on_disk:
-                if gone != self.keyring.current_kek_id:
-                    self.keyring.keks.pop(gone, None)
-            return True
-        return False
+        A rotation may re-wrap a row and retire its old KEK between our SELECT and our decrypt;
+        the second read sees the re-wrapped row. Real tampering fails the second time too.
+        """
+        try:
+            with self.db.reader() as conn:
+                return fn(conn)
+        except IntegrityError:
+            with self.db.reader() as conn:
+                return fn(conn)
 
     def get_current(self, doc_id: str) -> StoredDocument | None:
         """The current (highest) version of a document, decrypted; ``None`` when unknown or purged."""

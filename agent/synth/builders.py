@@ -250,6 +250,10 @@ def _rate(category: str, inpatient: bool, hospital: bool) -> Decimal:
     return Decimal("0.2") if inpatient else (Decimal("0.4") if hospital else Decimal("0.3"))
 
 
+_PRELUDE = ("_prelude_clinic", "_prelude_drg", "_prelude_legacy", "_prelude_inpatient", "_prelude_dental",
+            "_prelude_legacy_inpatient")  # fmt: skip
+
+
 class DocumentFactory:
     """Makes encounters from one seeded RNG; every counter lives here, so output is reproducible."""
 
@@ -263,6 +267,7 @@ class DocumentFactory:
         self._receipt_serial: dict[str, int] = {}
         self._pharmacy_serial: dict[str, int] = {}
         self._rx_serial: dict[dt.date, int] = {}
+        self._encounters = 0
 
     # ------------------------------------------------------------------ small helpers
 
@@ -306,6 +311,10 @@ class DocumentFactory:
     # ------------------------------------------------------------------ encounters
 
     def encounter(self) -> Encounter:
+        self._encounters += 1
+        if self._encounters <= len(_PRELUDE):
+            # One of each kind first, so even a small corpus has every layout (the mixture test).
+            return getattr(self, _PRELUDE[self._encounters - 1])()
         r = self.rng.random()
         if r < 0.66:
             return self._outpatient(self.rng.choice(self.clinics), legacy=False)
@@ -317,6 +326,24 @@ class DocumentFactory:
             return self._inpatient(legacy=False)
         if r < 0.98:
             return self._outpatient(self.rng.choice(self.clinics + self.hospitals), legacy=True)
+        return self._inpatient(legacy=True)
+
+    def _prelude_clinic(self) -> Encounter:
+        return self._outpatient(self.clinics[0], legacy=False)
+
+    def _prelude_drg(self) -> Encounter:
+        return self._inpatient(legacy=False, drg=True)
+
+    def _prelude_legacy(self) -> Encounter:
+        return self._outpatient(self.clinics[1], legacy=True)
+
+    def _prelude_inpatient(self) -> Encounter:
+        return self._inpatient(legacy=False, drg=False)
+
+    def _prelude_dental(self) -> Encounter:
+        return self._outpatient(self.dentals[0], legacy=False)
+
+    def _prelude_legacy_inpatient(self) -> Encounter:
         return self._inpatient(legacy=True)
 
     def _outpatient(self, inst: Institution, *, legacy: bool) -> Encounter:
@@ -380,7 +407,7 @@ class DocumentFactory:
                 extra.append(Charge(svc, ch.date, amount, _ONE, selective=True))
         return extra
 
-    def _inpatient(self, *, legacy: bool) -> Encounter:
+    def _inpatient(self, *, legacy: bool, drg: bool | None = None) -> Encounter:
         rng = self.rng
         inst = rng.choice(self.hospitals)
         patient = rng.choice(self.patients)
@@ -390,7 +417,10 @@ class DocumentFactory:
         start = max(start, patient.birth)
         end = start + dt.timedelta(days=stay - 1)
         bill_type = "interim" if rng.random() < 0.15 else "discharge"
-        drg = not legacy and bill_type == "discharge" and rng.random() < 0.3
+        if drg is None:
+            drg = not legacy and bill_type == "discharge" and rng.random() < 0.3
+        elif drg:
+            bill_type = "discharge"
         category = self._category()
         charges: list[Charge] = []
         if drg:

@@ -1,3 +1,4 @@
+# ruff: noqa: E702  (one-line mutations keep the rule table readable, one case per rule)
 """Table-driven test generated from the spec: every rule id of documents.md has a mutation of a
 valid example that violates only that rule (plus, where the spec makes it unavoidable, the named
 companion rule). The test fails when the spec lists a rule id that has no case here.

@@ -1,0 +1,539 @@
+"""Composition of the running agent (``silson-agent run``, cli.md §3).
+
+Start order (each step may refuse to start with the error's exit status):
+umask 077 → logging → keys (permission check, exit 4) → store → audit log (+ config hash record)
+→ ingest (observers + scanner + worker) → relay API server → admin listener (``/metrics``,
+``/status``) → scheduler (rescan, purge, backup, certificate expiry) → state file → ``ready:`` line.
+
+Stop (SIGTERM/SIGINT): ingest finishes the file in hand, the listeners and the scheduler stop,
+the store is checkpointed and closed, the state file is marked stopped, exit 0.
+
+``status_document`` builds the ``status --json`` document of cli.md §3.1 from the store (counts are
+right while the daemon is stopped) plus the live parts the daemon writes into
+``data_dir/agent.state.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any
+
+from agent import __version__
+from agent.clock import Clock, SystemClock, utc_iso
+from agent.config import Config, parse_listen
+from agent.errors import UnavailableError
+from agent.fsutil import atomic_write
+from agent.metrics import JOB_RUNS, exposition
+
+log = logging.getLogger("agent.daemon")
+
+STATE_FILE = "agent.state.json"
+STATE_REFRESH = 2.0  # seconds between state-file refreshes (status of a running daemon)
+
+
+# -- state file --------------------------------------------------------------------------------------
+def state_path(config: Config) -> Path:
+    return config.data_dir / STATE_FILE
+
+
+def read_state(config: Config) -> dict[str, Any] | None:
+    try:
+        return json.loads(state_path(config).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def is_running(state: dict[str, Any] | None) -> bool:
+    return bool(state and state.get("running") and pid_alive(int(state.get("pid", 0))))
+
+
+def _fmt(addr: tuple[str, int] | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _seconds(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    return iso[:19] + "Z" if len(iso) >= 19 and iso[10] == "T" else iso
+
+
+def cert_days_left(path: Path, now: dt.datetime) -> int | None:
+    try:
+        from cryptography import x509
+
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except Exception:
+        return None
+    return int((cert.not_valid_after_utc - now).total_seconds() // 86400)
+
+
+# -- status ---------------------------------------------------------------------------------------------
+def status_document(config: Config, store: Any | None, state: dict[str, Any] | None,
+                    *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The ``status --json`` members of cli.md §3.1 (and a few more)."""
+    now = now or dt.datetime.now(dt.UTC)
+    running = is_running(state)
+    live = (state or {}).get("ingest") or {} if running else {}
+    counts: dict[str, Any] = {"documents": {"current_active": 0, "current_cancelled": 0, "versions_total": 0},
+                              "ingest": {"files_accepted": 0, "files_duplicate": 0, "files_quarantined": 0,
+                                         "records_committed": 0, "last_commit_at": None}}
+    if store is not None:
+        counts = store.counts()
+    ingest = dict(counts["ingest"])
+    ingest["files_pending"] = int(live.get("files_pending", 0))
+    ingest["files_deferred"] = int(live.get("files_deferred", 0))
+    ingest["last_commit_at"] = _seconds(ingest.get("last_commit_at"))
+    if store is not None:
+        try:
+            ingest["quarantine_entries"] = len(store.quarantine_list())
+        except Exception:
+            pass
+    if live.get("backfill"):
+        ingest["backfill"] = live["backfill"]
+    ingest["paused"] = bool(live.get("paused", False))
+    watch = []
+    live_watch = live.get("watch") or []
+    for i, w in enumerate(config.watch):
+        entry = live_watch[i] if i < len(live_watch) else None
+        if entry is None:
+            reachable = os.path.isdir(w.path) and os.access(w.path, os.R_OK | os.X_OK)
+            entry = {"path": str(w.path), "reachable": reachable, "pending": _count_pending(w.path) if reachable else 0,
+                     "observer": "polling" if w.polling else "native"}
+        watch.append(entry)
+    api_state = (state or {}).get("api") or {}
+    server_cert = Path(config.api.server_cert)
+    try:
+        free = shutil.disk_usage(config.data_dir).free
+    except OSError:
+        free = None
+    started = (state or {}).get("started_at") if running else None
+    uptime = None
+    if started:
+        try:
+            uptime = int((now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
+        except ValueError:
+            uptime = None
+    return {
+        "agent_version": __version__,
+        "running": running,
+        "pid": (state or {}).get("pid") if running else None,
+        "uptime_s": uptime,
+        "institution_code": config.agent.institution_code,
+        "documents": counts["documents"],
+        "ingest": ingest,
+        "watch": watch,
+        "api": {"listen": (api_state.get("listen") if running else None) or config.api.listen,
+                "last_request_at": api_state.get("last_request_at"),
+                "server_cert_expires_in_days": cert_days_left(server_cert, now)},
+        "admin": {"listen": ((state or {}).get("admin") or {}).get("listen") if running else config.admin.listen},
+        "disk": {"data_dir_free_bytes": free},
+        "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config),
+    }
+
+
+def _count_pending(path: Path) -> int:
+    """Files a stopped daemon would look at (supported names only, no temp names)."""
+    from agent.formats import supported_extension
+    from agent.ingest.names import is_temp_name
+
+    n = 0
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                if entry.is_file(follow_symlinks=False) and not is_temp_name(entry.name) \
+                        and supported_extension(entry.name):
+                    n += 1
+    except OSError:
+        return 0
+    return n
+
+
+def _static_jobs(config: Config) -> list[dict[str, Any]]:
+    return [{"name": name, "next_run_at": None, "last_result": None}
+            for name in ("rescan", "purge", "backup", "cert_expiry")]
+
+
+# -- admin listener -------------------------------------------------------------------------------------
+class _AdminHandler(BaseHTTPRequestHandler):
+    server_version = "silson-agent-admin"
+    sys_version = ""
+    daemon_ref: Daemon
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body = exposition()
+            self._send(200, body, "text/plain; version=0.0.4; charset=utf-8")
+        elif path in ("/status", "/status.json"):
+            body = json.dumps(self.daemon_ref.status(), ensure_ascii=False).encode("utf-8")
+            self._send(200, body, "application/json")
+        elif path == "/":
+            self._send(200, b'<!doctype html><title>silson-agent</title><a href="/status">status</a> '
+                            b'<a href="/metrics">metrics</a>', "text/html; charset=utf-8")
+        else:
+            self._send(404, b"not found", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # access lines add nothing; keep logs lean
+        return
+
+
+class _AdminServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+# -- scheduler jobs -----------------------------------------------------------------------------------
+class _Jobs:
+    """APScheduler 3.x jobs, each wrapped so a failure is counted and shown (PITFALLS.md)."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, dict[str, Any]] = {}
+        self.scheduler: Any = None
+
+    def wrap(self, name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                fn()
+                result = "ok"
+            except Exception as exc:
+                result = "error"
+                log.error("scheduled job failed", exc_info=True,
+                          extra={"job": name, "error_class": type(exc).__name__})
+            JOB_RUNS.labels(name, result).inc()
+            entry = self.results.setdefault(name, {"failures": 0})
+            entry["last_result"] = result
+            entry["last_run_at"] = utc_iso(dt.datetime.now(dt.UTC), millis=False)
+            entry["duration_s"] = round(time.monotonic() - started, 3)
+            if result != "ok":
+                entry["failures"] = entry.get("failures", 0) + 1
+        return run
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        if self.scheduler is None:
+            return out
+        for job in self.scheduler.get_jobs():
+            info = self.results.get(job.id, {})
+            nxt = getattr(job, "next_run_time", None)
+            out.append({"name": job.id,
+                        "next_run_at": utc_iso(nxt, millis=False) if nxt else None,
+                        "last_result": info.get("last_result"),
+                        "last_run_at": info.get("last_run_at"),
+                        "failures": info.get("failures", 0)})
+        return out
+
+
+# -- the daemon --------------------------------------------------------------------------------------------
+class Daemon:
+    """The running agent. ``start()`` brings everything up; ``stop()`` brings it down cleanly."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None, stderr: IO[str] | None = None,
+                 debug: bool = False, with_api: bool = True) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.stderr = stderr or sys.stderr
+        self.debug = debug
+        self.with_api = with_api
+        self.store: Any = None
+        self.audit: Any = None
+        self.keyring: Any = None
+        self.ingest: Any = None
+        self.api: Any = None
+        self.admin: _AdminServer | None = None
+        self._admin_thread: threading.Thread | None = None
+        self.jobs = _Jobs()
+        self.started_at = self.clock.now()
+        self._stop = threading.Event()
+        self.api_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self.notes: list[str] = []
+
+    # -- start ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        os.umask(0o077)  # every file 0600, every dir 0700 (security.md §10); logs chmod themselves
+        from agent.ops.logging_setup import setup_logging
+
+        setup_logging(self.config.log_dir, debug=self.debug)
+        try:  # no core dumps: they would hold decrypted documents (security.md §10)
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        except (ImportError, ValueError, OSError):
+            pass
+        from agent.keys import load_keyring
+
+        self.keyring = load_keyring(self.config.keys_dir)
+        self._sweep_tmp()
+        from agent.store.store import Store
+
+        self.store = Store.open(self.config, keyring=self.keyring, clock=self.clock)
+        self._open_audit()
+        self._start_ingest()
+        if self.with_api:
+            self._start_api()
+        self._start_admin()
+        self._start_scheduler()
+        self.write_state(running=True)
+        line = f"ready: api={_fmt(self.api_address) or 'off'} admin={_fmt(self.admin_address)}"
+        log.info(line)
+        print(line, file=self.stderr, flush=True)
+
+    def _sweep_tmp(self) -> None:
+        """Staging files of a previous run are swept at start (security.md §6.3)."""
+        tmp = self.config.data_dir / "tmp"
+        if tmp.is_dir():
+            for entry in tmp.iterdir():
+                try:
+                    if entry.is_file() or entry.is_symlink():
+                        entry.unlink()
+                    elif entry.is_dir():
+                        shutil.rmtree(entry)
+                except OSError:
+                    pass
+
+    def _open_audit(self) -> None:
+        try:
+            from agent.audit.log import AuditLog
+        except ImportError:
+            self.notes.append("audit module absent")
+            log.warning("audit module absent: running without an access log")
+            return
+        signer = None
+        try:
+            signer = self.keyring.signer
+        except Exception:
+            signer = None
+        self.audit = AuditLog.open(self.config, signer=signer, clock=self.clock)
+        try:
+            from agent.audit.config_change import record_config_hash
+        except ImportError:
+            return
+        try:
+            record_config_hash(self.config, self.audit)
+        except Exception:
+            log.warning("config hash could not be recorded", exc_info=True)
+
+    def _profiles(self) -> list[Any]:
+        from agent.commands._common import load_named_profile
+
+        return [load_named_profile(w.profile, self.config) for w in self.config.watch]
+
+    def _start_ingest(self) -> None:
+        from agent.ingest.service import IngestService
+        from agent.ingest.storeport import IngestStore
+
+        self.ingest = IngestService(self.config, IngestStore(self.store), clock=self.clock,
+                                    profiles=self._profiles(), progress_stream=self.stderr)
+        self.ingest.start()
+
+    def _ingest_status(self) -> str:
+        if self.ingest is None:
+            return "ok"
+        if self.ingest.paused or any(not s.reachable for s in self.ingest.scanners):
+            return "degraded"
+        return "ok"
+
+    def _start_api(self) -> None:
+        try:
+            from agent.api.server import RelayServer
+        except ImportError:
+            self.notes.append("api module absent")
+            log.warning("api module absent: running ingest only")
+            return
+        self.api = RelayServer(self.config, store=self.store, audit=self.audit, keyring=self.keyring,
+                               clock=self.clock, ingest_status=self._ingest_status)
+        try:
+            self.api.start()
+        except OSError as exc:
+            raise UnavailableError(f"cannot listen on api.listen {self.config.api.listen}: "
+                                   f"{exc.strerror or type(exc).__name__}") from None
+        self.api_address = tuple(self.api.address)[:2]  # type: ignore[assignment]
+
+    def _start_admin(self) -> None:
+        host, port = parse_listen(self.config.admin.listen)
+        handler = type("AdminHandler", (_AdminHandler,), {"daemon_ref": self})
+        try:
+            server = _AdminServer((host, port), handler)
+        except OSError as exc:
+            raise UnavailableError(f"cannot listen on admin.listen {self.config.admin.listen}: "
+                                   f"{exc.strerror or type(exc).__name__}") from None
+        self.admin = server
+        self.admin_address = server.server_address[:2]  # type: ignore[assignment]
+        self._admin_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                              name="admin-http", daemon=True)
+        self._admin_thread.start()
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        # Memory job store, rebuilt from config at every start (persistent stores pickle callables).
+        scheduler = BackgroundScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True,
+                                                      "max_instances": 1})
+        interval = min((w.scan_interval for w in self.config.watch), default=30)
+        scheduler.add_job(self.jobs.wrap("rescan", self._job_rescan), IntervalTrigger(seconds=interval),
+                          id="rescan")
+        ph, pm = (int(x) for x in self.config.retention.purge_at.split(":"))
+        scheduler.add_job(self.jobs.wrap("purge", self._job_purge), CronTrigger(hour=ph, minute=pm), id="purge")
+        bh, bm = (int(x) for x in self.config.backup.at.split(":"))
+        scheduler.add_job(self.jobs.wrap("backup", self._job_backup), CronTrigger(hour=bh, minute=bm),
+                          id="backup")
+        scheduler.add_job(self.jobs.wrap("cert_expiry", self._job_cert_expiry), IntervalTrigger(hours=12),
+                          id="cert_expiry", next_run_time=dt.datetime.now(dt.UTC))
+        scheduler.start()
+        self.jobs.scheduler = scheduler
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+    def _job_rescan(self) -> None:
+        if self.ingest is not None:
+            self.ingest.rescan_all()
+
+    def _job_purge(self) -> None:
+        result = self.store.purge(self.clock.now())
+        if self.audit is not None:
+            from agent.audit.log import AuditLog  # noqa: F401 (present when audit is)
+
+            self.audit.append({"actor": {"kind": "system"}, "source": {"local": True, "tty": None},
+                               "action": "system.purge", "result": "success",
+                               "doc_ids": list(result.doc_ids)})
+        log.info("purge done", extra={"documents": len(result.doc_ids)})
+
+    def _job_backup(self) -> None:
+        backup_dir = Path(self.config.backup.dir)
+        backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%SZ")
+        self.store.backup(backup_dir / f"backup-{stamp}.sab")
+        backups = sorted(p for p in backup_dir.glob("backup-*.sab"))
+        for old in backups[:-int(self.config.backup.keep)]:
+            old.unlink(missing_ok=True)
+
+    def _job_cert_expiry(self) -> None:
+        days = cert_days_left(Path(self.config.api.server_cert), self.clock.now())
+        if days is not None and days < 30:
+            log.warning("server certificate expires soon", extra={"days_left": days})
+
+    # -- state / status -----------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return status_document(self.config, self.store, self._state(running=True), now=self.clock.now())
+
+    def _state(self, *, running: bool) -> dict[str, Any]:
+        snap = self.ingest.snapshot() if self.ingest is not None else {}
+        last_request = None
+        if self.api is not None:
+            last_request = getattr(getattr(self.api, "app", None), "last_request_at", None)
+            if isinstance(last_request, dt.datetime):
+                last_request = utc_iso(last_request, millis=False)
+        return {
+            "pid": os.getpid(),
+            "running": running,
+            "started_at": utc_iso(self.started_at, millis=False),
+            "updated_at": utc_iso(self.clock.now(), millis=False),
+            "api": {"listen": _fmt(self.api_address), "last_request_at": last_request},
+            "admin": {"listen": _fmt(self.admin_address)},
+            "ingest": snap,
+            "jobs": self.jobs.snapshot(),
+            "notes": self.notes,
+        }
+
+    def write_state(self, *, running: bool) -> None:
+        try:
+            atomic_write(state_path(self.config), json.dumps(self._state(running=running)).encode("utf-8"))
+        except OSError:
+            log.warning("state file could not be written", exc_info=True)
+
+    # -- run / stop ----------------------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        while not self._stop.wait(STATE_REFRESH):
+            self.write_state(running=True)
+
+    def stop(self) -> None:
+        """Finish the file in hand, stop listeners and jobs, close the store cleanly."""
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.jobs.scheduler is not None:
+            try:
+                self.jobs.scheduler.shutdown(wait=False)
+            except Exception:
+                pass
+        if self.api is not None:
+            try:
+                self.api.stop()
+            except Exception:
+                log.warning("api stop failed", exc_info=True)
+        if self.admin is not None:
+            self.admin.shutdown()
+            self.admin.server_close()
+        self.write_state(running=False)
+        if self.store is not None:
+            try:
+                self.store.checkpoint()  # WAL TRUNCATE at clean shutdown (security.md §6.3)
+            except Exception:
+                log.warning("checkpoint at shutdown failed", exc_info=True)
+            self.store.close()
+        if self.audit is not None:
+            try:
+                self.audit.close()
+            except Exception:
+                pass
+        log.info("stopped")
+
+
+def run_daemon(config: Config, *, stderr: IO[str] | None = None, debug: bool = False) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status (0 on a clean stop)."""
+    daemon = Daemon(config, stderr=stderr, debug=debug)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, daemon.request_stop)
+    try:
+        try:
+            daemon.start()
+        except BaseException:
+            daemon.stop()
+            raise
+        daemon.wait()
+        daemon.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

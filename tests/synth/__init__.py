@@ -1,0 +1,1 @@
+"""Tests of the synthetic data generator (agent.synth) and the ``synth`` command."""
