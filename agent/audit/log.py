@@ -103,6 +103,7 @@ class AuditLog:
         self._signer_loaded = signer is not None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) the connection writes to
 
     @classmethod
     def open(cls, config_or_data_dir: Config | Path | str, *, signer: Signer | None = None,
@@ -367,7 +368,11 @@ class AuditLog:
 
     def _writer(self) -> sqlite3.Connection:
         if self._conn is not None:
-            return self._conn
+            if self._file_id == _file_id(self.path):
+                return self._conn
+            # The file was removed or replaced (e.g. restored) under us: writing on through the
+            # old descriptor would lose records, so follow the path to the current file.
+            self._drop_writer()
         try:
             ensure_dir(self.data_dir)
             if not self.path.exists():
@@ -391,6 +396,7 @@ class AuditLog:
         except (sqlite3.Error, OSError) as exc:
             raise AuditUnavailableError(f"audit log unavailable: {_describe(exc)}") from None
         self._conn = conn
+        self._file_id = _file_id(self.path)
         return conn
 
     def _drop_writer(self) -> None:
@@ -411,6 +417,14 @@ class AuditLog:
             yield conn
         finally:
             conn.close()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _head(conn: sqlite3.Connection) -> tuple[int, str]:

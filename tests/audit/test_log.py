@@ -336,3 +336,22 @@ def test_any_single_byte_change_in_the_database_is_detected(tmp_path: Path) -> N
 
     check()
     assert log.verify().ok
+
+
+def test_database_replaced_under_a_running_log_is_followed_not_written_blindly(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "a") as other:
+        other.append(relay_event(1))
+        other.append(relay_event(2))
+    with AuditLog.open(tmp_path / "b") as log:
+        log.append(relay_event(9))
+        for suffix in ("", "-wal", "-shm"):
+            src = tmp_path / "a" / f"audit.db{suffix}"
+            if src.exists():
+                shutil.copy(src, tmp_path / "b" / f".new{suffix}")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / "b" / f"audit.db{suffix}").unlink(missing_ok=True)
+            if (tmp_path / "b" / f".new{suffix}").exists():
+                os.replace(tmp_path / "b" / f".new{suffix}", tmp_path / "b" / f"audit.db{suffix}")
+        os.replace(tmp_path / "b" / ".new", tmp_path / "b" / "audit.db")  # e.g. a restore
+        assert log.append(relay_event(3))["seq"] == 3
+        assert log.verify().ok

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.formats import read_export, write_export
-from formats_testdata import example
+from tests.formats.formats_testdata import example
 
 SPEC_EXPORTS = Path("/work/shared/spec/exports.md")
 

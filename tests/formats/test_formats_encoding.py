@@ -10,7 +10,7 @@ import pytest
 from agent.documents.problems import Problem
 from agent.formats import read_export
 from agent.formats.encoding import decode_as, decode_export
-from formats_testdata import example
+from tests.formats.formats_testdata import example
 
 
 def test_plain_utf8_is_utf8() -> None:

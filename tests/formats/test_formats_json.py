@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agent.formats import read_export
-from formats_testdata import example
+from tests.formats.formats_testdata import example
 
 
 def rules(result) -> list[str]:  # type: ignore[no-untyped-def]

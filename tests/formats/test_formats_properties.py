@@ -12,7 +12,7 @@ from agent.documents.problems import Problem
 from agent.formats import read_export
 from agent.formats.encoding import decode_export
 from agent.formats.result import Record
-from formats_testdata import example
+from tests.formats.formats_testdata import example
 
 EXTENSIONS = ("json", "jsonl", "ndjson", "xml", "csv")
 

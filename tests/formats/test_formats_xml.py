@@ -7,7 +7,7 @@ import time
 import pytest
 
 from agent.formats import read_export, write_export
-from formats_testdata import example
+from tests.formats.formats_testdata import example
 
 
 def read(text: str | bytes, name: str = "d.xml"):  # type: ignore[no-untyped-def]
