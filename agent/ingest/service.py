@@ -161,8 +161,9 @@ class IngestService:
         return lambda name: supported_extension(name, profile)
 
     def _is_done(self, watch_index: int, relpath: str, size: int, mtime_ns: int) -> bool:
-        root = Path(self.config.watch[watch_index].path)
-        return self.store.known_fingerprint(watch_index, root, relpath, size, mtime_ns)
+        watch = self.config.watch[watch_index]
+        return self.store.known_fingerprint(watch_index, Path(watch.path), relpath, size, mtime_ns,
+                                            move=watch.source_mode == "move")
 
     def _state_path(self) -> Path:
         return self.config.data_dir / STATE_FILE
@@ -202,7 +203,7 @@ class IngestService:
             st = proc.reading.stat_candidate(Path(scanner.watch.path), relpath)
             if st is None:
                 return
-            if self.store.known_fingerprint(watch_index, Path(scanner.watch.path), relpath, *st):
+            if self._is_done(watch_index, relpath, *st):
                 return
             self.queue.put(Ready(watch_index, relpath, st[0], st[1], None, True, is_unsafe_name(name)),
                            "signalled")

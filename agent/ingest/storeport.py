@@ -76,8 +76,14 @@ class IngestStore:
             self._cache.clear()
             self._cache_generation = generation
 
-    def known_fingerprint(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int) -> bool:
-        """Handled before and unchanged since: never read again (keep mode, R-001 left in place)."""
+    def known_fingerprint(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int,
+                          *, move: bool = False) -> bool:
+        """Handled before and unchanged since: never read again (keep mode, R-001 left in place).
+
+        In ``move`` mode a file that is still there although its ledger row exists was committed
+        (or quarantined) just before a crash: it is *not* done — it must still be acknowledged, so
+        it goes through the pipeline again, which recognises it by its digest.
+        """
         with self._lock:
             self._generation_check()
             if self._cache.get((watch_index, relpath)) == (size, mtime_ns):
@@ -85,6 +91,8 @@ class IngestStore:
         path = self._path(root, relpath)
         entry = self.store.ledger_lookup(path, size, mtime_ns)
         if entry is None:
+            return False
+        if move and entry.sha256:
             return False
         if entry.outcome == QUARANTINED and not entry.sha256:
             # R-001 entry (never read, no digest): retried by an operator → look again.

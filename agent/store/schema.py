@@ -72,7 +72,6 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (doc_id, version)
     );
     CREATE INDEX versions_ledger ON versions (ledger_id);
-    CREATE INDEX versions_kek ON versions (kek_id);
     CREATE TABLE subjects (
         subject_id TEXT NOT NULL,
         doc_id TEXT NOT NULL REFERENCES documents (doc_id) ON DELETE CASCADE,
@@ -82,7 +81,6 @@ MIGRATIONS: list[str] = [
         {_SEALED},
         PRIMARY KEY (doc_id, version)
     );
-    CREATE INDEX subjects_kek ON subjects (kek_id);
     """,
     # 1 -> 2: encrypted archive of ingested files and quarantine entries.
     f"""

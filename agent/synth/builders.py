@@ -632,7 +632,7 @@ class DocumentFactory:
         doc["pharmacist_name"] = pharmacy.doctor
         drug_prices = {d.code: d for d in ids.DRUGS + ids.INJECTIONS}
         covered_cost = full_cost = 0
-        lines = []
+        lines: list[Doc] = []
         for ln in dispensable:
             drug = drug_prices[ln["code"]]
             cost = round_half_up(drug.unit_price * Decimal(ln["dose"]) * ln["daily_count"] * ln["days"])
@@ -664,7 +664,7 @@ class DocumentFactory:
 
 def _reorder_payment(doc: Doc) -> Doc:
     """Put ``unpaid`` after ``paid`` and the 현금영수증 fields last, as the form prints them."""
-    tail = {k: doc.pop(k) for k in ("cash_receipt_id", "cash_receipt_approval_no") if k in doc}
+    tail: Doc = {k: doc.pop(k) for k in ("cash_receipt_id", "cash_receipt_approval_no") if k in doc}
     unpaid = doc.pop("unpaid")
     doc["unpaid"] = unpaid
     doc.update(tail)

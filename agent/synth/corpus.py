@@ -128,6 +128,7 @@ class _Planner:
         self.emitted = 0
         self.index = 0
         self.groups = 0
+        self.plain_files = 0
         self.reexports_made = 0
         self.rules_used: collections.Counter[str] = collections.Counter()
 
@@ -162,7 +163,9 @@ class _Planner:
     def _mutation_due(self) -> bool:
         if self.invalid_rate <= 0:
             return False
-        i = self.index
+        # Counted over the files that are not re-exports (those copy a valid file and stay valid).
+        i = self.plain_files
+        self.plain_files += 1
         return math.floor((i + 1) * self.invalid_rate + self.phase) > math.floor(i * self.invalid_rate + self.phase)
 
     # ------------------------------------------------------------------ document supply

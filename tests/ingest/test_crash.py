@@ -60,13 +60,13 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path: Path)
     files, expected = _corpus(10_000, 20, seed=7)
     rng = random.Random(11)
     kills = 0
-    batches = [files[i::24] for i in range(24)]
+    batches = [files[i::22] for i in range(22)]
     started = time.monotonic()
     for batch in batches:
         _drop(inbox, batch)
         with DaemonProcess(toml) as daemon:
             daemon.start(wait_ready=False)
-            time.sleep(rng.uniform(0.8, 2.5))  # sometimes during start-up, mostly while ingesting
+            time.sleep(rng.uniform(0.6, 2.0))  # sometimes during start-up, mostly while ingesting
             daemon.kill()
             kills += 1
     assert kills >= 20

@@ -1,0 +1,165 @@
+"""Store benchmark: encrypted insert throughput and look-up latency next to plain SQLite.
+
+``run(report)`` appends markdown lines to ``report``. Sizes: ``BENCH_STORE_N`` documents
+(default 100,000); set ``BENCH_STORE_1M=1`` to also run 1,000,000 (several minutes on a small
+machine). The baseline is the same shape of table in a plain (unencrypted) SQLite file in the same
+process with the same pragmas and batch size, so the ratio isolates the cost of encryption,
+blind indexes and the writer thread. All data is synthetic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH = 500
+LOOKUPS = 2000
+
+
+def _doc(i: int) -> dict[str, Any]:
+    day = f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}"
+    return {
+        "schema_version": "1.0", "document_type": "receipt", "document_no": f"B{i:09d}", "version": 1,
+        "status": "active", "issued_on": day,
+        "institution": {"ykiho": "99000001", "name": "예시가정의원", "type_code": "31"},
+        "patient": {"name": "환자" + str(i % 9973), "rrn": _rrn(i), "patient_reg_no": f"{i:08d}"},
+        "visit_type": "outpatient", "care_period": {"start": day, "end": day},
+        "lines": [{"item": "consultation", "copay": 5400, "insurer": 12600, "full_copay": 0, "non_covered": 0}],
+        "total_charge": 18000,
+    }
+
+
+def _rrn(i: int) -> str:
+    return f"90{1 + (i // 28) % 12:02d}{1 + i % 28:02d}{1000000 + (i * 7919) % 1000000:07d}"
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def _baseline(root: Path, n: int) -> dict[str, float]:
+    conn = sqlite3.connect(root / "plain.db", isolation_level=None)
+    for pragma in ("journal_mode = WAL", "synchronous = FULL", "temp_store = MEMORY"):
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute("CREATE TABLE documents (doc_id TEXT PRIMARY KEY, document_no TEXT, rrn TEXT, name TEXT, "
+                 "issued_on TEXT, care_start TEXT, care_end TEXT, body TEXT)")
+    conn.execute("CREATE INDEX d_rrn ON documents (rrn)")
+    t0 = time.perf_counter()
+    for start in range(0, n, BATCH):
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(start, min(n, start + BATCH)):
+            d = _doc(i)
+            body = json.dumps(d, ensure_ascii=False, sort_keys=True)
+            hashlib.sha256(body.encode()).hexdigest()
+            conn.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
+                         (f"doc_{i}", d["document_no"], d["patient"]["rrn"], d["patient"]["name"], d["issued_on"],
+                          d["care_period"]["start"], d["care_period"]["end"], body))
+        conn.execute("COMMIT")
+    insert_s = time.perf_counter() - t0
+    rng = random.Random(1)
+    point, search = [], []
+    for _ in range(LOOKUPS):
+        i = rng.randrange(n)
+        t = time.perf_counter()
+        json.loads(conn.execute("SELECT body FROM documents WHERE doc_id = ?", (f"doc_{i}",)).fetchone()[0])
+        point.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rows = conn.execute("SELECT doc_id, name FROM documents WHERE rrn = ? AND care_start <= ? AND care_end >= ?",
+                            (_rrn(i), "2025-12-31", "2025-01-01")).fetchall()
+        assert rows
+        search.append(time.perf_counter() - t)
+    conn.close()
+    return {"insert_per_s": n / insert_s, "point_p50": _pct(point, .5), "point_p99": _pct(point, .99),
+            "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
+
+
+def _encrypted(root: Path, n: int) -> dict[str, float]:
+    from agent.config import build_config
+    from agent.documents.canonical import canonical_form, content_hash
+    from agent.keys import generate_keys
+    from agent.store import FileFingerprint, Store, StoreRecord
+
+    config = build_config({}, None, root / "inst")
+    generate_keys(config.keys_dir)
+    store = Store.open(config)
+    ids: list[str] = []
+    insert_s = 0.0
+    for start in range(0, n, BATCH):
+        # Canonical form and content hash are ingest's work (validation), done before the store.
+        records = []
+        for i in range(start, min(n, start + BATCH)):
+            canon = canonical_form(_doc(i))
+            records.append(StoreRecord(i - start, canon, content_hash(canon)))
+        sha = hashlib.sha256(f"bench-{start}".encode()).hexdigest()
+        t0 = time.perf_counter()
+        out = store.commit_file(FileFingerprint(f"/bench/{start}", 1, 1, sha), records)
+        insert_s += time.perf_counter() - t0
+        ids += out.doc_ids
+    rng = random.Random(1)
+    point, search = [], []
+    for _ in range(LOOKUPS):
+        i = rng.randrange(n)
+        t = time.perf_counter()
+        assert store.get_current(ids[i]) is not None
+        point.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        hits = store.search(rrn=_rrn(i), name="환자" + str(i % 9973), period_from="2025-01-01",
+                            period_to="2025-12-31").hits
+        assert hits
+        search.append(time.perf_counter() - t)
+    store.close()
+    return {"insert_per_s": n / insert_s, "point_p50": _pct(point, .5), "point_p99": _pct(point, .99),
+            "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
+
+
+def _one(report: list[str], n: int) -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    old = os.umask(0o077)
+    try:
+        base = _baseline(root, n)
+        enc = _encrypted(root, n)
+    finally:
+        os.umask(old)
+        shutil.rmtree(root, ignore_errors=True)
+    report.append(f"| {n:,} | encrypted store | {enc['insert_per_s']:,.0f} | {enc['point_p50']:.2f} / "
+                  f"{enc['point_p99']:.2f} | {enc['search_p50']:.2f} / {enc['search_p99']:.2f} |")
+    report.append(f"| {n:,} | plain SQLite baseline | {base['insert_per_s']:,.0f} | {base['point_p50']:.2f} / "
+                  f"{base['point_p99']:.2f} | {base['search_p50']:.2f} / {base['search_p99']:.2f} |")
+    ratio = enc["insert_per_s"] / base["insert_per_s"]
+    report.append(f"| {n:,} | ratio encrypted/plain | {ratio:.0%} (target ≥ 50%: {'met' if ratio >= .5 else 'MISSED'}) "
+                  f"| | patient search p99 {enc['search_p99']:.2f} ms (target < 10 ms: "
+                  f"{'met' if enc['search_p99'] < 10 else 'MISSED'}) |")
+
+
+def run(report: list[str]) -> None:
+    n = int(os.environ.get("BENCH_STORE_N", "100000"))
+    report.append("## Store")
+    report.append("")
+    report.append(f"Batches of {BATCH} documents per transaction (synchronous=FULL); {LOOKUPS} random look-ups; "
+                  "latencies in ms (p50 / p99).")
+    report.append("")
+    report.append("| documents | variant | insert docs/s | point read p50/p99 | patient search p50/p99 |")
+    report.append("|---|---|---|---|---|")
+    _one(report, n)
+    if os.environ.get("BENCH_STORE_1M") == "1":
+        _one(report, 1_000_000)
+    else:
+        report.append("")
+        report.append("1,000,000 documents: not run by default (set BENCH_STORE_1M=1; several minutes "
+                      "on a 2-core machine).")
+    report.append("")
+
+
+if __name__ == "__main__":
+    lines: list[str] = []
+    run(lines)
+    print("\n".join(lines))

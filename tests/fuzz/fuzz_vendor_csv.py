@@ -1,0 +1,29 @@
+"""atheris harness: reading through the shipped profile `vendor_a_csv` never raises on arbitrary bytes.
+
+Run: `python tests/fuzz/fuzz_vendor_csv.py -runs=10000` (or all harnesses: `make fuzz`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from agent.formats import load_profile, shipped_profiles_dir
+    from tests.fuzz.harness_common import check_read
+
+PROFILE = load_profile("vendor_a_csv", [shipped_profiles_dir()])
+
+
+def test_one_input(data: bytes) -> None:
+    check_read(data, "fuzz.csv", PROFILE)
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Run every atheris harness for a bounded number of iterations (``make fuzz``).
+
+Each harness runs in its own process (``atheris.Fuzz()`` ends its process), seeded with a small
+corpus made from the spec examples and the shipped profile samples, from the repository root so
+``tests.fuzz`` imports. Exit status is non-zero when any harness found a crash.
+
+    python -m tests.fuzz.run_all [--runs N] [--only json,xml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESSES = ("json", "jsonl", "xml", "csv", "vendor_csv", "vendor_xml")
+EXAMPLES = ROOT / "tests" / "formats" / "examples"
+SAMPLES = ROOT / "config" / "profiles" / "samples"
+
+
+def seed_corpus(harness: str, directory: Path) -> None:
+    """A few valid inputs so the fuzzer starts inside the interesting part of the format."""
+    sys.path.insert(0, str(ROOT))
+    from agent.formats import write_export  # local: keep `--help` fast
+
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(EXAMPLES.glob("*.json"))]
+    for doc in docs:
+        for name in ("source", "received_at", "content_hash", "validation"):
+            doc.pop(name, None)
+    seeds: list[bytes] = []
+    if harness in ("json", "jsonl", "xml"):
+        seeds = [write_export(docs[:1], format=harness), write_export(docs, format=harness)]
+    elif harness == "csv":
+        seeds = [write_export([doc], format="csv") for doc in docs]
+    elif harness == "vendor_csv":
+        seeds = [p.read_bytes() for p in SAMPLES.glob("*.csv")]
+    elif harness == "vendor_xml":
+        seeds = [p.read_bytes() for p in SAMPLES.glob("*.xml")]
+    for i, seed in enumerate(seeds):
+        (directory / f"seed{i}").write_bytes(seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=int(os.environ.get("FUZZ_RUNS", "20000")))
+    parser.add_argument("--only", default="", help="comma-separated harness names")
+    parser.add_argument("--max-len", type=int, default=4096)
+    args = parser.parse_args(argv)
+    selected = [h for h in HARNESSES if not args.only or h in args.only.split(",")]
+    failed: list[str] = []
+    for harness in selected:
+        with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+            corpus = Path(tmp) / "corpus"
+            corpus.mkdir()
+            seed_corpus(harness, corpus)
+            command = [
+                sys.executable, str(Path(__file__).parent / f"fuzz_{harness}.py"),
+                f"-runs={args.runs}", f"-max_len={args.max_len}", "-rss_limit_mb=2048",
+                f"-artifact_prefix={tmp}/", str(corpus),
+            ]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            print(f"== fuzz {harness}: {args.runs} runs", flush=True)
+            code = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+            if code != 0:
+                failed.append(harness)
+                for artifact in Path(tmp).glob("crash-*"):
+                    keep = ROOT / f"fuzz-{harness}-{artifact.name}"
+                    keep.write_bytes(artifact.read_bytes())
+                    print(f"   crash input kept as {keep.name}", flush=True)
+    if failed:
+        print("fuzzing found crashes in: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    print("fuzzing: no crashes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
