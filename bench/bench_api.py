@@ -68,7 +68,8 @@ def _setup(root: Path) -> dict[str, Any]:
     raw = {"agent": {"institution_code": "99000001", "data_dir": str(root / "data"), "log_dir": str(root / "logs")},
            "api": {"listen": "127.0.0.1:0", "server_cert": str(tls / "server.crt"),
                    "server_key": str(tls / "server.key"), "client_ca": str(tls / "relay-ca.crt"),
-                   "limits": {"rate_per_s": 0, "health_rate_per_s": 0, "max_connections": 200}},
+                   "limits": {"rate_per_s": 0, "health_rate_per_s": 0, "max_connections": 200,
+                              "max_in_flight": 64}},
            "admin": {"listen": "127.0.0.1:0"}}
     config = build_config(raw, None, root)
     generate_keys(config.keys_dir)
@@ -109,6 +110,7 @@ def _start_nginx(root: Path, tls: Path, body: bytes) -> tuple[subprocess.Popen[b
     port = _free_port()
     conf = root / "nginx.conf"
     conf.write_text(f"""
+user root;
 worker_processes auto;
 pid {root}/nginx.pid;
 error_log {root}/nginx-error.log;

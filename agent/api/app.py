@@ -170,7 +170,7 @@ class RelayApp:
                 if remaining <= 0:
                     raise TimeoutError
                 message = await asyncio.wait_for(receive(), remaining)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 conn.abort()
                 raise _Disconnected() from None
             if message["type"] == "http.disconnect":
@@ -196,7 +196,7 @@ class RelayApp:
                                          "headers": headers}), self.write_timeout)
             await asyncio.wait_for(send({"type": "http.response.body", "body": response.body}),
                                    self.write_timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             conn.abort()
 
 

@@ -214,7 +214,7 @@ class _Listener:
         try:
             tls = await self.loop.start_tls(raw, pending, self.ctx, server_side=True,  # type: ignore[arg-type]
                                             ssl_handshake_timeout=self.handshake_timeout)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError, RuntimeError):
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError, RuntimeError):
             metrics.TLS_HANDSHAKE_FAILURES.inc()
             raw.abort()  # type: ignore[attr-defined]
             return
@@ -270,6 +270,12 @@ class _Accept(asyncio.Protocol):
         self._listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Responses go out as several small TLS records: without NODELAY, Nagle + the
+            # client's delayed ACK add ~40 ms to every response.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._listener.accept(transport)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - start_tls swaps us out first

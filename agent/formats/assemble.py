@@ -54,8 +54,11 @@ class GroupAssembler:
         if self._key is not None and key == self._key:
             if header != self._header:
                 self.sink.add(
-                    "R-004", "", f"row {row_no} disagrees with the first row of its document "
-                    "in a repeated (non-line) cell", self.index,
+                    "R-004",
+                    "",
+                    f"row {row_no} disagrees with the first row of its document "
+                    "in a repeated (non-line) cell",
+                    self.index,
                 )
                 raise StopReading
             self._add_line(line)

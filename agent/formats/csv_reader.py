@@ -73,9 +73,7 @@ class Column:
     is_line: bool
 
 
-def classify_columns(
-    header: list[str], document_type: str, sink: ProblemSink
-) -> tuple[list[Column], str]:
+def classify_columns(header: list[str], document_type: str, sink: ProblemSink) -> tuple[list[Column], str]:
     """Map header cells to field paths of the type; unknown paths are R-025 (column skipped).
 
     Returns the columns and the name of the row-expanded array (``lines``).

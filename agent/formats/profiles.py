@@ -105,7 +105,9 @@ class Profile:
         return f"Profile(name={self.name!r}, format={self.format!r})"
 
 
-STANDARD = Profile(name="standard", format="standard", extensions=(".json", ".jsonl", ".ndjson", ".xml", ".csv"))
+STANDARD = Profile(
+    name="standard", format="standard", extensions=(".json", ".jsonl", ".ndjson", ".xml", ".csv")
+)
 
 
 def shipped_profiles_dir() -> Path:
@@ -132,7 +134,9 @@ def load_profile(name_or_path: str, search_dirs: list[Path]) -> Profile:
         path = Path(directory) / f"{name_or_path}.toml"
         if path.is_file():
             return parse_profile_file(path)
-    raise ProfileError(f"profile {name_or_path!r} not found in {', '.join(map(str, search_dirs)) or 'no directory'}")
+    raise ProfileError(
+        f"profile {name_or_path!r} not found in {', '.join(map(str, search_dirs)) or 'no directory'}"
+    )
 
 
 def parse_profile_file(path: Path) -> Profile:
@@ -287,8 +291,12 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
 
     dtype = _Reader(top.get("document_type", dict, {}), "document_type", source)
     kw["type_column"] = dtype.get("column", str)
-    for key, attr in (("values", "type_values"), ("file_names", "type_file_names"),
-                      ("xml_root", "type_xml_root"), ("xml_record", "type_xml_record")):
+    for key, attr in (
+        ("values", "type_values"),
+        ("file_names", "type_file_names"),
+        ("xml_root", "type_xml_root"),
+        ("xml_record", "type_xml_record"),
+    ):
         mapping = dtype.str_map(key)
         for value in mapping.values():
             _document_type(value, dtype, key)
@@ -296,8 +304,13 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
     default = dtype.get("default", str)
     kw["type_default"] = None if default is None else _document_type(default, dtype, "default")
     dtype.finish()
-    if not (kw["type_column"] or kw["type_file_names"] or kw["type_xml_root"]
-            or kw["type_xml_record"] or kw["type_default"]):
+    if not (
+        kw["type_column"]
+        or kw["type_file_names"]
+        or kw["type_xml_root"]
+        or kw["type_xml_record"]
+        or kw["type_default"]
+    ):
         raise top.fail("document_type", "a profile must say how the document type is determined")
 
     tables = top.get("code_tables", dict, {})

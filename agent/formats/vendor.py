@@ -153,7 +153,10 @@ class ValueConverter:
 
 
 def detect_type(
-    profile: Profile, file_name: str, column_value: str | None, xml_root: str | None = None,
+    profile: Profile,
+    file_name: str,
+    column_value: str | None,
+    xml_root: str | None = None,
     xml_record: str | None = None,
 ) -> str | None:
     """Document type by the profile's rules, in order: column value, XML root, XML record
@@ -207,7 +210,9 @@ class _Mapper:
                 if not text:
                     continue  # empty = absent
                 if kind is None or kind in ("object", "array_object"):
-                    self.sink.add("R-025", ".".join(fm.target), "profile maps a value to an unknown field", record)
+                    self.sink.add(
+                        "R-025", ".".join(fm.target), "profile maps a value to an unknown field", record
+                    )
                     continue
                 value = self.values.convert(kind, text)
                 if value is None:
@@ -277,7 +282,9 @@ def _read_rows(
     if profile.unknown_columns == "error":
         for position, name in enumerate(header):
             if name not in known:
-                sink.add("R-025", safe_name(name, f"[column {position + 1}]"), "column not mapped by the profile")
+                sink.add(
+                    "R-025", safe_name(name, f"[column {position + 1}]"), "column not mapped by the profile"
+                )
     mapper = _Mapper(profile, sink)
     assembler = GroupAssembler(sink)
     try:
@@ -291,8 +298,12 @@ def _read_rows(
             type_value = clean_text(values.get(profile.type_column, "")) if profile.type_column else None
             document_type = detect_type(profile, file_name, type_value)
             if document_type is None:
-                sink.add("R-005", "document_type", "the profile cannot determine the document type",
-                         assembler.index + 1)
+                sink.add(
+                    "R-005",
+                    "document_type",
+                    "the profile cannot determine the document type",
+                    assembler.index + 1,
+                )
                 return
             head, line = mapper.map(document_type, values.get, assembler.index + 1)
             key = (document_type, *(repr(head.get(k)) for k in profile.group_keys))

@@ -39,9 +39,7 @@ def write_export(documents: list[dict[str, Any]], *, format: str, encoding: str 
     if format == "json":
         text = json.dumps(documents, ensure_ascii=False, indent=2) + "\n"
     elif format == "jsonl":
-        text = "".join(
-            json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n" for doc in documents
-        )
+        text = "".join(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n" for doc in documents)
     elif format == "xml":
         text = _xml_text(documents, encoding)
     elif format == "csv":

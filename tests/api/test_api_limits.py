@@ -27,7 +27,7 @@ def _closed_without_bytes(sock: socket.socket | ssl.SSLSocket, within: float) ->
         data = sock.recv(4096)
     except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
         return True
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
     except OSError:
         return True

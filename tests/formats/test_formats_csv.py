@@ -39,11 +39,20 @@ def test_spec_example_gives_two_documents_with_three_and_zero_lines() -> None:
     first = docs[0]
     assert first["version"] == 1 and first["days_supplied"] == 3 and first["totals"]["copay"] == 3600
     assert first["lines"][1] == {
-        "line_no": 2, "code": "699999992", "name": "예시시럽", "dose": "2.5",
-        "daily_count": 3, "days": 3, "coverage": "full_copay_100",
+        "line_no": 2,
+        "code": "699999992",
+        "name": "예시시럽",
+        "dose": "2.5",
+        "daily_count": 3,
+        "days": 3,
+        "coverage": "full_copay_100",
     }
-    assert first["institution"] == {"ykiho": "99000002", "name": "예시약국", "type_code": "81",
-                                    "business_reg_no": "1112233332"}
+    assert first["institution"] == {
+        "ykiho": "99000002",
+        "name": "예시약국",
+        "type_code": "81",
+        "business_reg_no": "1112233332",
+    }
     assert docs[1]["patient"]["name"] == "김철수"
 
 

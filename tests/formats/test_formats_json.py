@@ -79,7 +79,9 @@ def test_json_extension_with_other_content_is_r004(content: bytes) -> None:
 
 def test_strings_are_nfc_normalised_and_trimmed_empty_stays_empty() -> None:
     nfd = "\u1112\u1169\u11bc\u1100\u1175\u11af\u1103\u1169\u11bc"  # 홍길동 decomposed
-    data = json.dumps({"patient": {"name": "\u3000 " + nfd + "\t"}, "remarks": "  ", "lines": [{"name": " x "}]})
+    data = json.dumps(
+        {"patient": {"name": "\u3000 " + nfd + "\t"}, "remarks": "  ", "lines": [{"name": " x "}]}
+    )
     doc = next(iter(read_export(data.encode(), file_name="n.json").records)).document
     assert doc["patient"]["name"] == "홍길동"
     assert doc["remarks"] == ""  # the validator reports R-022
@@ -87,13 +89,17 @@ def test_strings_are_nfc_normalised_and_trimmed_empty_stays_empty() -> None:
 
 
 def test_json_types_are_kept_for_the_validator() -> None:
-    doc = next(iter(read_export(b'{"version": "1", "total_charge": 1.5}', file_name="t.json").records)).document
+    doc = next(
+        iter(read_export(b'{"version": "1", "total_charge": 1.5}', file_name="t.json").records)
+    ).document
     assert doc == {"version": "1", "total_charge": 1.5}
 
 
 def test_jsonl_streams_records_and_skips_blank_lines() -> None:
     docs = [example("receipt"), example("pharmacy_receipt")]
-    data = ("\n" + json.dumps(docs[0], ensure_ascii=False) + "\r\n\n  \n" + json.dumps(docs[1]) + "\n").encode()
+    data = (
+        "\n" + json.dumps(docs[0], ensure_ascii=False) + "\r\n\n  \n" + json.dumps(docs[1]) + "\n"
+    ).encode()
     result = read_export(data, file_name="b.ndjson")
     assert result.format == "jsonl"
     assert [(r.index, r.document) for r in result.records] == [(0, docs[0]), (1, docs[1])]

@@ -84,31 +84,41 @@ def test_invalid_profiles_are_rejected(data: dict[str, object]) -> None:
 
 
 def csv_profile(**values: object) -> object:
-    return parse_profile({
-        "name": "t",
-        "format": "csv",
-        "encoding": "utf-8",
-        "values": {"date_formats": ["%Y%m%d", "%Y.%m.%d"], "thousands_separator": ",",
-                   "negative_amounts": ["minus", "trailing-minus", "parentheses", "triangle"],
-                   "true_values": ["Y", "1", "○"], "false_values": ["N", "0"],
-                   "datetime_formats": ["%Y%m%d%H%M%S"], **values},
-        "document_type": {"column": "종류", "values": {"영수증": "receipt"},
-                          "file_names": {"rx_*": "prescription"}},
-        "code_tables": {"item": {"진찰": "consultation"}},
-        "field": [
-            {"source": "번호", "target": "document_no", "transforms": ["strip", "upper"]},
-            {"target": "version", "constant": 1},
-            {"target": "schema_version", "constant": "1.0"},
-            {"source": "일자", "target": "issued_on"},
-            {"source": "일시", "target": "issued_at"},
-            {"source": "주민", "target": "patient.rrn", "transforms": ["digits-only"]},
-            {"sources": ["성", "이름"], "separator": "", "target": "patient.name"},
-            {"source": "야간", "target": "night_care"},
-            {"source": "금액", "target": "amount_due"},
-            {"source": "항목", "target": "lines.item", "code_table": "item"},
-            {"source": "본인", "target": "lines.copay"},
-        ],
-    })
+    return parse_profile(
+        {
+            "name": "t",
+            "format": "csv",
+            "encoding": "utf-8",
+            "values": {
+                "date_formats": ["%Y%m%d", "%Y.%m.%d"],
+                "thousands_separator": ",",
+                "negative_amounts": ["minus", "trailing-minus", "parentheses", "triangle"],
+                "true_values": ["Y", "1", "○"],
+                "false_values": ["N", "0"],
+                "datetime_formats": ["%Y%m%d%H%M%S"],
+                **values,
+            },
+            "document_type": {
+                "column": "종류",
+                "values": {"영수증": "receipt"},
+                "file_names": {"rx_*": "prescription"},
+            },
+            "code_tables": {"item": {"진찰": "consultation"}},
+            "field": [
+                {"source": "번호", "target": "document_no", "transforms": ["strip", "upper"]},
+                {"target": "version", "constant": 1},
+                {"target": "schema_version", "constant": "1.0"},
+                {"source": "일자", "target": "issued_on"},
+                {"source": "일시", "target": "issued_at"},
+                {"source": "주민", "target": "patient.rrn", "transforms": ["digits-only"]},
+                {"sources": ["성", "이름"], "separator": "", "target": "patient.name"},
+                {"source": "야간", "target": "night_care"},
+                {"source": "금액", "target": "amount_due"},
+                {"source": "항목", "target": "lines.item", "code_table": "item"},
+                {"source": "본인", "target": "lines.copay"},
+            ],
+        }
+    )
 
 
 HEAD = "종류,번호,일자,일시,주민,성,이름,야간,금액,항목,본인\n"
@@ -131,16 +141,24 @@ def test_amount_conventions(amount: str, expected: object) -> None:
 def test_transforms_dates_booleans_code_tables_concat_and_constants() -> None:
     rows = (
         '영수증,a1,20250314,20250314104200,900101-1000001,홍,길동,○,0,진찰,"1,000"\n'
-        '영수증,a1,20250314,20250314104200,900101-1000001,홍,길동,○,0,기타,200-\n'
+        "영수증,a1,20250314,20250314104200,900101-1000001,홍,길동,○,0,기타,200-\n"
     )
     result = read_vendor(HEAD + rows, csv_profile())
     assert result.problems == []
-    assert [r.document for r in result.records] == [{
-        "document_type": "receipt", "document_no": "A1", "version": 1, "schema_version": "1.0",
-        "issued_on": "2025-03-14", "issued_at": "2025-03-14T10:42:00+09:00",
-        "patient": {"rrn": "9001011000001", "name": "홍길동"}, "night_care": True, "amount_due": 0,
-        "lines": [{"item": "consultation", "copay": 1000}, {"item": "기타", "copay": -200}],
-    }]
+    assert [r.document for r in result.records] == [
+        {
+            "document_type": "receipt",
+            "document_no": "A1",
+            "version": 1,
+            "schema_version": "1.0",
+            "issued_on": "2025-03-14",
+            "issued_at": "2025-03-14T10:42:00+09:00",
+            "patient": {"rrn": "9001011000001", "name": "홍길동"},
+            "night_care": True,
+            "amount_due": 0,
+            "lines": [{"item": "consultation", "copay": 1000}, {"item": "기타", "copay": -200}],
+        }
+    ]
 
 
 def test_unparseable_values_are_passed_on_for_the_validator() -> None:
@@ -175,10 +193,13 @@ def test_profile_extension_and_encoding_are_enforced() -> None:
 
 
 def test_type_by_file_name_pattern() -> None:
-    profile = parse_profile({
-        "name": "t", "document_type": {"file_names": {"RX_*.csv": "prescription"}},
-        "field": [{"source": "no", "target": "document_no"}],
-    })
+    profile = parse_profile(
+        {
+            "name": "t",
+            "document_type": {"file_names": {"RX_*.csv": "prescription"}},
+            "field": [{"source": "no", "target": "document_no"}],
+        }
+    )
     result = read_export(b"no\n20250314-00001\n", file_name="rx_0001.CSV", profile=profile)
     assert [r.document for r in result.records] == [
         {"document_type": "prescription", "document_no": "20250314-00001"}
@@ -188,12 +209,18 @@ def test_type_by_file_name_pattern() -> None:
 
 
 def test_fixed_width_profile_cuts_by_bytes_of_the_encoding() -> None:
-    profile = parse_profile({
-        "name": "fw", "format": "fixed", "encoding": "cp949",
-        "fixed": {"columns": [{"name": "no", "start": 1, "width": 6}, {"name": "nm", "start": 7, "width": 6}]},
-        "document_type": {"default": "receipt"},
-        "field": [{"source": "no", "target": "document_no"}, {"source": "nm", "target": "patient.name"}],
-    })
+    profile = parse_profile(
+        {
+            "name": "fw",
+            "format": "fixed",
+            "encoding": "cp949",
+            "fixed": {
+                "columns": [{"name": "no", "start": 1, "width": 6}, {"name": "nm", "start": 7, "width": 6}]
+            },
+            "document_type": {"default": "receipt"},
+            "field": [{"source": "no", "target": "document_no"}, {"source": "nm", "target": "patient.name"}],
+        }
+    )
     data = "A00001홍길동\r\nA00002김철  \r\n".encode("cp949")
     result = read_export(data, file_name="x.txt", profile=profile)
     assert result.problems == []

@@ -48,8 +48,11 @@ _JSON_TEXT = json.dumps(example("prescription"), ensure_ascii=False)
 
 
 @settings(max_examples=200, deadline=None)
-@given(cut=st.integers(min_value=0, max_value=len(_JSON_TEXT)), junk=st.text(max_size=5),
-       ext=st.sampled_from(EXTENSIONS))
+@given(
+    cut=st.integers(min_value=0, max_value=len(_JSON_TEXT)),
+    junk=st.text(max_size=5),
+    ext=st.sampled_from(EXTENSIONS),
+)
 def test_truncated_or_spliced_exports_never_raise(cut: int, junk: str, ext: str) -> None:
     check((_JSON_TEXT[:cut] + junk + _JSON_TEXT[cut:][:cut]).encode("utf-8", "surrogatepass"), ext)
 

@@ -68,6 +68,7 @@ def test_csv_writer_rejects_duplicate_keys_and_semicolons() -> None:
 
 # -------------------------------------------------------------------- hypothesis variations
 
+
 def _is_clean(text: str) -> bool:
     return bool(text) and clean_text(text) == text and unicodedata.normalize("NFC", text) == text
 

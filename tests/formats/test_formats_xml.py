@@ -77,7 +77,9 @@ def test_element_count_beyond_limit_is_r004(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_missing_type_attribute_is_r005_with_record_index() -> None:
-    result = read('<documents><document type="receipt"/><document><document_no>1</document_no></document></documents>')
+    result = read(
+        '<documents><document type="receipt"/><document><document_no>1</document_no></document></documents>'
+    )
     assert [(p.rule, p.record) for p in result.problems] == [("R-005", 1)]
 
 
@@ -86,9 +88,13 @@ def test_unknown_type_attribute_is_r005() -> None:
 
 
 def test_document_type_child_must_equal_the_attribute() -> None:
-    same = read('<documents><document type="receipt"><document_type>receipt</document_type></document></documents>')
+    same = read(
+        '<documents><document type="receipt"><document_type>receipt</document_type></document></documents>'
+    )
     assert rules(same) == [] and [r.document for r in same.records] == [{"document_type": "receipt"}]
-    other = read('<documents><document type="receipt"><document_type>prescription</document_type></document></documents>')
+    other = read(
+        '<documents><document type="receipt"><document_type>prescription</document_type></document></documents>'
+    )
     assert rules(other) == ["R-005"] and list(other.records) == []
 
 
@@ -104,15 +110,17 @@ def test_elements_are_typed_by_field_kind() -> None:
 </document></documents>"""
     result = read(text)
     assert result.problems == []
-    assert [r.document for r in result.records] == [{
-        "document_type": "prescription",
-        "version": 2,
-        "diagnosis_withheld": False,
-        "diagnosis_codes": ["J06.9", "A00"],
-        "patient": {"name": "홍길동"},
-        "lines": [{"line_no": 1, "dose": "2.50"}, {"line_no": "1,000"}],
-        "valid_days": "12.0",  # not an integer literal: kept as text, the validator says R-021
-    }]
+    assert [r.document for r in result.records] == [
+        {
+            "document_type": "prescription",
+            "version": 2,
+            "diagnosis_withheld": False,
+            "diagnosis_codes": ["J06.9", "A00"],
+            "patient": {"name": "홍길동"},
+            "lines": [{"line_no": 1, "dose": "2.50"}, {"line_no": "1,000"}],
+            "valid_days": "12.0",  # not an integer literal: kept as text, the validator says R-021
+        }
+    ]
 
 
 def test_unknown_element_is_r025() -> None:
@@ -127,7 +135,11 @@ def test_repeated_single_valued_element_is_r004() -> None:
 
 def test_declared_encoding_is_ignored_detected_encoding_wins() -> None:
     body = '<documents><document type="receipt"><department_name>가정의학과</department_name></document></documents>'
-    for declaration in ('<?xml version="1.0" encoding="UTF-8"?>', '<?xml version="1.0" encoding="EUC-KR"?>', ""):
+    for declaration in (
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<?xml version="1.0" encoding="EUC-KR"?>',
+        "",
+    ):
         for codec in ("utf-8", "cp949"):
             result = read((declaration + body).encode(codec))
             assert result.problems == [], (declaration, codec)
@@ -137,7 +149,9 @@ def test_declared_encoding_is_ignored_detected_encoding_wins() -> None:
 
 def test_nfd_text_is_nfc_after_reading() -> None:
     nfd = "\u1112\u1169\u11bc\u1100\u1175\u11af\u1103\u1169\u11bc"
-    result = read(f'<documents><document type="receipt"><patient><name>{nfd}</name></patient></document></documents>')
+    result = read(
+        f'<documents><document type="receipt"><patient><name>{nfd}</name></patient></document></documents>'
+    )
     assert next(iter(result.records)).document["patient"]["name"] == "홍길동"
 
 

@@ -10,6 +10,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
+    import agent.formats.vendor  # noqa: F401  (imported lazily by read_export; instrument it too)
     from agent.formats import load_profile, shipped_profiles_dir
     from tests.fuzz.harness_common import check_read
 

@@ -59,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             corpus.mkdir()
             seed_corpus(harness, corpus)
             command = [
-                sys.executable, str(Path(__file__).parent / f"fuzz_{harness}.py"),
-                f"-runs={args.runs}", f"-max_len={args.max_len}", "-rss_limit_mb=2048",
-                f"-artifact_prefix={tmp}/", str(corpus),
+                sys.executable,
+                str(Path(__file__).parent / f"fuzz_{harness}.py"),
+                f"-runs={args.runs}",
+                f"-max_len={args.max_len}",
+                "-rss_limit_mb=2048",
+                f"-artifact_prefix={tmp}/",
+                str(corpus),
             ]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             print(f"== fuzz {harness}: {args.runs} runs", flush=True)

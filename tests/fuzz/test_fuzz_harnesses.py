@@ -43,7 +43,9 @@ def test_harness_survives_mutated_seeds(name: str, tmp_path) -> None:  # type: i
             if op == 0 and data:
                 del data[pos : pos + rng.randrange(1, 40)]
             elif op == 1:
-                data[pos:pos] = rng.choice([b"<", b">", b'"', b",", b"\n", b"{", b"]", b"&", b"\xff", b"\x00"])
+                data[pos:pos] = rng.choice(
+                    [b"<", b">", b'"', b",", b"\n", b"{", b"]", b"&", b"\xff", b"\x00"]
+                )
             elif data:
                 data[min(pos, len(data) - 1)] = rng.getrandbits(8)
         body(bytes(data))
