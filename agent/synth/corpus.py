@@ -22,7 +22,6 @@ global generator, never the clock: the same arguments give the same bytes.
 from __future__ import annotations
 
 import collections
-import copy
 import hashlib
 import json
 import math
@@ -438,7 +437,3 @@ def _write_visible_when_complete(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
 
-
-def copy_documents(docs: list[Doc]) -> list[Doc]:
-    """Deep copies, for callers that want to modify generated documents."""
-    return copy.deepcopy(docs)
