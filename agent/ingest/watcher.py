@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,19 @@ HintCallback = Callable[[int, str, str], None]  # (watch_index, relpath or "", "
 
 def _text(path: str | bytes) -> str:
     return os.fsdecode(path)
+
+
+def _native_observer() -> Observer:
+    """The platform observer; on Linux with full events, so a file renamed in from *outside* the
+    folder (an unpaired IN_MOVED_TO) arrives as a moved event — complete — not as "created"."""
+    if sys.platform.startswith("linux"):
+        try:
+            from watchdog.observers.inotify import InotifyObserver
+
+            return InotifyObserver(generate_full_events=True)
+        except (ImportError, TypeError, OSError):
+            pass
+    return Observer()
 
 
 class _Handler(FileSystemEventHandler):
@@ -99,7 +113,7 @@ class FolderObserver:
         if not os.path.isdir(self.watch.path):
             return False
         observer = PollingObserver(timeout=max(1.0, min(self.watch.scan_interval / 4, 5.0))) \
-            if self.watch.polling else Observer()
+            if self.watch.polling else _native_observer()
         try:
             observer.schedule(_Handler(self.index, Path(self.watch.path), self.hint), str(self.watch.path),
                               recursive=self.watch.recursive)

@@ -52,11 +52,14 @@ def test_renamed_in_file_is_read_at_once(running):
     time.sleep(0.5)  # let the first scan and the observer come up
     tmp = inbox / "a.json.tmp"
     tmp.write_bytes(json_bytes([receipt(1)]))
+    outside = inbox.parent / "staged.json"  # renamed in from outside the folder (unpaired move)
+    outside.write_bytes(json_bytes([receipt(2)]))
     start = time.monotonic()
     os.rename(tmp, inbox / "a.json")
-    assert _wait(lambda: _versions(store) == 1, timeout=5)
+    os.rename(outside, inbox / "b.json")
+    assert _wait(lambda: _versions(store) == 2, timeout=5)
     assert time.monotonic() - start < 2.0  # no settle, no scan wait
-    assert not (inbox / "a.json").exists()
+    assert not (inbox / "a.json").exists() and not (inbox / "b.json").exists()
 
 
 def test_file_written_in_two_chunks_is_read_once_complete(running):
