@@ -358,7 +358,8 @@ class IngestService:
 
     def folder_pending(self, index: int) -> int:
         scanner = self.scanners[index]
-        waiting = sum(1 for rel in scanner.files
+        # list(): the worker thread forgets files while status reads; copy the keys atomically.
+        waiting = sum(1 for rel in list(scanner.files)
                       if not self.store.known_fingerprint_cached(index, rel))
         return max(waiting, self.queue.pending_for(index))
 

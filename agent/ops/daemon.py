@@ -476,7 +476,7 @@ class Daemon:
     def write_state(self, *, running: bool) -> None:
         try:
             atomic_write(state_path(self.config), json.dumps(self._state(running=running)).encode("utf-8"))
-        except OSError:
+        except Exception:  # a status refresh must never take the daemon down
             log.warning("state file could not be written", exc_info=True)
 
     # -- run / stop ----------------------------------------------------------------------------------------

@@ -49,9 +49,31 @@ def check_key_files(config: Config) -> Iterator[Check]:
             yield Check(f"key file {path.name}", FAIL, exc.message, f"chmod 600 {path}; chown to the service user")
         else:
             yield Check(f"key file {path.name}", OK, "0600, owned by the service user")
-    if os.name != "nt" and os.geteuid() == 0:
-        yield Check("service user", WARN, "running as root",
-                    "run the daemon as the dedicated `silson-agent` user (the systemd unit does)")
+    yield from _check_daemon_user(config)
+
+
+def _check_daemon_user(config: Config) -> Iterator[Check]:
+    """The daemon must not run as root (security.md §10); doctor itself may (it is an admin tool)."""
+    if os.name == "nt":
+        return
+    from agent.ops.daemon import is_running, read_state
+
+    state = read_state(config)
+    if not is_running(state):
+        if os.geteuid() == 0:
+            yield Check("service user", WARN, "doctor runs as root; the daemon is not running",
+                        "run the daemon as the dedicated `silson-agent` user (the systemd unit does)")
+        return
+    try:
+        status = Path(f"/proc/{int(state['pid'])}/status").read_text()
+        uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+    except (OSError, StopIteration, ValueError, KeyError, TypeError):
+        return
+    if uid == 0:
+        yield Check("service user", FAIL, "the daemon runs as root",
+                    "run it as the dedicated `silson-agent` user (service install does)")
+    else:
+        yield Check("service user", OK, f"daemon runs as uid {uid}")
 
 
 def _load_certs(path: Path) -> list[x509.Certificate]:
@@ -177,9 +199,9 @@ def check_store(config: Config) -> Iterator[Check]:
         yield Check("store integrity", FAIL, exc.message, "run `silson-agent store verify`; restore a backup")
         return
     if report.ok:
-        yield Check("store integrity", OK, f"integrity_check ok, {report.checked} record(s) decrypted")
+        yield Check("store integrity", OK, f"integrity_check ok, {report.records_checked} sampled record(s) decrypted")
     else:
-        yield Check("store integrity", FAIL, "; ".join(report.problems[:3]), "run `silson-agent store verify`")
+        yield Check("store integrity", FAIL, "; ".join(report.errors[:3]), "run `silson-agent store verify`")
 
 
 def check_audit(config: Config) -> Iterator[Check]:

@@ -36,3 +36,40 @@ def test_client_ca_containing_server_issuer_fails(cli, installation: Path) -> No
     result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
     assert result.code == 5
     assert any(c["name"] == "relay client CA" and c["status"] == "FAIL" for c in result.json()["checks"])
+
+
+def _store_with_documents(installation: Path, n: int = 3) -> None:
+    from agent.config import load_config
+    from agent.store import FileFingerprint, Store
+    from tests.store.storehelp import make_doc, record
+
+    config = load_config(installation / "agent.toml")
+    store = Store.open(config)
+    try:
+        for i in range(n):
+            fp = FileFingerprint(path=f"inbox/f{i}.json", size=10, mtime_ns=i, sha256=f"{i:064x}")
+            store.commit_file(fp, [record(make_doc(i))])
+    finally:
+        store.close()
+
+
+def test_store_integrity_sampled_ok_then_fail_after_corruption(cli, installation: Path) -> None:
+    import sqlite3
+
+    _store_with_documents(installation)
+    result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
+    check = next(c for c in result.json()["checks"] if c["name"] == "store integrity")
+    assert check["status"] == "OK", check
+    db = sqlite3.connect(installation / "data" / "store.db")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    table = "versions" if "versions" in tables else "documents"
+    column = next(r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[1] in ("ciphertext", "content_ct", "ct"))
+    rowid, blob = db.execute(f"SELECT rowid, {column} FROM {table} LIMIT 1").fetchone()
+    flipped = bytes([blob[0] ^ 0x01]) + bytes(blob[1:])
+    db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (flipped, rowid))
+    db.commit()
+    db.close()
+    result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
+    assert result.code == 5
+    failed = [c for c in result.json()["checks"] if c["status"] == "FAIL"]
+    assert [c["name"] for c in failed] == ["store integrity"], failed
