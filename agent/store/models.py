@@ -64,6 +64,9 @@ class FileOutcome:
     problems: list[Problem] = dataclasses.field(default_factory=list)  # when quarantined
     warnings: list[Problem] = dataclasses.field(default_factory=list)  # W-011/W-012/W-013
     doc_ids: list[str] = dataclasses.field(default_factory=list)  # documents given a new version
+    # W-5xx (documents.md §7) of every document whose cross-document warnings were evaluated in this
+    # commit — those given a new current version and their counterparts: doc id -> problems.
+    cross_warnings: dict[str, list[Problem]] = dataclasses.field(default_factory=dict)
     versions_stored: int = 0
     noop_records: int = 0
     ledger_id: int | None = None

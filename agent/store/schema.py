@@ -5,16 +5,18 @@ transaction as the ``user_version`` bump, so a crash leaves the database at the 
 version, never between. Never edit a released migration: append a new one.
 
 Clear (unencrypted) columns are limited to what security.md §6.1 allows: ids, type, version,
-status, ykiho, document_no, issued_on, care period, total_charge, blind indexes, key ids,
-timestamps, sizes, digests and rule ids. Everything personal lives in the ``*_ct`` /
-``ciphertext`` columns.
+status, ykiho, document_no, issued_on, care period, total_charge, blind indexes and other keyed
+HMACs, class-O link numbers (receipt_no, prescription_issue_no), key ids, timestamps, sizes,
+digests and rule ids. Everything personal lives in the ``ciphertext`` / ``subject_ciphertext``
+columns.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-# Every encrypted table has the same five sealed columns (agent.store.crypto.Sealed).
+# Every encrypted record has the same five sealed columns (agent.store.crypto.Sealed); ``versions``
+# holds two records per row (the document, and its subject with the ``subject_`` column prefix).
 _SEALED = "kek_id TEXT NOT NULL, wrap_nonce BLOB NOT NULL, wrapped_dek BLOB NOT NULL, " \
           "nonce BLOB NOT NULL, ciphertext BLOB NOT NULL"
 
@@ -127,6 +129,45 @@ MIGRATIONS: list[str] = [
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    # 3 -> 4: the subject record (RRN/name ciphertext) moves into its version row, so a new version
+    # is one row instead of two (insert throughput). It stays a record of its own — own record id
+    # ``sub_…`` (always derived from the doc id, ``ids.subject_id_for``, so not stored again), own
+    # DEK, AAD prefix "silson:v1:subject:" (security.md §6.2) — so the ciphertexts are moved
+    # unchanged and still authenticate. The per-version blind indexes of ``subjects`` were
+    # never read (search uses the ones on ``documents``) and are not carried over. ``secure_delete``
+    # (set on the writer connection before migrating) zeroes the dropped table's pages.
+    """
+    ALTER TABLE versions ADD COLUMN subject_kek_id TEXT;
+    ALTER TABLE versions ADD COLUMN subject_wrap_nonce BLOB;
+    ALTER TABLE versions ADD COLUMN subject_wrapped_dek BLOB;
+    ALTER TABLE versions ADD COLUMN subject_nonce BLOB;
+    ALTER TABLE versions ADD COLUMN subject_ciphertext BLOB;
+    UPDATE versions SET subject_kek_id = s.kek_id, subject_wrap_nonce = s.wrap_nonce,
+        subject_wrapped_dek = s.wrapped_dek, subject_nonce = s.nonce, subject_ciphertext = s.ciphertext
+        FROM subjects AS s WHERE s.doc_id = versions.doc_id AND s.version = versions.version;
+    DROP TABLE subjects;
+    """,
+    # 4 -> 5: clear link columns for the cross-document rules (documents.md §7.1) of the current
+    # version. ``receipt_no`` (of a receipt_detail) and ``prescription_issue_no`` (of a pharmacy
+    # receipt) are class O (documents.md §10). ``patient_reg_no`` is personal data, so the §7.1
+    # fallback link uses ``preg_hmac`` = HMAC-SHA-256(blind-index key, "preg:v1:" + ykiho + ":" +
+    # patient_reg_no), never the number. Rows stored before this migration get their links filled
+    # in by the store at its next start (``backfill_links`` marks that work; it needs the keys).
+    """
+    ALTER TABLE documents ADD COLUMN receipt_no TEXT;
+    ALTER TABLE documents ADD COLUMN prescription_issue_no TEXT;
+    ALTER TABLE documents ADD COLUMN preg_hmac TEXT;
+    CREATE INDEX documents_receipt_no ON documents (ykiho, receipt_no) WHERE receipt_no IS NOT NULL;
+    CREATE INDEX documents_rx_issue_no ON documents (prescription_issue_no) WHERE prescription_issue_no IS NOT NULL;
+    CREATE INDEX documents_preg ON documents (preg_hmac) WHERE preg_hmac IS NOT NULL;
+    CREATE INDEX documents_prescription_no ON documents (document_no) WHERE document_type = 'prescription';
+    INSERT INTO kv (key, value) SELECT 'backfill_links', '1' WHERE EXISTS (SELECT 1 FROM documents);
+    """,
+    # 5 -> 6: the per-day 429 counters live in the audit log (``AuditLog.count_rate_limited``, read by
+    # the monthly report, security.md §7.5); the store's copy was never read and is dropped.
+    """
+    DROP TABLE rate_limited;
     """,
 ]
 

@@ -1,9 +1,12 @@
 """The encrypted document store: one SQLite file ``data_dir/store.db`` behind one writer thread.
 
-What it owns (architecture.md): documents and their versions (encrypted, envelope per version),
-subjects (RRN/name ciphertext + keyed blind indexes), the ingest ledger, the encrypted archive of
-ingested files (blobs in the database, so archive and records commit in one transaction),
-quarantine entries, replay ids, claim bindings, per-day 429 counters and a small key/value table.
+What it owns (architecture.md): documents and their versions (encrypted, envelope per version;
+each version row also holds its subject record — RRN/name ciphertext — while the keyed blind
+indexes sit on ``documents``), the clear cross-document link columns and the W-5xx results
+(``agent/store/links.py``), the ingest ledger, the encrypted archive of ingested files (blobs in the
+database, so archive and records commit in one transaction), quarantine entries, replay ids, claim
+bindings and a small key/value table. Per-day 429 counters are not here: the audit log keeps them
+(``AuditLog.count_rate_limited``), next to the monthly report that reads them.
 
 Rules it protects:
 - No plaintext RRN or name in any table, index, WAL page, temp file, SQL text or bound parameter:
@@ -19,6 +22,7 @@ Rules it protects:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -41,6 +45,7 @@ from agent.store import crypto
 from agent.store.crypto import Sealed
 from agent.store.db import Database, TraceCallback
 from agent.store.ids import new_doc_id, new_entry_id, subject_id_for
+from agent.store.links import CrossEvaluator, LinkRow, link_values
 from agent.store.models import (
     ACCEPTED,
     COMMITTED_OUTCOMES,
@@ -70,15 +75,42 @@ BINDING_LIFE_S = 60 * 60  # relay-api.md §6.3: latest search + 60 minutes
 AGENT_FIELDS = ("source", "received_at", "content_hash", "validation")
 ALL_TYPES = ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")
 _SEALED_COLS = "kek_id, wrap_nonce, wrapped_dek, nonce, ciphertext"
+_SUBJECT_SEALED_COLS = ("subject_kek_id, subject_wrap_nonce, subject_wrapped_dek, subject_nonce, "
+                        "subject_ciphertext")
+_SUBJECT_FIELDS = ("name", "rrn", "rrn_masked", "patient_reg_no")
+# The subject record id is derived from the doc id (ids.subject_id_for), in SQL for the loops below.
+_SUBJECT_ID_SQL = "'sub_' || substr(doc_id, 5)"
 
-# Every table holding a wrapped DEK: (table, kind, record-id column, version expression, label).
-_ENCRYPTED_TABLES: tuple[tuple[str, str, str, str, str], ...] = (
-    ("versions", crypto.KIND_DOC, "doc_id", "version", "document"),
-    ("subjects", crypto.KIND_SUBJECT, "subject_id", "version", "subject"),
-    ("archive", crypto.KIND_ARCHIVE, "archive_id", "0", "archive entry"),
-    ("quarantine", crypto.KIND_QUARANTINE, "qid", "0", "quarantine entry"),
-    ("ledger", crypto.KIND_LEDGER, "path_id", "0", "ledger entry"),
+
+@dataclasses.dataclass(frozen=True)
+class _SealedGroup:
+    """Five sealed columns holding one kind of record: ``prefix`` + kek_id, wrap_nonce, … ."""
+
+    table: str
+    kind: str
+    id_expr: str  # SQL giving the record id used in the AADs
+    version_expr: str  # SQL giving the version used in the AADs
+    label: str
+    prefix: str = ""
+
+    @property
+    def kek_col(self) -> str:
+        return self.prefix + "kek_id"
+
+    @property
+    def cols(self) -> str:
+        return ", ".join(self.prefix + c for c in _SEALED_COLS.split(", "))
+
+
+# Every place holding a wrapped DEK (verify, rotation, KEK usage walk these).
+_ENCRYPTED: tuple[_SealedGroup, ...] = (
+    _SealedGroup("versions", crypto.KIND_DOC, "doc_id", "version", "document"),
+    _SealedGroup("versions", crypto.KIND_SUBJECT, _SUBJECT_ID_SQL, "version", "subject", "subject_"),
+    _SealedGroup("archive", crypto.KIND_ARCHIVE, "archive_id", "0", "archive entry"),
+    _SealedGroup("quarantine", crypto.KIND_QUARANTINE, "qid", "0", "quarantine entry"),
+    _SealedGroup("ledger", crypto.KIND_LEDGER, "path_id", "0", "ledger entry"),
 )
+_Key = tuple[str, str, str]  # natural key (ykiho, document_type, document_no), documents.md §2.2
 
 
 class _Rollback(Exception):
@@ -96,6 +128,12 @@ def normalise_name(name: str) -> str:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _rules_json(rules: Iterable[str]) -> str:
+    """The clear rule-id column of a version (``["W-104"]``); most versions have none."""
+    unique = sorted(set(rules))
+    return json.dumps(unique) if unique else "[]"
 
 
 def _sealed(row: Sequence[Any], start: int = 0) -> Sealed:
@@ -118,13 +156,14 @@ class Store:
     """The store of one installation. Open with ``Store.open(config)``; close (or use ``with``)."""
 
     def __init__(self, db: Database, keyring: KeyRing, clock: Clock, data_dir: Path,
-                 retention_keep_s: int, backup_dir: Path | None = None) -> None:
+                 retention_keep_s: int, backup_dir: Path | None = None, *, default_valid_days: int = 3) -> None:
         self.db = db
         self.keyring = keyring
         self.clock = clock
         self.data_dir = data_dir
         self.retention_keep_s = retention_keep_s
         self.backup_dir = backup_dir
+        self.default_valid_days = default_valid_days  # W-507 (config validation.default_valid_days)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -136,8 +175,9 @@ class Store:
         keyring = keyring or load_keyring(config.keys_dir)
         db = Database(data_dir / STORE_FILE, trace=trace)
         store = cls(db, keyring, clock or SystemClock(), data_dir, int(config.retention.keep),
-                    backup_dir=config.backup.dir)
+                    backup_dir=config.backup.dir, default_valid_days=int(config.validation.default_valid_days))
         store._ensure_identity()
+        store._backfill_links()
         return store
 
     def close(self) -> None:
@@ -156,6 +196,35 @@ class Store:
             conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('created_at', ?)",
                          (utc_iso(self.clock.now()),))
         self.db.write(job)
+
+    def _backfill_links(self, batch: int = 500) -> None:
+        """Fill the link columns of documents stored before schema migration 4 -> 5.
+
+        The migration cannot do it (it has no keys): it leaves ``backfill_links`` in ``kv`` when
+        there were documents. Each batch decrypts current versions and is one short write
+        transaction; the marker goes only after the last batch, so an interrupted start resumes.
+        Cross-document warnings of pairs stored before are computed when either side next changes.
+        """
+        if self.kv_get("backfill_links") is None:
+            return
+        last = ""
+        while True:
+            def job(conn: sqlite3.Connection, after: str = last) -> str | None:
+                ids = [r[0] for r in conn.execute("SELECT doc_id FROM documents WHERE doc_id > ? ORDER BY doc_id "
+                                                  "LIMIT ?", (after, batch))]
+                if not ids:
+                    conn.execute("DELETE FROM kv WHERE key = 'backfill_links'")
+                    return None
+                rows = []
+                for doc_id, stored in self._load_current_many(conn, ids).items():
+                    rows.append((*link_values(stored.document, self.preg_hmac), doc_id))
+                conn.executemany("UPDATE documents SET receipt_no = ?, prescription_issue_no = ?, preg_hmac = ? "
+                                 "WHERE doc_id = ?", rows)
+                return ids[-1]
+            nxt = self.db.write(job)
+            if nxt is None:
+                return
+            last = nxt
 
     # -- keys ----------------------------------------------------------------------------------
     def _kek(self, kek_id: str, what: str) -> bytes:
@@ -235,13 +304,22 @@ class Store:
         content hash, warnings), all already valid. ``file_meta``: ``file_name``, ``profile``,
         ``format``, ``encoding`` for the ``source`` block (stored only encrypted). On a version
         conflict (R-010/R-014) nothing is written and the outcome is ``quarantined`` with the
-        problems; the caller quarantines the file.
+        problems; the caller quarantines the file. Cross-document warnings (W-5xx) of every document
+        given a new current version, and of its counterparts, are recomputed in the same transaction.
+
+        Throughput: the whole file is decided in memory first (one look-up query per institution and
+        type, not one per record), then written with one ``executemany`` per table; each new version
+        is one ``versions`` row holding both of its sealed records (document and subject).
         """
         meta = dict(file_meta or {})
         inputs = [_record_input(r) for r in records]
-        now = self.clock.now()
-        now_iso = utc_iso(now)
+        now_iso = utc_iso(self.clock.now())
         file_id = fingerprint.file_id
+        # The source block is the same for every record of the file but its index: build it once.
+        source = {k: v for k, v in {
+            "file_name": meta.get("file_name"), "sha256": fingerprint.sha256, "record_index": 0,
+            "profile": meta.get("profile", "standard"), "format": meta.get("format"),
+            "encoding": meta.get("encoding")}.items() if v is not None}
 
         def job(conn: sqlite3.Connection) -> FileOutcome:
             kek = self._refresh_current_kek()
@@ -253,30 +331,32 @@ class Store:
                 return FileOutcome(OUT_DUPLICATE, file_id, noop_records=len(inputs), ledger_id=ledger_id)
             ledger_id = self._insert_ledger(conn, fingerprint, fingerprint.sha256, ACCEPTED, meta, now_iso, kek)
             outcome = FileOutcome(ACCEPTED, file_id, ledger_id=ledger_id)
-            superseded = False
-            existed_before: dict[tuple[str, str, str], bool] = {}
             # Version order is the only ordering (documents.md §9.2): sort a file's records per key.
-            for rec in sorted(inputs, key=lambda r: (_natural_key(r.document), int(r.document["version"]))):
-                result = self._apply_record(conn, rec, meta, fingerprint.sha256, ledger_id, now_iso, kek,
-                                            existed_before)
+            ordered = sorted(inputs, key=lambda r: (_natural_key(r.document), int(r.document["version"])))
+            states = self._load_key_states(conn, ordered)
+            for rec in ordered:
+                state = states[_natural_key(rec.document)]
+                result = self._decide_record(conn, state, rec, source, now_iso)
                 if isinstance(result, Problem):
                     outcome.problems.append(result)
-                    continue
-                kind, doc_id, was_existing, warnings = result
-                outcome.warnings.extend(warnings)
-                if kind == "duplicate":
+                elif result is None:
                     outcome.noop_records += 1
-                    continue
-                outcome.versions_stored += 1
-                if doc_id not in outcome.doc_ids:
-                    outcome.doc_ids.append(doc_id)
-                superseded = superseded or was_existing
+                else:
+                    outcome.warnings.extend(result)
+                    outcome.versions_stored += 1
+                    if state.doc_id not in outcome.doc_ids:
+                        outcome.doc_ids.append(state.doc_id)
             if outcome.problems:
                 raise _Rollback(FileOutcome(QUARANTINED, file_id, problems=sorted(
                     outcome.problems, key=lambda p: (p.record or 0, p.rule))))
+            changed = [s for s in states.values() if s.pending]
+            if changed:
+                self._write_documents(conn, changed, now_iso)
+                outcome.cross_warnings = self._cross_evaluate(conn, changed, kek)
+                self._insert_versions(conn, changed, ledger_id, now_iso, kek)
             if inputs and outcome.versions_stored == 0:
                 outcome.outcome = OUT_DUPLICATE
-            elif superseded:
+            elif any(s.existed for s in changed):
                 outcome.outcome = SUPERSEDED
             conn.execute("UPDATE ledger SET outcome = ?, records_committed = ? WHERE ledger_id = ?",
                          (outcome.outcome, outcome.versions_stored, ledger_id))
@@ -285,9 +365,8 @@ class Store:
                 sealed = crypto.seal(crypto.KIND_ARCHIVE, archive_id, 0,
                                      _pack({"original_name": meta.get("file_name")}, archive), *kek)
                 conn.execute(f"INSERT INTO archive (archive_id, ledger_id, size, created_at, {_SEALED_COLS}) "
-                             "VALUES (?,?,?,?,?,?,?,?,?)",
-                             (archive_id, ledger_id, len(archive), now_iso, sealed.kek_id, sealed.wrap_nonce,
-                              sealed.wrapped_dek, sealed.nonce, sealed.ciphertext))
+                             "VALUES (?,?,?,?,?,?,?,?,?)", (archive_id, ledger_id, len(archive), now_iso,
+                                                            *sealed.columns()))
             conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('last_commit_at', ?)", (now_iso,))
             self._bump_generation(conn)
             return outcome
@@ -297,102 +376,183 @@ class Store:
         except _Rollback as rb:
             return rb.value  # type: ignore[no-any-return]
 
-    def _apply_record(self, conn: sqlite3.Connection, rec: _Input, meta: dict[str, Any], sha256: str,
-                      ledger_id: int, now_iso: str, kek: tuple[str, bytes],
-                      existed_before: dict[tuple[str, str, str], bool]
-                      ) -> Problem | tuple[str, str, bool, tuple[Problem, ...]]:
+    def _load_key_states(self, conn: sqlite3.Connection, ordered: Sequence[_Input]) -> dict[_Key, _KeyState]:
+        """What the store holds for every natural key of a file, in a few batched queries."""
+        states: dict[_Key, _KeyState] = {}
+        by_group: dict[tuple[str, str], list[str]] = {}
+        for rec in ordered:
+            key = _natural_key(rec.document)
+            if key not in states:
+                states[key] = _KeyState(key)
+                by_group.setdefault(key[:2], []).append(key[2])
+        existing: dict[str, _KeyState] = {}
+        for (ykiho, doc_type), numbers in by_group.items():
+            for chunk in _chunks(numbers, 400):
+                for row in conn.execute(
+                        "SELECT document_no, doc_id, current_version, receipt_no, prescription_issue_no, preg_hmac, "
+                        f"care_start, care_end FROM documents WHERE ykiho = ? AND document_type = ? "
+                        f"AND document_no IN ({','.join('?' * len(chunk))})", (ykiho, doc_type, *chunk)):
+                    state = states[(ykiho, doc_type, row[0])]
+                    state.doc_id, state.existed, state.current_version = row[1], True, int(row[2])
+                    state.previous_links = LinkRow(row[1], doc_type, ykiho, row[0], *row[3:])
+                    existing[row[1]] = state
+        for chunk in _chunks(list(existing), 400):
+            for doc_id, version, chash, status in conn.execute(
+                    "SELECT doc_id, version, content_hash, status FROM versions "
+                    f"WHERE doc_id IN ({','.join('?' * len(chunk))})", chunk):
+                existing[doc_id].stored.append(StoredVersion(version, chash, status))
+        # The current content is needed only by a record that is not a re-export of a stored
+        # version (R-014, W-011, cancellation merge): decrypt just those, fetched in one query.
+        incoming: dict[_Key, set[int]] = {}
+        for rec in ordered:
+            incoming.setdefault(_natural_key(rec.document), set()).add(int(rec.document["version"]))
+        need = [s.doc_id for s in existing.values() if incoming[s.key] - {v.version for v in s.stored}]
+        if need:
+            for doc_id, stored in self._load_current_many(conn, need).items():
+                existing[doc_id].content = {k: v for k, v in stored.document.items() if k not in AGENT_FIELDS}
+        for state in states.values():
+            if not state.existed:
+                state.doc_id = new_doc_id()
+        return states
+
+    def _decide_record(self, conn: sqlite3.Connection, state: _KeyState, rec: _Input, source: dict[str, Any],
+                       now_iso: str) -> Problem | list[Problem] | None:
+        """Apply documents.md §9 to one record against the key's state (stored + earlier in the file).
+
+        Returns the R-010/R-014 problem, ``None`` for a no-op, or the W-011/W-012/W-013 warnings of a
+        new version (which is then pending on ``state``).
+        """
         doc = rec.document
-        key = _natural_key(doc)
-        row = conn.execute("SELECT doc_id, current_version FROM documents "
-                           "WHERE ykiho = ? AND document_type = ? AND document_no = ?", key).fetchone()
-        if key not in existed_before:
-            existed_before[key] = row is not None
-        stored: list[StoredVersion] = []
-        current: dict[str, Any] | None = None
-        doc_id = row[0] if row else new_doc_id()
-        if row:
-            stored = [StoredVersion(v, h, s) for v, h, s in conn.execute(
-                "SELECT version, content_hash, status FROM versions WHERE doc_id = ?", (doc_id,))]
-            current = self._read_version(conn, doc_id, int(row[1])).document
-            current = {k: v for k, v in current.items() if k not in AGENT_FIELDS}
-        decision = decide_version(doc, rec.content_hash, stored, current)
-        if decision.action == "conflict":
-            first = decision.errors[0]
-            return first.with_record(rec.index)
-        if decision.action == "duplicate":
-            return "duplicate", doc_id, existed_before[key], ()
-        decided = tuple(p.with_record(rec.index) for p in decision.problems if not p.is_error)
         version = int(doc["version"])
+        known = any(v.version == version for v in state.stored)
+        # A known version is decided by its hash alone; decide_version never reads ``current`` then.
+        decision = decide_version(doc, rec.content_hash, state.stored, None if known else state.content)
+        if decision.action == "conflict":
+            return decision.errors[0].with_record(rec.index)
+        if decision.action == "duplicate":
+            return None
+        decided = [p.with_record(rec.index) for p in decision.problems if not p.is_error]
         status = doc["status"]
-        content = merge_cancellation(current, doc) if status == "cancelled" and current else dict(doc)
+        content = merge_cancellation(state.content, doc) if status == "cancelled" and state.content else doc
         warnings = list(rec.warnings) + [{"rule": p.rule, "path": p.path} for p in decided]
         stored_doc = dict(content)
-        stored_doc["source"] = {k: v for k, v in {
-            "file_name": meta.get("file_name"), "sha256": sha256, "record_index": rec.index,
-            "profile": meta.get("profile", "standard"), "format": meta.get("format"),
-            "encoding": meta.get("encoding")}.items() if v is not None}
+        stored_doc["source"] = {**source, "record_index": rec.index}
         stored_doc["received_at"] = now_iso
         stored_doc["content_hash"] = rec.content_hash
         stored_doc["validation"] = {"warnings": warnings, "cross_warnings": []}
-        issued_on = str(content.get("issued_on"))
-        care = content.get("care_period") if isinstance(content.get("care_period"), dict) else None
-        care_start = care.get("start") if care else None
-        care_end = care.get("end") if care else None
-        total = content.get("total_charge") if content.get("document_type") in ("receipt", "pharmacy_receipt") \
-            else None
-        patient = content.get("patient") or {}
-        rrn_bidx = rrn7_bidx = None
-        if isinstance(patient.get("rrn"), str) and len(patient["rrn"]) == 13:
-            rrn_bidx = self.keyring.rrn_index(patient["rrn"])
-        elif isinstance(patient.get("rrn_masked"), str):
-            rrn7_bidx = self.keyring.rrn7_index(patient["rrn_masked"][:7])
-        if row is None:
-            conn.execute(
-                "INSERT INTO documents (doc_id, ykiho, document_type, document_no, current_version, current_status, "
-                "issued_on, care_start, care_end, total_charge, rrn_bidx, rrn7_bidx, updated_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (doc_id, *key, version, status, issued_on, care_start, care_end, total, rrn_bidx, rrn7_bidx, now_iso))
-        else:
-            conn.execute(
-                "UPDATE documents SET current_version = ?, current_status = ?, issued_on = ?, care_start = ?, "
-                "care_end = ?, total_charge = ?, rrn_bidx = ?, rrn7_bidx = ?, updated_at = ? WHERE doc_id = ?",
-                (version, status, issued_on, care_start, care_end, total, rrn_bidx, rrn7_bidx, now_iso, doc_id))
-        sealed = crypto.seal(crypto.KIND_DOC, doc_id, version, _dumps(stored_doc), *kek)
-        conn.execute(
-            "INSERT INTO versions (doc_id, version, status, content_hash, issued_on, care_start, care_end, "
-            f"total_charge, ledger_id, received_at, warning_rules, {_SEALED_COLS}) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (doc_id, version, status, rec.content_hash, issued_on, care_start, care_end, total, ledger_id, now_iso,
-             json.dumps(sorted({w["rule"] for w in warnings})), sealed.kek_id, sealed.wrap_nonce,
-             sealed.wrapped_dek, sealed.nonce, sealed.ciphertext))
-        subject_id = subject_id_for(doc_id)
-        subject = {k: patient[k] for k in ("name", "rrn", "rrn_masked", "patient_reg_no") if k in patient}
-        ssealed = crypto.seal(crypto.KIND_SUBJECT, subject_id, version, _dumps(subject), *kek)
-        conn.execute(f"INSERT INTO subjects (subject_id, doc_id, version, rrn_bidx, rrn7_bidx, {_SEALED_COLS}) "
-                     "VALUES (?,?,?,?,?,?,?,?,?,?)",
-                     (subject_id, doc_id, version, rrn_bidx, rrn7_bidx, ssealed.kek_id, ssealed.wrap_nonce,
-                      ssealed.wrapped_dek, ssealed.nonce, ssealed.ciphertext))
-        return "new", doc_id, existed_before[key], decided
+        state.pending.append(_Pending(version, status, rec.content_hash, content, stored_doc,
+                                      _rules_json(w["rule"] for w in warnings)))
+        state.stored.append(StoredVersion(version, rec.content_hash, status))
+        state.content = content
+        return decided
 
-    def set_cross_warnings(self, doc_id: str, version: int, rules: Sequence[dict[str, str]]) -> None:
-        """Store cross-document warnings (W-5xx) computed by the caller on a stored version.
+    def _write_documents(self, conn: sqlite3.Connection, changed: Sequence[_KeyState], now_iso: str) -> None:
+        """One ``documents`` row per changed key, holding the clear columns of its new current version."""
+        inserts, updates = [], []
+        for state in changed:
+            cur = state.pending[-1]
+            content = cur.content
+            care = content.get("care_period") if isinstance(content.get("care_period"), dict) else None
+            care_start = care.get("start") if care else None
+            care_end = care.get("end") if care else None
+            total = content.get("total_charge") if state.key[1] in ("receipt", "pharmacy_receipt") else None
+            patient = content.get("patient") or {}
+            rrn_bidx = rrn7_bidx = None
+            if isinstance(patient.get("rrn"), str) and len(patient["rrn"]) == 13:
+                rrn_bidx = self.keyring.rrn_index(patient["rrn"])
+            elif isinstance(patient.get("rrn_masked"), str):
+                rrn7_bidx = self.keyring.rrn7_index(patient["rrn_masked"][:7])
+            receipt_no, issue_no, preg = link_values(content, self.preg_hmac)
+            ykiho, doc_type, document_no = state.key
+            state.links = LinkRow(state.doc_id, doc_type, ykiho, document_no, receipt_no, issue_no, preg, care_start,
+                                  care_end)
+            values = (cur.version, cur.status, str(content.get("issued_on")), care_start, care_end, total, rrn_bidx,
+                      rrn7_bidx, receipt_no, issue_no, preg, now_iso)
+            if state.existed:
+                updates.append((*values, state.doc_id))
+            else:
+                inserts.append((state.doc_id, *state.key, *values))
+        tail = ("current_version, current_status, issued_on, care_start, care_end, total_charge, rrn_bidx, "
+                "rrn7_bidx, receipt_no, prescription_issue_no, preg_hmac, updated_at")
+        if inserts:
+            conn.executemany(f"INSERT INTO documents (doc_id, ykiho, document_type, document_no, {tail}) "
+                             f"VALUES ({','.join('?' * 16)})", inserts)
+        if updates:
+            sets = ", ".join(f"{c} = ?" for c in tail.split(", "))
+            conn.executemany(f"UPDATE documents SET {sets} WHERE doc_id = ?", updates)
 
-        The version's ciphertext is re-sealed (fresh DEK) with ``validation.cross_warnings`` replaced;
-        the clear ``cross_warning_rules`` column holds the rule ids only.
+    def _cross_evaluate(self, conn: sqlite3.Connection, changed: Sequence[_KeyState],
+                        kek: tuple[str, bytes]) -> dict[str, list[Problem]]:
+        """W-5xx for the changed documents and their counterparts (documents.md §7), same transaction.
+
+        Changed documents get theirs in the pending current version (sealed once, just after); a
+        counterpart already stored gets its current version re-sealed (fresh DEK) only when its
+        result changed.
         """
-        def job(conn: sqlite3.Connection) -> None:
-            kek = self._refresh_current_kek()
-            stored = self._read_version(conn, doc_id, version)
-            document = dict(stored.document)
-            validation = dict(document.get("validation") or {})
-            validation["cross_warnings"] = [dict(r) for r in rules]
-            document["validation"] = validation
-            sealed = crypto.seal(crypto.KIND_DOC, doc_id, version, _dumps(document), *kek)
-            conn.execute("UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, wrapped_dek = ?, "
-                         "nonce = ?, ciphertext = ? WHERE doc_id = ? AND version = ?",
-                         (json.dumps(sorted({r["rule"] for r in rules})), sealed.kek_id, sealed.wrap_nonce,
-                          sealed.wrapped_dek, sealed.nonce, sealed.ciphertext, doc_id, version))
-        self.db.write(job)
+        pending = {s.doc_id: s.pending[-1].content for s in changed}
+        stored: dict[str, StoredDocument] = {}
+
+        def load(doc_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+            found = self._load_current_many(conn, doc_ids)
+            stored.update(found)
+            return {d: s.document for d, s in found.items()}
+
+        evaluator = CrossEvaluator(conn, pending, load, default_valid_days=self.default_valid_days)
+        results = evaluator.run([s.links for s in changed if s.links is not None],
+                                [s.previous_links for s in changed if s.previous_links is not None])
+        by_id = {s.doc_id: s for s in changed}
+        updates = []
+        for doc_id, problems in results.items():
+            listed = [{"rule": p.rule, "path": p.path} for p in problems]
+            if doc_id in by_id:
+                by_id[doc_id].pending[-1].stored_doc["validation"]["cross_warnings"] = listed
+                by_id[doc_id].pending[-1].cross_rules = _rules_json(p.rule for p in problems)
+                continue
+            current = stored.get(doc_id)
+            if current is None or (current.document.get("validation") or {}).get("cross_warnings") == listed:
+                continue
+            document = dict(current.document)
+            document["validation"] = {**(document.get("validation") or {}), "cross_warnings": listed}
+            sealed = crypto.seal(crypto.KIND_DOC, doc_id, current.version, _dumps(document), *kek)
+            updates.append((_rules_json(p.rule for p in problems), *sealed.columns(), doc_id, current.version))
+        if updates:
+            conn.executemany("UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, "
+                             "wrapped_dek = ?, nonce = ?, ciphertext = ? WHERE doc_id = ? AND version = ?", updates)
+        return results
+
+    def _insert_versions(self, conn: sqlite3.Connection, changed: Sequence[_KeyState], ledger_id: int,
+                         now_iso: str, kek: tuple[str, bytes]) -> None:
+        """Seal and insert every pending version: one row, two records (document + subject)."""
+        rows = []
+        for state in changed:
+            doc_id = state.doc_id
+            subject_id = subject_id_for(doc_id)
+            for p in state.pending:
+                content = p.content
+                care = content.get("care_period") if isinstance(content.get("care_period"), dict) else None
+                total = content.get("total_charge") if state.key[1] in ("receipt", "pharmacy_receipt") else None
+                patient = content.get("patient") or {}
+                subject = {k: patient[k] for k in _SUBJECT_FIELDS if k in patient}
+                sealed = crypto.seal(crypto.KIND_DOC, doc_id, p.version, _dumps(p.stored_doc), *kek)
+                ssealed = crypto.seal(crypto.KIND_SUBJECT, subject_id, p.version, _dumps(subject), *kek)
+                rows.append((doc_id, p.version, p.status, p.content_hash, str(content.get("issued_on")),
+                             care.get("start") if care else None, care.get("end") if care else None, total,
+                             ledger_id, now_iso, p.warning_rules, p.cross_rules, *sealed.columns(),
+                             *ssealed.columns()))
+        conn.executemany(
+            "INSERT INTO versions (doc_id, version, status, content_hash, issued_on, care_start, care_end, "
+            f"total_charge, ledger_id, received_at, warning_rules, cross_warning_rules, {_SEALED_COLS}, "
+            f"{_SUBJECT_SEALED_COLS}) VALUES ({','.join('?' * 22)})", rows)
+
+    def preg_hmac(self, ykiho: str, patient_reg_no: str) -> str:
+        """Keyed HMAC of an institution's patient registration number (§7.1 fallback link only).
+
+        Same key as the RRN blind index with its own prefix, so it can never equal an RRN index;
+        the ykiho is inside so one number at two institutions does not link.
+        """
+        return hmac.new(self.keyring.blind_index_key,
+                        f"preg:v1:{ykiho}:{patient_reg_no}".encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).hexdigest()
 
     # -- reads ---------------------------------------------------------------------------------
     def _read_version(self, conn: sqlite3.Connection, doc_id: str, version: int,
@@ -429,16 +589,24 @@ class Store:
             return self._read_version(conn, doc_id, int(row[0]), int(row[0])) if row else None
         return self._reading(fn)  # type: ignore[no-any-return]
 
+    def _load_current_many(self, conn: sqlite3.Connection, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
+        """Current versions of several documents, decrypted, with one query per 400 ids."""
+        out: dict[str, StoredDocument] = {}
+        for chunk in _chunks(list(doc_ids), 400):
+            for row in conn.execute(
+                    f"SELECT v.doc_id, v.version, v.status, v.content_hash, v.received_at, "
+                    f"v.{_SEALED_COLS.replace(', ', ', v.')} FROM documents d JOIN versions v "
+                    "ON v.doc_id = d.doc_id AND v.version = d.current_version "
+                    f"WHERE d.doc_id IN ({','.join('?' * len(chunk))})", chunk):
+                doc_id, version = row[0], row[1]
+                what = f"document {doc_id} version {version}"
+                document = json.loads(self._open(crypto.KIND_DOC, doc_id, version, _sealed(row, 5), what))
+                out[doc_id] = StoredDocument(doc_id, version, row[2], row[3], row[4], True, document)
+        return out
+
     def get_current_many(self, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
         """Current versions of several documents read in one snapshot (fetch: all or nothing)."""
-        def fn(conn: sqlite3.Connection) -> dict[str, StoredDocument]:
-            out = {}
-            for doc_id in doc_ids:
-                row = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
-                if row:
-                    out[doc_id] = self._read_version(conn, doc_id, int(row[0]), int(row[0]))
-            return out
-        return self._reading(fn)  # type: ignore[no-any-return]
+        return self._reading(lambda conn: self._load_current_many(conn, doc_ids))  # type: ignore[no-any-return]
 
     def get_version(self, doc_id: str, version: int) -> StoredDocument | None:
         def fn(conn: sqlite3.Connection) -> StoredDocument | None:
@@ -486,9 +654,9 @@ class Store:
         p_from, p_to = str(period_from), str(period_to)
         marks = ",".join("?" * len(types))
         sql = ("SELECT d.doc_id, d.document_type, d.document_no, d.current_version, d.issued_on, d.care_start, "
-               f"d.care_end, d.total_charge, d.ykiho, s.subject_id, s.{_SEALED_COLS.replace(', ', ', s.')} "
-               "FROM documents d JOIN subjects s ON s.doc_id = d.doc_id AND s.version = d.current_version "
-               "WHERE d.{col} = ? AND d.current_status = 'active' "
+               f"d.care_end, d.total_charge, d.ykiho, v.{_SUBJECT_SEALED_COLS.replace(', ', ', v.')} "
+               "FROM documents d JOIN versions v ON v.doc_id = d.doc_id AND v.version = d.current_version "
+               "WHERE d.{col} = ? AND d.current_status = 'active' AND v.subject_kek_id IS NOT NULL "
                f"AND d.document_type IN ({marks}) "
                "AND COALESCE(d.care_start, d.issued_on) <= ? AND COALESCE(d.care_end, d.issued_on) >= ?")
 
@@ -498,8 +666,8 @@ class Store:
             for col, value, match in (("rrn_bidx", bidx, "rrn"), ("rrn7_bidx", bidx7, "rrn_prefix")):
                 for row in conn.execute(sql.format(col=col), (value, *types, p_to, p_from)):
                     doc_id, version = row[0], row[3]
-                    subject = json.loads(self._open(crypto.KIND_SUBJECT, row[9], version, _sealed(row, 10),
-                                                    f"subject of document {doc_id} version {version}"))
+                    subject = json.loads(self._open(crypto.KIND_SUBJECT, subject_id_for(doc_id), version,
+                                                    _sealed(row, 9), f"subject of document {doc_id} version {version}"))
                     if not isinstance(subject.get("name"), str) or normalise_name(subject["name"]) != wanted:
                         withheld.append(doc_id)
                         continue
@@ -618,27 +786,6 @@ class Store:
         return self.db.write(lambda c: c.execute("DELETE FROM bindings WHERE expires_at <= ?",
                                                  (now.timestamp(),)).rowcount)
 
-    def count_rate_limited(self, client: str, now: dt.datetime) -> int:
-        """Count one 429 for ``client`` (certificate fingerprint or IP) on the local (KST) day."""
-        day = now.astimezone(KST).date().isoformat()
-
-        def job(conn: sqlite3.Connection) -> int:
-            conn.execute("INSERT INTO rate_limited (day, client, count) VALUES (?, ?, 1) "
-                         "ON CONFLICT (day, client) DO UPDATE SET count = count + 1", (day, client))
-            return int(conn.execute("SELECT count FROM rate_limited WHERE day = ? AND client = ?",
-                                    (day, client)).fetchone()[0])
-        return self.db.write(job)
-
-    def rate_limited_counts(self, day_from: str, day_to: str) -> dict[str, dict[str, int]]:
-        """``{day: {client: count}}`` for local days in ``[day_from, day_to]`` (monthly report)."""
-        out: dict[str, dict[str, int]] = {}
-        with self.db.reader() as conn:
-            for day, client, count in conn.execute(
-                    "SELECT day, client, count FROM rate_limited WHERE day BETWEEN ? AND ? ORDER BY day, client",
-                    (day_from, day_to)):
-                out.setdefault(day, {})[client] = count
-        return out
-
     def kv_get(self, key: str) -> str | None:
         with self.db.reader() as conn:
             r = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
@@ -674,7 +821,7 @@ class Store:
     def purge(self, now: dt.datetime, *, dry_run: bool = False, only: Sequence[str] | None = None) -> PurgeResult:
         """Delete documents whose issue date + ``retention.keep`` is before today (security.md §11).
 
-        One transaction removes versions (ciphertext + wrapped DEKs), subject rows, archive entries
+        One transaction removes versions (ciphertext + wrapped DEKs, document and subject), archive entries
         no longer referenced, expired quarantine entries and binding references; then the WAL is
         checkpointed with TRUNCATE. ``secure_delete`` zeroes the freed pages. ``only`` restricts the
         run to ids found earlier (so an audit record written between a dry run and the run lists
@@ -706,7 +853,6 @@ class Store:
             versions = _count_in(conn, "versions", "doc_id", ids)
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
-                conn.execute(f"DELETE FROM subjects WHERE doc_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk)
             archives = conn.execute("DELETE FROM archive WHERE ledger_id NOT IN "
@@ -739,21 +885,21 @@ class Store:
             result = "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check").fetchall())
         if result != "ok":
             errors.append(f"sqlite integrity_check: {result[:500]}")
-        for table, kind, id_col, version_expr, label in _ENCRYPTED_TABLES:
+        for g in _ENCRYPTED:
             with self.db.reader() as conn:
-                where = " WHERE kek_id IS NOT NULL"
-                keys = conn.execute(f"SELECT rowid, {id_col}, {version_expr} FROM {table}{where}").fetchall()
+                keys = conn.execute(f"SELECT rowid, {g.id_expr}, {g.version_expr} FROM {g.table} "
+                                    f"WHERE {g.kek_col} IS NOT NULL").fetchall()
             if not full and len(keys) > sample:
                 keys = random.sample(keys, sample)
             for rowid, record_id, version in keys:
-                what = f"{label} {record_id}" + (f" version {version}" if version_expr != "0" else "")
+                what = f"{g.label} {record_id}" + (f" version {version}" if g.version_expr != "0" else "")
                 try:
                     with self.db.reader() as conn:
-                        row = conn.execute(f"SELECT {_SEALED_COLS} FROM {table} WHERE rowid = ?", (rowid,)).fetchone()
+                        row = conn.execute(f"SELECT {g.cols} FROM {g.table} WHERE rowid = ?", (rowid,)).fetchone()
                     if row is None:
                         continue
-                    plain = self._open(kind, record_id, version, _sealed(row), what)
-                    if kind in (crypto.KIND_DOC, crypto.KIND_SUBJECT, crypto.KIND_LEDGER):
+                    plain = self._open(g.kind, record_id, version, _sealed(row), what)
+                    if g.kind in (crypto.KIND_DOC, crypto.KIND_SUBJECT, crypto.KIND_LEDGER):
                         json.loads(plain)
                     checked += 1
                 except IntegrityError as exc:
@@ -782,22 +928,23 @@ class Store:
         new_id = self.keyring.add_kek()
         new_kek = self.keyring.keks[new_id]
         with self.db.reader() as conn:
-            total = sum(conn.execute(f"SELECT COUNT(*) FROM {t} WHERE kek_id IS NOT NULL AND kek_id != ?",
-                                     (new_id,)).fetchone()[0] for t, *_ in _ENCRYPTED_TABLES)
+            total = sum(conn.execute(f"SELECT COUNT(*) FROM {g.table} WHERE {g.kek_col} IS NOT NULL "
+                                     f"AND {g.kek_col} != ?", (new_id,)).fetchone()[0] for g in _ENCRYPTED)
         done = 0
         self.kv_set("rotation", json.dumps({"kek_id": new_id, "done": 0, "total": total}))
-        for table, _kind, id_col, version_expr, label in _ENCRYPTED_TABLES:
+        for group in _ENCRYPTED:
             while True:
-                def job(conn: sqlite3.Connection, table: str = table, id_col: str = id_col,
-                        version_expr: str = version_expr, label: str = label, done: int = done) -> int:
-                    rows = conn.execute(f"SELECT rowid, {id_col}, {version_expr}, {_SEALED_COLS} FROM {table} "
-                                        "WHERE kek_id IS NOT NULL AND kek_id != ? LIMIT ?", (new_id, batch)).fetchall()
+                def job(conn: sqlite3.Connection, g: _SealedGroup = group, done: int = done) -> int:
+                    rows = conn.execute(f"SELECT rowid, {g.id_expr}, {g.version_expr}, {g.cols} FROM {g.table} "
+                                        f"WHERE {g.kek_col} IS NOT NULL AND {g.kek_col} != ? LIMIT ?",
+                                        (new_id, batch)).fetchall()
                     for row in rows:
                         sealed = _sealed(row, 3)
-                        what = f"{label} {row[1]}"
+                        what = f"{g.label} {row[1]}"
                         fresh = crypto.rewrap(row[1], row[2], sealed, self._kek(sealed.kek_id, what), new_id, new_kek,
                                               what=what)
-                        conn.execute(f"UPDATE {table} SET kek_id = ?, wrap_nonce = ?, wrapped_dek = ? WHERE rowid = ?",
+                        conn.execute(f"UPDATE {g.table} SET {g.kek_col} = ?, {g.prefix}wrap_nonce = ?, "
+                                     f"{g.prefix}wrapped_dek = ? WHERE rowid = ?",
                                      (fresh.kek_id, fresh.wrap_nonce, fresh.wrapped_dek, row[0]))
                     if rows:
                         conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('rotation', ?)",
@@ -815,9 +962,9 @@ class Store:
     def kek_usage(self) -> dict[str, int]:
         with self.db.reader() as conn:
             usage: dict[str, int] = {}
-            for table, *_ in _ENCRYPTED_TABLES:
-                for kek_id, n in conn.execute(f"SELECT kek_id, COUNT(*) FROM {table} WHERE kek_id IS NOT NULL "
-                                              "GROUP BY kek_id"):
+            for g in _ENCRYPTED:
+                for kek_id, n in conn.execute(f"SELECT {g.kek_col}, COUNT(*) FROM {g.table} "
+                                              f"WHERE {g.kek_col} IS NOT NULL GROUP BY {g.kek_col}"):
                     usage[kek_id] = usage.get(kek_id, 0) + n
         return usage
 
@@ -836,11 +983,14 @@ class Store:
                 continue
 
             def job(conn: sqlite3.Connection, kek_id: str = kek_id) -> bool:
-                for table, *_ in _ENCRYPTED_TABLES:
-                    if conn.execute(f"SELECT 1 FROM {table} WHERE kek_id = ? LIMIT 1", (kek_id,)).fetchone():
+                for g in _ENCRYPTED:
+                    if conn.execute(f"SELECT 1 FROM {g.table} WHERE {g.kek_col} = ? LIMIT 1", (kek_id,)).fetchone():
                         return False
                 return kek_id not in in_backups
             if self.db.write(job):
+                kek = self.keyring.keks.get(kek_id)
+                if kek is not None:
+                    crypto.forget_kek(kek)  # no cached cipher context outlives the shredded key file
                 self.keyring.retire_kek(kek_id)
                 retired.append(kek_id)
             else:
@@ -853,6 +1003,34 @@ class Store:
         from agent.store.backup import write_backup
 
         return write_backup(self, out_path)
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """A new version decided by ``commit_file``, sealed and inserted once the whole file is decided."""
+
+    version: int
+    status: str
+    content_hash: str
+    content: dict[str, Any]  # the version's content (agent fields removed)
+    stored_doc: dict[str, Any]  # what is sealed: content + source, received_at, content_hash, validation
+    warning_rules: str
+    cross_rules: str = "[]"
+
+
+@dataclasses.dataclass(slots=True)
+class _KeyState:
+    """One natural key during a commit: what the store held before the file, plus the file's versions."""
+
+    key: _Key
+    doc_id: str = ""
+    existed: bool = False
+    current_version: int | None = None
+    stored: list[StoredVersion] = dataclasses.field(default_factory=list)
+    content: dict[str, Any] | None = None  # current content (decrypted only when a record needs it)
+    previous_links: LinkRow | None = None  # link columns before the file (old partners, §7)
+    links: LinkRow | None = None  # link columns after the file
+    pending: list[_Pending] = dataclasses.field(default_factory=list)
 
 
 class _Input:
@@ -882,7 +1060,7 @@ def _record_input(rec: Any) -> _Input:
                   [{"rule": p.rule, "path": p.path} for p in (warnings or ()) if p.rule.startswith("W-")])
 
 
-def _natural_key(doc: dict[str, Any]) -> tuple[str, str, str]:
+def _natural_key(doc: dict[str, Any]) -> _Key:
     return (str(doc["institution"]["ykiho"]), str(doc["document_type"]), str(doc["document_no"]))
 
 

@@ -128,10 +128,10 @@ def test_swapping_two_rows_ciphertexts_is_detected(store: Store) -> None:
 def test_swapped_subject_rows_fail_search_instead_of_matching(store: Store) -> None:
     a, b = commit_docs(store, [make_doc(0, name="갑"), make_doc(1, name="을")]).doc_ids
     raw = sqlite3.connect(store.db.path)
-    ct_a = raw.execute("SELECT ciphertext FROM subjects WHERE doc_id = ?", (a,)).fetchone()[0]
-    ct_b = raw.execute("SELECT ciphertext FROM subjects WHERE doc_id = ?", (b,)).fetchone()[0]
-    raw.execute("UPDATE subjects SET ciphertext = ? WHERE doc_id = ?", (ct_b, a))
-    raw.execute("UPDATE subjects SET ciphertext = ? WHERE doc_id = ?", (ct_a, b))
+    ct_a = raw.execute("SELECT subject_ciphertext FROM versions WHERE doc_id = ?", (a,)).fetchone()[0]
+    ct_b = raw.execute("SELECT subject_ciphertext FROM versions WHERE doc_id = ?", (b,)).fetchone()[0]
+    raw.execute("UPDATE versions SET subject_ciphertext = ? WHERE doc_id = ?", (ct_b, a))
+    raw.execute("UPDATE versions SET subject_ciphertext = ? WHERE doc_id = ?", (ct_a, b))
     raw.commit()
     raw.close()
     with pytest.raises(IntegrityError):

@@ -1,4 +1,4 @@
-"""Patient search (relay-api.md §6.2), quarantine entries, replay ids, bindings, 429 counters, kv."""
+"""Patient search (relay-api.md §6.2), quarantine entries, replay ids, bindings, kv (429 counters: audit log)."""
 
 from __future__ import annotations
 
@@ -114,13 +114,16 @@ def test_binding_create_extend_conflict_and_expire(store: Store) -> None:
     assert store.binding_prune(t0 + dt.timedelta(minutes=91)) == 1
 
 
-def test_rate_limited_counter_per_local_day_and_client(store: Store) -> None:
-    t = dt.datetime(2025, 11, 3, 14, 59, tzinfo=dt.UTC)  # 23:59 KST
-    store.count_rate_limited("fp-a", t)
-    assert store.count_rate_limited("fp-a", t) == 2
-    store.count_rate_limited("fp-a", t + dt.timedelta(minutes=2))  # next KST day
-    assert store.rate_limited_counts("2025-11-01", "2025-11-30") == {"2025-11-03": {"fp-a": 2},
-                                                                    "2025-11-04": {"fp-a": 1}}
+def test_store_keeps_no_429_counters_the_audit_log_does(store: Store) -> None:
+    """One counter (STYLE "one way to do each thing"): AuditLog.count_rate_limited feeds the monthly report."""
+    import sqlite3
+
+    assert not hasattr(store, "count_rate_limited") and not hasattr(store, "rate_limited_counts")
+    raw = sqlite3.connect(store.db.path)
+    try:
+        assert raw.execute("SELECT 1 FROM sqlite_master WHERE name = 'rate_limited'").fetchone() is None
+    finally:
+        raw.close()
 
 
 def test_kv_state(store: Store) -> None:
