@@ -68,8 +68,17 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 
 def check_json_value(value: Any, where: str = "event") -> None:
-    """Refuse anything but str/int/bool/None/list/dict (no floats: §7.2) — a caller's bug."""
-    if value is None or isinstance(value, str | bool | int):
+    """Refuse anything but str/int/bool/None/list/dict (no floats: §7.2) — a caller's bug.
+
+    Strings must be encodable as UTF-8 (no lone surrogates): such a record could be neither
+    hashed nor stored, and with group commit it would fail the records it shares a transaction
+    with, so it is refused here, in the caller's thread.
+    """
+    if isinstance(value, str):
+        if not value.isascii():
+            value.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
+        return
+    if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
@@ -79,6 +88,8 @@ def check_json_value(value: Any, where: str = "event") -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: keys must be strings")
+            if not key.isascii():
+                key.encode("utf-8")
             check_json_value(item, f"{where}.{key}")
         return
     raise TypeError(f"{where}: {type(value).__name__} is not allowed in audit records")
@@ -88,9 +99,9 @@ def normalise_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """The event with standard members defaulted, computed members dropped, reason capped."""
     if not isinstance(event.get("action"), str) or not event["action"]:
         raise ValueError("an audit event needs an action")
-    record: dict[str, Any] = {}
-    for key, default in STANDARD_DEFAULTS.items():
-        record[key] = json.loads(json.dumps(default))  # fresh copy of mutable defaults
+    # Fresh copies of the mutable defaults (they are flat: ``[]``), so records never share them.
+    record: dict[str, Any] = {key: default.copy() if isinstance(default, list | dict) else default
+                              for key, default in STANDARD_DEFAULTS.items()}
     if event["action"] == SEARCH_ACTION:
         record.update(SEARCH_DEFAULTS)
     for key, value in event.items():
@@ -107,7 +118,12 @@ def normalise_event(event: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_record(event: Mapping[str, Any], *, seq: int, prev_hash: str, now: dt.datetime) -> dict[str, Any]:
     """The next record: the normalised event plus seq, both timestamps, prev_hash and hash."""
-    record = normalise_event(event)
+    return chain_record(normalise_event(event), seq=seq, prev_hash=prev_hash, now=now)
+
+
+def chain_record(normalised: dict[str, Any], *, seq: int, prev_hash: str, now: dt.datetime) -> dict[str, Any]:
+    """``build_record`` for an event already passed through ``normalise_event`` (a fresh copy)."""
+    record = dict(normalised)
     record["seq"] = seq
     record["ts_utc"] = utc_iso(now)
     record["ts_local"] = kst_iso(now)

@@ -104,6 +104,7 @@ class CrossEvaluator:
         self._load = load
         self.default_valid_days = default_valid_days
         self._memo: dict[tuple[str, ...], list[LinkRow]] = {}
+        self._cands: dict[str, list[LinkRow]] = {}  # doc id -> candidates of its current link values
         self._contents: dict[str, dict[str, Any]] = dict(pending)
 
     # -- candidates ----------------------------------------------------------------------------
@@ -179,8 +180,14 @@ class CrossEvaluator:
             return (kind, row.document_no)
         return (kind, row.prescription_issue_no or "")
 
-    def _candidates(self, row: LinkRow) -> list[LinkRow]:
-        """Possible partners of ``row`` (memoised queries, then the clear-column part of §7.1)."""
+    def _candidates(self, row: LinkRow, *, previous: bool = False) -> list[LinkRow]:
+        """Possible partners of ``row`` (memoised queries, then the clear-column part of §7.1).
+
+        Rows of current link values are cached by doc id; ``previous`` rows (link values before the
+        file) are not, they share the doc id of the changed document.
+        """
+        if not previous and row.doc_id in self._cands:
+            return self._cands[row.doc_id]
         out: list[LinkRow] = []
         seen = {row.doc_id}
         same_care = (row.care_start, row.care_end)
@@ -195,6 +202,8 @@ class CrossEvaluator:
                     continue
                 seen.add(c.doc_id)
                 out.append(c)
+        if not previous:
+            self._cands[row.doc_id] = out
         return out
 
     # -- contents ------------------------------------------------------------------------------
@@ -210,12 +219,15 @@ class CrossEvaluator:
     # -- evaluation ----------------------------------------------------------------------------
     def run(self, changed: Sequence[LinkRow], previous: Sequence[LinkRow]) -> dict[str, list[Problem]]:
         """Cross warnings of every document whose result may have changed: doc id -> problems."""
-        seeds = list(changed) + list(previous)
-        self._fetch(k for r in seeds for k in self._keys(r))
+        self._fetch(k for r in [*changed, *previous] for k in self._keys(r))
         affected: dict[str, LinkRow] = {r.doc_id: r for r in changed}
-        for r in seeds:
-            for c in self._candidates(r):
+        for r, prev in [*((r, False) for r in changed), *((r, True) for r in previous)]:
+            for c in self._candidates(r, previous=prev):
                 affected.setdefault(c.doc_id, c)
+        if len(affected) == len(changed) and not any(self._cands[r.doc_id] for r in changed):
+            # The usual case — counterparts not arrived yet, or kept by another agent: nothing links
+            # to any changed document, so nothing to decrypt and every result is empty.
+            return {r.doc_id: [] for r in changed}
         # A receipt's (prescription's) partners are the details (pharmacy receipts) that link to it,
         # and whether one does depends on all of *its* candidates (first match / exactly one).
         self._fetch(k for r in affected.values() for k in self._keys(r))

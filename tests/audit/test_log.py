@@ -95,6 +95,90 @@ def test_appends_from_many_threads_form_one_unbroken_chain(tmp_path: Path) -> No
     log.close()
 
 
+def _append_in_threads(log: AuditLog, events: list[dict], results: dict[int, object]) -> list[threading.Thread]:
+    """Start one thread per event, all released at once; ``results[i]`` is its record or error."""
+    barrier = threading.Barrier(len(events))
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = log.append(events[i])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted by the caller
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(events))]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_concurrent_appends_are_group_committed_into_one_unbroken_chain(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path) as log:
+        log.append(relay_event(0))
+        # Hold the write lock from outside so that the first appender waits inside its
+        # transaction while all the others queue behind it.
+        blocker = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        before = log.transactions
+        results: dict[int, object] = {}
+        threads = _append_in_threads(log, [relay_event(i) for i in range(1, 41)], results)
+        time.sleep(0.5)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        for t in threads:
+            t.join()
+        records = list(results.values())
+        assert all(isinstance(r, dict) for r in records), records
+        committed = log.transactions - before
+        assert committed < len(records) / 4  # 40 records, typically 2 transactions (2 fsyncs)
+        assert sorted(r["seq"] for r in records) == list(range(2, 42))  # type: ignore[index]
+        result = log.verify()
+        assert result.ok and result.head[0] == 41
+        conn = sqlite3.connect(tmp_path / "audit.db")
+        for record in records:
+            (text,) = conn.execute("SELECT record FROM records WHERE seq = ?", (record["seq"],)).fetchone()  # type: ignore[index]
+            assert json.loads(text) == record  # each caller got exactly the record it was given
+
+
+def test_a_failed_group_commit_fails_every_caller_in_it_and_leaves_no_gap(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    with AuditLog.open(tmp_path) as log:
+        log.append(relay_event(0))
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        first: dict[int, object] = {}
+        leader = _append_in_threads(log, [relay_event(1)], first)
+        time.sleep(0.3)  # the leader now waits for the lock, its writability check done
+        queued: dict[int, object] = {}
+        followers = _append_in_threads(log, [relay_event(i) for i in range(2, 12)], queued)
+        time.sleep(0.3)
+        db.chmod(0o400)  # the next batch finds the database read-only
+        try:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            for t in leader + followers:
+                t.join()
+        finally:
+            db.chmod(0o600)
+        assert isinstance(first[0], dict) and first[0]["seq"] == 2
+        assert all(isinstance(r, AuditUnavailableError) for r in queued.values()), queued
+        assert log.head()[0] == 2  # none of the failed batch was written
+        assert log.append(relay_event(12))["seq"] == 3
+        assert log.verify().ok
+
+
+def test_an_unstorable_event_fails_only_its_caller(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path) as log:
+        log.append(relay_event(0))
+        with pytest.raises(ValueError):
+            log.append(relay_event(1, reason="lone surrogate \ud800"))
+        with pytest.raises(TypeError):
+            log.append(relay_event(1, bytes_out=1.5))
+        assert log.head()[0] == 1
+        assert log.append(relay_event(2))["seq"] == 2
+        assert log.verify().ok
+
+
 APPENDER = """
 import sys
 from agent.audit import AuditLog
