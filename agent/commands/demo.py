@@ -55,7 +55,7 @@ def prepare(root: Path, count: int, env: Environment) -> None:
 def _corpus_documents(folder: Path) -> list[dict]:
     from agent.formats import read_export
 
-    docs = []
+    docs: list[dict] = []
     for path in sorted(folder.iterdir()):
         if path.is_file() and not path.name.startswith("."):
             docs.extend(r.document for r in read_export(path.read_bytes(), file_name=path.name).records)

@@ -59,7 +59,7 @@ def _check_daemon_user(config: Config) -> Iterator[Check]:
     from agent.ops.daemon import is_running, read_state
 
     state = read_state(config)
-    if not is_running(state):
+    if state is None or not is_running(state):
         if os.geteuid() == 0:
             yield Check("service user", WARN, "doctor runs as root; the daemon is not running",
                         "run the daemon as the dedicated `silson-agent` user (the systemd unit does)")
