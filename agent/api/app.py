@@ -2,9 +2,12 @@
 
 A plain ASGI callable rather than a framework router, so the order of §8 is visible in one
 function: in-flight limit → route/method (404/405) → per-client rate limit (429) → body size
-(413) → media type (415); then the blocking part (JSON, schema, store, audit) runs in a worker
-thread (``agent.api.handlers``) so SQLite never stalls the event loop that also runs handshakes
-and deadlines. Every response carries the §2.4 headers; nothing here ever echoes input.
+(413) → media type (415); then the blocking part (JSON, schema, store) runs in a worker thread
+(``agent.api.handlers``) so SQLite never stalls the event loop that also runs handshakes and
+deadlines. Its audit record goes to the audit log's group commit and the loop awaits it: no
+thread is held while the record is fsync'd, and concurrent requests share one fsync. Only when
+it is durable is the response sent (step 12). Every response carries the §2.4 headers; nothing
+here ever echoes input.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from agent import metrics
 from agent.api.backend import BackendProtocol
-from agent.api.handlers import ConnPeer, Handlers, Response, problem_response, today_kst
+from agent.api.handlers import ConnPeer, Handlers, Prepared, Response, problem_response, today_kst
 from agent.api.problems import ProblemError
 from agent.api.ratelimit import TokenBucket
 from agent.api.tls import PeerIdentity
@@ -37,6 +40,11 @@ ROUTES: dict[str, tuple[str, str | None]] = {
 }
 
 _BASE_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
+# Worker threads for the blocking part of a request. Few on purpose: the work is mostly Python
+# (one GIL), and every extra runnable thread makes the store's and the audit log's writer
+# threads wait longer for the GIL. No thread waits for an audit fsync (the loop awaits it), so a
+# handful keeps the store busy; requests beyond it queue in FIFO order inside the in-flight limit.
+WORKERS = 8
 
 
 @dataclasses.dataclass
@@ -81,8 +89,7 @@ class RelayApp:
         # Test hook (C-32): awaited inside the in-flight window, so a test can hold requests.
         self.handler_hook = handler_hook
         self.in_flight = 0
-        # One worker per in-flight slot: a request never queues behind the pool.
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.max_in_flight + 2,
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(WORKERS, self.max_in_flight + 2),
                                                           thread_name_prefix="relay-api")
 
     def close(self) -> None:
@@ -126,9 +133,7 @@ class RelayApp:
         if method != allowed:
             response = problem_response("method-not-allowed", None)
             if action is not None:  # reached step 3 of a document route: audited (C-34)
-                response = await loop.run_in_executor(
-                    self.pool, self.handlers.process, action, conn.conn_peer(), ProblemError("method-not-allowed"),
-                    None)
+                response = await self._audited(action, conn, ProblemError("method-not-allowed"), None)
             response.headers.append(("allow", allowed))
             return response
         # Step 4: per-client rate limit; a 429 writes no audit record, only the per-day counter.
@@ -156,7 +161,40 @@ class RelayApp:
                 early = ProblemError("payload-too-large")
         if early is None and not _media_type_ok(headers):
             early = ProblemError("unsupported-media-type")
-        return await loop.run_in_executor(self.pool, self.handlers.process, action, conn.conn_peer(), early, body)
+        return await self._audited(action, conn, early, body)
+
+    async def _audited(self, action: str, conn: ConnInfo, early: ProblemError | None,
+                       body: bytes | None) -> Response:
+        """Steps 6–12: prepare in a worker thread, which queues the audit record; the loop is
+        woken once, when the record is durable (or could not be written)."""
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[tuple[Prepared, BaseException | None]] = loop.create_future()
+        peer = conn.conn_peer()
+
+        def settle(prepared: Prepared, error: BaseException | None) -> None:
+            if not outcome.done():
+                outcome.set_result((prepared, error))
+
+        def work() -> None:  # in a worker thread
+            try:
+                prepared = self.handlers.prepare(action, peer, early, body)
+            except BaseException as exc:  # noqa: BLE001 - a bug (prepare answers every request)
+                # No record describes this request, so nothing may be sent but the fail-closed 503.
+                unrecorded = Prepared(problem_response("internal-error", None), {}, None)
+                loop.call_soon_threadsafe(settle, unrecorded, exc)
+                return
+            try:
+                submitted = self.backend.audit_submit(prepared.event)
+            except BaseException as exc:  # noqa: BLE001 - a bug: fail closed below
+                loop.call_soon_threadsafe(settle, prepared, exc)
+                return
+            # The record is written whatever happens to this request (the future cannot be
+            # cancelled); the loop hears of it once, from the audit writer thread.
+            submitted.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, prepared, f.exception()))
+
+        self.pool.submit(work)
+        prepared, error = await outcome
+        return self.handlers.audited(prepared, error)
 
     async def _read_body(self, receive: Callable[[], Awaitable[dict[str, Any]]], conn: ConnInfo) -> bytes | None:
         """The body within ``body_timeout`` (else close, §9); ``None`` when over the size limit."""
@@ -166,13 +204,16 @@ class RelayApp:
         size = 0
         while True:
             remaining = deadline - loop.time()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                message = await asyncio.wait_for(receive(), remaining)
-            except TimeoutError:
+            if remaining <= 0:
                 conn.abort()
-                raise _Disconnected() from None
+                raise _Disconnected()
+            # A timer rather than ``wait_for`` (a task per call): usually the body came with the
+            # head and ``receive`` does not suspend. Aborting makes it return a disconnect.
+            timer = loop.call_later(remaining, conn.abort)
+            try:
+                message = await receive()
+            finally:
+                timer.cancel()
             if message["type"] == "http.disconnect":
                 raise _Disconnected()
             chunk = message.get("body", b"")
@@ -190,14 +231,15 @@ class RelayApp:
         headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in response.headers]
         if response.close:
             headers.append((b"connection", b"close"))
+        # uvicorn waits for the transport to drain before each write: bound that wait (§9). A
+        # timer rather than ``wait_for``: the sends rarely suspend, and ``wait_for`` would create
+        # a task for each of them.
+        timer = asyncio.get_running_loop().call_later(self.write_timeout, conn.abort)
         try:
-            # uvicorn waits for the transport to drain before each write: bound that wait (§9).
-            await asyncio.wait_for(send({"type": "http.response.start", "status": response.status,
-                                         "headers": headers}), self.write_timeout)
-            await asyncio.wait_for(send({"type": "http.response.body", "body": response.body}),
-                                   self.write_timeout)
-        except TimeoutError:
-            conn.abort()
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
+        finally:
+            timer.cancel()
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:

@@ -8,6 +8,7 @@ closed database, a full disk) become ``StorageUnavailable``; an integrity failur
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
@@ -57,6 +58,7 @@ class BackendProtocol(Protocol):
                        expires_at: float, now: dt.datetime) -> bool: ...
     def get_current(self, doc_id: str) -> dict[str, Any] | None: ...
     def audit_append(self, event: dict[str, Any]) -> None: ...
+    def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]: ...
     def count_rate_limited(self, client: str, day: str) -> None: ...
 
 
@@ -157,6 +159,11 @@ class Backend:
     # -- audit -----------------------------------------------------------------------------
     def audit_append(self, event: dict[str, Any]) -> None:
         self.audit.append(event)
+
+    def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]:
+        """Queue the record for the audit log's group commit; the future completes once it is
+        durable, or with ``AuditUnavailableError``."""
+        return self.audit.submit(event)  # type: ignore[no-any-return]
 
     def count_rate_limited(self, client: str, day: str) -> None:
         # The audit log keeps the per-day counters its monthly report summarises (security.md §7.5).

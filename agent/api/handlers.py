@@ -1,9 +1,15 @@
-"""Search, fetch and health: steps 6–12 of relay-api.md §8, synchronous, run in a worker thread.
+"""Search, fetch and health: steps 6–12 of relay-api.md §8.
 
 The HTTP layer (``agent.api.app``) decides steps 2–5 (in-flight, route, rate, size, media type)
 and hands the body here. Everything below is ordered exactly as §8: JSON → schema → relay id →
 clock window → replay record → business rules → audit (fail closed) → response. Every search or
 fetch that reaches this module produces exactly one audit record (C-34).
+
+Steps 6–11 (``prepare``) are synchronous and run in a worker thread; they end with the prepared
+response and its audit event. Step 12 is the caller's: the event goes to the audit log's group
+commit and ``audited`` turns the outcome into the response that may be sent — the prepared one
+only once the record is durable, else ``503 audit-unavailable``. ``process`` does all of it in
+the calling thread.
 """
 
 from __future__ import annotations
@@ -54,6 +60,15 @@ class Response:
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     problem: str | None = None
     close: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Steps 6–11 done: the response to send once ``event`` is durably recorded (step 12)."""
+
+    response: Response
+    event: dict[str, Any]
+    request_id: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +161,29 @@ class Handlers:
 
     # -- search / fetch --------------------------------------------------------------------
     def process(self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None) -> Response:
-        """Steps 6–12 for one request; ``early`` is a problem the HTTP layer already decided."""
+        """Steps 6–12 for one request in the calling thread (blocks until the audit commit)."""
+        prepared = self.prepare(action, peer, early, body)
+        try:
+            self.backend.audit_append(prepared.event)
+        except Exception as exc:
+            return self.audited(prepared, exc)
+        return self.audited(prepared, None)
+
+    @staticmethod
+    def audited(prepared: Prepared, audit_error: BaseException | None) -> Response:
+        """Step 12: the prepared response once its record is durable, else ``503`` (fail closed)."""
+        if audit_error is None:
+            return prepared.response
+        if not isinstance(audit_error, AuditUnavailableError):
+            log.error("audit append failed: %s", type(audit_error).__name__)
+        return problem_response("audit-unavailable", prepared.request_id, retry_after=AUDIT_RETRY_AFTER,
+                                close=prepared.response.close)
+
+    def prepare(self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None) -> Prepared:
+        """Steps 6–11 for one request; ``early`` is a problem the HTTP layer already decided.
+
+        Never raises: every outcome is a response plus the audit event describing it.
+        """
         ctx = _AuditContext(action=action, peer=peer)
         close = False
         try:
@@ -180,17 +217,7 @@ class Handlers:
                       tb.tb_frame.f_code.co_filename if tb else "?", tb.tb_lineno if tb else "?")
             ctx.reason = ctx.reason or "internal"
             response = problem_response("internal-error", ctx.request_id)
-        # Step 12: the audit record is durable before any byte of the response is sent.
-        try:
-            self.backend.audit_append(ctx.event(response))
-        except AuditUnavailableError:
-            response = problem_response("audit-unavailable", ctx.request_id, retry_after=AUDIT_RETRY_AFTER,
-                                        close=response.close)
-        except Exception as exc:
-            log.error("audit append failed: %s", type(exc).__name__)
-            response = problem_response("audit-unavailable", ctx.request_id, retry_after=AUDIT_RETRY_AFTER,
-                                        close=response.close)
-        return response
+        return Prepared(response, ctx.event(response), ctx.request_id)
 
     @staticmethod
     def _note_envelope(ctx: _AuditContext, data: dict[str, Any]) -> None:

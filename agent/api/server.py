@@ -75,6 +75,56 @@ class _Pending(asyncio.Protocol):
         self.lost = True
 
 
+class _CoalescingTransport:
+    """The TLS transport as the HTTP protocol sees it: what it writes in one go — the status
+    line and headers, then the body — leaves as one TLS record and one ``send`` instead of two
+    (and the client wakes once). Writes are joined until the response is complete or, at the
+    latest, until the event loop's next iteration; ``close`` flushes first, ``abort`` drops them."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(bytes(data))
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(chunk) for chunk in self._pending)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class _RelayHTTP(H11Protocol):
     """uvicorn's H11 protocol plus the §9 request-head deadline and head-size limits."""
 
@@ -108,7 +158,7 @@ class _RelayHTTP(H11Protocol):
             self.transport.abort()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._listener.active.add(self)
         metrics.CONNECTIONS.set(len(self._listener.active))
         self._arm_head_timer()
@@ -145,6 +195,7 @@ class _RelayHTTP(H11Protocol):
         return True
 
     def on_response_complete(self) -> None:
+        self.transport.flush()  # type: ignore[attr-defined]  # the whole response, as one record
         super().on_response_complete()
         if self.transport.get_write_buffer_size() > 0:
             # §9: the client must accept the response within write_timeout.

@@ -8,14 +8,14 @@ Guarantees:
 - One writer at a time: within a process a lock serialises writers on one connection; across
   processes (daemon + CLI) ``BEGIN IMMEDIATE`` does, and the head is re-read inside that
   transaction, so two processes never fork the chain.
-- Group commit: concurrent ``append`` callers share one transaction and one fsync. The first
-  caller to find no write under way becomes the leader: it takes every record queued so far, in
-  arrival order, writes them in one transaction and wakes their callers; callers that arrive
-  meanwhile queue up for the next leader, whom the finishing leader wakes. Each caller still
-  returns only after the transaction holding its records committed; if that transaction fails,
-  every caller in it gets ``AuditUnavailableError`` and none of its records exists, so ``seq``
-  stays gapless. Under load this turns N fsyncs into one (security.md §7.3 is about durability
-  before the response, which is unchanged).
+- Group commit: appends are queued to one writer thread (started on first use), which takes
+  every record queued so far, in arrival order, writes them in one transaction (one fsync) and
+  only then completes their futures. ``append`` waits for its future, so it still returns only
+  after the transaction holding its records committed; ``submit`` hands the future to callers
+  that wait elsewhere (the relay API awaits it on its event loop). If a transaction fails, every
+  caller in it gets ``AuditUnavailableError`` and none of its records exists, so ``seq`` stays
+  gapless. Under load N fsyncs become one; durability before the response (security.md §7.3)
+  is unchanged.
 - Read-only or full storage is noticed without a restart: before every write the database file,
   its WAL, and its directory must be writable (``os.access`` — which also sees ``chattr +i`` and
   read-only mounts — *and* the owner write bit, honoured even for root so that ``chmod a-w`` on
@@ -32,8 +32,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -96,19 +96,8 @@ _NO_DELETE = ("CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON r
 _INSERT = "INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)"
 
 
-@dataclasses.dataclass(eq=False)
-class _Waiter:
-    """One ``append_many`` call waiting for the transaction that holds its records.
-
-    ``wake`` is held while the caller sleeps; releasing it wakes exactly that caller (cheaper and
-    more precise than a condition variable shared by every waiting thread).
-    """
-
-    events: list[dict[str, Any]]  # normalised
-    wake: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    lead: bool = False  # woken to lead the next batch rather than with a result
-    result: list[dict[str, Any]] | None = None
-    error: BaseException | None = None
+# One queued append: its normalised events and the future its caller waits on.
+_Pending = tuple[list[dict[str, Any]], "concurrent.futures.Future[list[dict[str, Any]]]"]
 
 
 class AuditLog:
@@ -128,11 +117,10 @@ class AuditLog:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) the connection writes to
-        # Group commit (see the module docstring): the queue of waiting appends and whether a
-        # leader is writing. ``_queue_lock`` is never held across I/O.
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Waiter] = []
-        self._leading = False
+        # Group commit (see the module docstring): appends waiting for the writer thread.
+        self._queue_cv = threading.Condition(threading.Lock())
+        self._queue: list[_Pending] = []
+        self._thread: threading.Thread | None = None
         self.transactions = 0  # write transactions committed by this object (tests, benchmarks)
 
     @classmethod
@@ -151,6 +139,12 @@ class AuditLog:
         return log
 
     def close(self) -> None:
+        """Finish the queued appends, stop the writer thread, close the connection."""
+        with self._queue_cv:
+            thread, self._thread = self._thread, None
+            self._queue_cv.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         with self._lock:
             self._drop_writer()
 
@@ -172,86 +166,79 @@ class AuditLog:
         Concurrent callers are group-committed: their records may share the transaction, which
         changes nothing they can observe except that they return sooner under load.
         """
-        # A caller's bug (no action, floats) raises here, in its own thread: not "unavailable".
-        waiter = _Waiter([normalise_event(event) for event in events])
-        if not waiter.events:
-            return []
-        with self._queue_lock:
-            self._queue.append(waiter)
-            lead = not self._leading
-            if lead:
-                self._leading = True
+        return self.submit_many(events).result()
+
+    def submit(self, event: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
+        """Queue one record; the future completes once it is durable (or with the error)."""
+        outer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def done(inner: concurrent.futures.Future[list[dict[str, Any]]]) -> None:
+            error = inner.exception()
+            if error is not None:
+                outer.set_exception(error)
             else:
-                waiter.wake.acquire()  # held until the leader releases it
-        if not lead:
+                outer.set_result(inner.result()[0])
+
+        outer.set_running_or_notify_cancel()  # the record is written whatever the caller does
+        self.submit_many([event]).add_done_callback(done)
+        return outer
+
+    def submit_many(self, events: Iterable[Mapping[str, Any]]) -> concurrent.futures.Future[list[dict[str, Any]]]:
+        """Queue several records for one transaction (all or none); see ``append_many``."""
+        # A caller's bug (no action, floats) raises here, in its own thread: not "unavailable".
+        normalised = [normalise_event(event) for event in events]
+        future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
+        if not normalised:
+            future.set_result([])
+            return future
+        with self._queue_cv:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
+                self._thread.start()
+            self._queue.append((normalised, future))
+            self._queue_cv.notify()
+        return future
+
+    def _run_writer(self) -> None:
+        """The writer thread: one transaction per batch of everything queued meanwhile."""
+        while True:
+            with self._queue_cv:
+                while not self._queue and self._thread is threading.current_thread():
+                    self._queue_cv.wait()
+                if not self._queue:
+                    return  # closed (or replaced after a close) and nothing left to write
+                batch, self._queue = self._queue, []
+            for _, future in batch:
+                future.set_running_or_notify_cancel()  # a caller that gives up still gets its record
+            appends = [events for events, _ in batch]
             try:
-                waiter.wake.acquire()  # sleep: woken with a result, or to lead the next batch
-            except BaseException:
-                self._abandon(waiter)
-                raise
-            waiter.wake.release()
-            lead = waiter.lead
-        if lead:
-            self._lead()
-        if waiter.error is not None:
-            raise waiter.error
-        assert waiter.result is not None
-        return waiter.result
+                with self._lock:
+                    results = self._write(lambda conn, appends=appends: self._append_batch(conn, appends))
+            except AuditUnavailableError as exc:
+                failure: BaseException = exc
+            except BaseException as exc:  # noqa: BLE001 - a bug: fail closed, keep serving
+                failure = AuditUnavailableError(f"audit log unavailable: {type(exc).__name__}")
+            else:
+                for (_, future), records in zip(batch, results, strict=True):
+                    if not future.cancelled():
+                        future.set_result(records)
+                continue
+            for _, future in batch:
+                if not future.cancelled():
+                    # One instance per caller: exceptions carry tracebacks of where they are raised.
+                    future.set_exception(AuditUnavailableError(str(failure)))
 
-    def _abandon(self, waiter: _Waiter) -> None:
-        """A waiting caller was interrupted (a signal in the main thread): never strand the queue.
-
-        Not yet taken by a leader → it leaves the queue (its records are never written). Already
-        made the next leader → it still leads, so the callers queued behind it are served.
-        """
-        with self._queue_lock:
-            lead = waiter.lead
-            if not lead and waiter in self._queue:
-                self._queue.remove(waiter)
-        if lead:
-            self._lead()
-
-    def _lead(self) -> None:
-        """Write every queued append in one transaction, wake their callers, pass the lead on."""
-        with self._queue_lock:
-            batch, self._queue = self._queue, []
-        try:
-            with self._lock:
-                results = self._write(lambda conn: self._append_batch(conn, batch))
-            for waiter, records in zip(batch, results, strict=True):
-                waiter.result = records
-        except AuditUnavailableError as exc:
-            for waiter in batch:
-                waiter.error = AuditUnavailableError(str(exc))
-        except BaseException as exc:
-            # A bug, or the leader's thread interrupted: every caller of the batch fails closed;
-            # the leader's own caller sees an interruption as it is.
-            for waiter in batch:
-                waiter.error = AuditUnavailableError(f"audit log unavailable: {type(exc).__name__}")
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            with self._queue_lock:
-                successor = self._queue[0] if self._queue else None
-                if successor is None:
-                    self._leading = False
-                else:
-                    successor.lead = True
-            for waiter in batch:
-                if waiter.wake.locked():
-                    waiter.wake.release()
-            if successor is not None:
-                successor.wake.release()
-
-    def _append_batch(self, conn: sqlite3.Connection, batch: list[_Waiter]) -> list[list[dict[str, Any]]]:
-        """Chain the records of every waiter of ``batch``, in order, inside the open transaction."""
+    def _append_batch(self, conn: sqlite3.Connection,
+                      batch: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+        """Chain the normalised events of every append of ``batch``, in order, inside the open
+        transaction; returns each append's records."""
         seq, prev = _head(conn)  # re-read inside the write transaction: another process may append
         now = self.clock.now()
         rows: list[tuple[int, str, str, str | None, str]] = []
         out: list[list[dict[str, Any]]] = []
-        for waiter in batch:
+        for events in batch:
             records = []
-            for event in waiter.events:
+            for event in events:
                 seq += 1
                 record = chain_record(event, seq=seq, prev_hash=prev, now=now)
                 subject = record.get("subject_ref")
@@ -438,7 +425,7 @@ class AuditLog:
     # ------------------------------------------------------------------ internals
 
     def _append_in(self, conn: sqlite3.Connection, events: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        return self._append_batch(conn, [_Waiter([normalise_event(event) for event in events])])[0]
+        return self._append_batch(conn, [[normalise_event(event) for event in events]])[0]
 
     def _write(self, work: Any) -> Any:
         """Run ``work(conn)`` in a ``BEGIN IMMEDIATE`` transaction; map every failure to

@@ -10,8 +10,17 @@ names and stats, never contents) and decides for each file whether it is *ready*
   consecutive scans and nothing changed for ``settle`` seconds. On POSIX ``ctime`` moves on every
   write and cannot be set by a writer, so "unchanged since" is measured from it as well as from
   our own observations;
+- a file signalled complete by an event (``mark_signalled``: renamed in, closed after writing)
+  is ready without ``settle``, like a file with its sentinel;
 - symlinks pointing outside the folder are ignored (never opened); unknown extensions are
   logged once and left in place.
+
+Ready files are returned in write order (``agent.ingest.order``: oldest mtime first, then name),
+and a ready file is **held** while an older file of the folder is still settling: the EMR wrote
+the older one first, so it is committed first (a correction must not overtake its original,
+documents.md §9.2). A hold lasts at most ``settle`` + two scan intervals from the moment the
+older file was first seen, so a file that never settles (locked for ever, touched again and
+again) cannot block the folder. Files waiting for a sentinel never hold others (the sentinel may never come).
 
 An unreachable folder (missing, not a directory, permission denied, or a share that was a mount
 point and no longer is) is *unreachable*, never empty: candidates already known are kept so that
@@ -25,6 +34,7 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +64,8 @@ class FileState:
     ctime_ns: int
     last_change: float          # monotonic time the stat last changed (or first seen)
     unchanged_scans: int = 0    # consecutive scans that saw the same stat after the first
+    first_seen: float = 0.0     # monotonic time the name was first seen (bounds how long it holds others)
+    done: bool = False          # handled before and unchanged since (keep mode, R-001 left in place)
     sentinel: str | None = None
     unsafe: bool = False
 
@@ -75,7 +87,7 @@ class Ready:
 class ScanResult:
     reachable: bool
     ready: list[Ready]
-    pending: int                 # settling or waiting for a sentinel
+    pending: int                 # settling, held behind an older settling file, or waiting for a sentinel
     settling: bool               # at least one file may become ready by time alone
     next_due: float | None       # monotonic time a confirmation scan would be useful
 
@@ -109,6 +121,13 @@ class FolderScanner:
         self._was_mount: bool | None = None
         self._logged_names: set[str] = set()  # names already logged once (unknown ext, symlink)
         self._real_root: str | None = None
+        # Completion signals from the observer thread: relpath -> (size, mtime_ns) when signalled.
+        self._signals: dict[str, tuple[int, int]] = {}
+        self._signals_lock = threading.Lock()
+        self.scanned_once = False
+        # (mtime_ns, relpath) of the oldest file still settling at the last scan, None if none:
+        # a signalled file newer than it must wait for it (read from the observer thread).
+        self.oldest_unready: tuple[int, str] | None = None
 
     # -- reachability -------------------------------------------------------------------------
     def _check_root(self) -> bool:
@@ -226,28 +245,38 @@ class FolderScanner:
             if self._on_sentinel_seen:
                 self._on_sentinel_seen(self.index)
         for gone in set(self.files) - set(listing):
-            del self.files[gone]
+            self.files.pop(gone, None)  # (the worker may have forgotten it meanwhile)
+        with self._signals_lock:
+            for gone in set(self._signals) - set(listing):
+                del self._signals[gone]
+            signals = dict(self._signals)
         ready: list[Ready] = []
         pending = 0
         settling = False
         next_due: float | None = None
+        unready: list[tuple[int, str]] = []  # settling files that hold newer ready ones
         wall_now = self._wall()
         need_sentinel = self.needs_sentinel()
+        hold_max = self.watch.settle + 2 * self.watch.scan_interval
         for rel, st in listing.items():
             key = _stat_key(st)
             state = self.files.get(rel)
             if state is None or (state.size, state.mtime_ns, state.ctime_ns) != key:
-                state = FileState(*key, last_change=now)
+                state = FileState(*key, last_change=now, first_seen=state.first_seen if state else now)
                 self.files[rel] = state
             else:
                 state.unchanged_scans += 1
-            if self._is_done(self.index, rel, st.st_size, st.st_mtime_ns):
+            state.done = self._is_done(self.index, rel, st.st_size, st.st_mtime_ns)
+            if state.done:
                 continue  # acknowledged in keep mode, or a too-large file already quarantined
             state.unsafe = rel in unsafe
             state.sentinel = sentinels.get(rel)
             if state.sentinel is not None:
                 ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, state.sentinel, True,
                                    state.unsafe))
+                continue
+            if signals.get(rel) == (st.st_size, st.st_mtime_ns) and not (need_sentinel and not state.unsafe):
+                ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, None, True, state.unsafe))
                 continue
             if need_sentinel and not state.unsafe:
                 pending += 1
@@ -262,10 +291,22 @@ class FolderScanner:
                 continue
             pending += 1
             settling = True
+            if now - state.first_seen < hold_max:
+                unready.append((st.st_mtime_ns, rel))
             wait = max(MIN_CONFIRM_GAP, self.watch.settle - quiet_for) if state.unchanged_scans >= 1 \
                 else max(MIN_CONFIRM_GAP, min(self.watch.settle - quiet_for, self.watch.scan_interval))
             due = now + wait
             next_due = due if next_due is None else min(next_due, due)
+        oldest = min(unready) if unready else None
+        if oldest is not None:
+            # Written after a file that is still settling: wait for it, keep the write order.
+            held = [r for r in ready if (r.mtime_ns, r.relpath) > oldest]
+            if held:
+                ready = [r for r in ready if (r.mtime_ns, r.relpath) < oldest]
+                pending += len(held)
+        ready.sort(key=lambda r: (r.mtime_ns, r.relpath))
+        self.oldest_unready = oldest
+        self.scanned_once = True
         return ScanResult(True, ready, pending, settling, next_due)
 
     def _unreachable(self) -> ScanResult:
@@ -277,7 +318,31 @@ class FolderScanner:
         return ScanResult(False, [], len(self.files), False, None)
 
     def forget(self, relpath: str) -> None:
+        """The file was handled: a file found under this name later is a new file."""
         self.files.pop(relpath, None)
+        with self._signals_lock:
+            self._signals.pop(relpath, None)
+
+    def restart_settle(self, relpath: str) -> None:
+        """The file changed while it was read (or is locked): it must settle again from now.
+
+        ``first_seen`` is kept, so a file that is locked for ever stops holding newer files once
+        its hold time is over.
+        """
+        with self._signals_lock:
+            self._signals.pop(relpath, None)
+        state = self.files.get(relpath)
+        if state is not None:
+            state.unchanged_scans = 0
+            state.last_change = self._mono()
+
+    def mark_signalled(self, relpath: str, size: int, mtime_ns: int) -> None:
+        """An event said the file is complete (renamed in / closed after writing): no settle needed
+        while its size and mtime stay as signalled. Called from the observer thread."""
+        with self._signals_lock:
+            if len(self._signals) > 100_000:  # bounded: an event storm cannot grow it for ever
+                self._signals.clear()
+            self._signals[relpath] = (size, mtime_ns)
 
     def extension_supported(self, name: str) -> bool:
         return self._supported(name) and bool(extension_of(name))

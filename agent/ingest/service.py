@@ -1,29 +1,37 @@
-"""The running ingest: scanner loop + one worker thread + supervised observers.
+"""The running ingest: scanner loop + one committing worker thread + supervised observers.
 
 - The **scanner thread** scans every folder when due (``scan_interval``; sooner when an event hint
-  arrives or a settling file could become ready), supervises the observers, and feeds ready files
-  to the queue.
-- The **worker thread** processes one file at a time (bounded memory: one file's bytes at most),
-  so a backfill of thousands of files never holds more than one of them.
-- **Queue order**: files signalled complete (renamed in, closed, sentinel) first; then the files
-  found after start ("fresh") alternate with the initial backlog, so a backfill never starves new
-  exports.
-- **Deferred** files (folder unreachable, disk full, store locked) are retried with backoff and
-  shown as pending.
+  arrives or a settling file could become ready), supervises the observers, reloads a folder's
+  vendor profile when its file changed, and feeds ready files to the queue.
+- **Order** (``agent.ingest.order``): files are committed oldest mtime first, ties by name — the
+  order the EMR wrote them — for the backlog found at start and for every scan. A file signalled
+  complete by an event (renamed in, closed) skips ``settle`` and the wait for the next scan, and
+  is queued at once when no older file of its folder is still settling; otherwise the scan
+  releases it right after the older ones.
+- The **worker thread** commits one file at a time, in that order. During a backfill the next
+  few files are read and validated ahead in worker processes (``agent.ingest.prefetch``);
+  memory stays bounded by the look-ahead.
+- **Deferred** files: a folder that is unreachable or a file that failed unexpectedly is retried
+  with backoff; a full disk or an unavailable store pauses the worker as a whole (the files in
+  hand go back to the queue, in order) and retries with backoff. Status shows them as pending.
 
-``stop()`` lets the worker finish the file in hand, then returns (SIGTERM → clean exit).
+``stop()`` lets the worker finish the file in hand, then returns (SIGTERM → clean exit); files
+read ahead but not committed are simply read again next time.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,10 @@ from agent.clock import Clock, SystemClock, utc_iso
 from agent.config import Config
 from agent.fsutil import atomic_write
 from agent.ingest import process as proc
-from agent.ingest.process import FileProcessor, ProcessResult
+from agent.ingest.names import is_temp_name, is_unsafe_name, sentinel_target
+from agent.ingest.order import ReadyQueue
+from agent.ingest.prefetch import Prefetcher
+from agent.ingest.process import FileProcessor, Prepared, ProcessResult
 from agent.ingest.scanner import FolderScanner, Ready
 from agent.ingest.storeport import IngestStore
 from agent.ingest.watcher import Supervisor
@@ -40,9 +51,12 @@ from agent.metrics import FOLDERS_UNREACHABLE, INGEST_PAUSED, PENDING
 log = logging.getLogger("agent.ingest")
 
 SUPERVISE_EVERY = 2.0        # seconds between observer liveness checks
+PROFILE_CHECK_EVERY = 1.0    # seconds between checks of the profile files for changes
 HINT_DEBOUNCE = 0.2          # a burst of change events causes one scan, not thousands
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+SYNC_EVERY_FILES = 64        # folder fsync after this many acknowledged files in a burst …
+SYNC_EVERY_S = 1.0           # … or this long after the first unsynced unlink
 PROGRESS_LINE_EVERY = 10.0   # seconds between plain progress lines when stderr is not a terminal
 STATE_FILE = "ingest.state.json"
 
@@ -55,88 +69,39 @@ class Progress:
     started_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
-class _Queue:
-    """Three FIFO lanes with de-duplication by (watch, relpath)."""
+@dataclasses.dataclass
+class _InHand:
+    """A file taken from the queue: prepared by the pool (``future``) or inline at its turn."""
 
-    def __init__(self) -> None:
-        self.signalled: collections.deque[Ready] = collections.deque()
-        self.fresh: collections.deque[Ready] = collections.deque()
-        self.backlog: collections.deque[Ready] = collections.deque()
-        self.keys: set[tuple[int, str]] = set()
-        self._turn = 0
-        self.cond = threading.Condition()
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def put(self, item: Ready, lane: str) -> bool:
-        key = (item.watch_index, item.relpath)
-        with self.cond:
-            if key in self.keys:
-                if lane == "signalled":  # promote: a completion signal jumps the queue
-                    for q in (self.fresh, self.backlog):
-                        for old in list(q):
-                            if (old.watch_index, old.relpath) == key:
-                                q.remove(old)
-                                self.signalled.append(item)
-                                self.cond.notify()
-                                return True
-                return False
-            self.keys.add(key)
-            getattr(self, lane).append(item)
-            self.cond.notify()
-            return True
-
-    def get(self, timeout: float) -> Ready | None:
-        with self.cond:
-            if not self.keys:
-                self.cond.wait(timeout)
-            if self.signalled:
-                item = self.signalled.popleft()
-            elif self.fresh and (not self.backlog or self._turn % 2 == 0):
-                item = self.fresh.popleft()
-                self._turn += 1
-            elif self.backlog:
-                item = self.backlog.popleft()
-                self._turn += 1
-            else:
-                return None
-            return item
-
-    def done(self, item: Ready) -> None:
-        with self.cond:
-            self.keys.discard((item.watch_index, item.relpath))
-
-    def pending_for(self, watch_index: int) -> int:
-        with self.cond:
-            return sum(1 for w, _ in self.keys if w == watch_index)
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+    item: Ready
+    future: concurrent.futures.Future[Prepared] | None = None
 
 
 class IngestService:
-    """Composes scanner, observers, queue and processor for every ``[[watch]]`` folder."""
+    """Composes scanner, observers, queue, look-ahead and processor for every ``[[watch]]`` folder."""
 
     def __init__(self, config: Config, store: IngestStore, *, clock: Clock | None = None,
                  profiles: list[Any] | None = None, observe: bool = True,
-                 progress_stream: Any = None) -> None:
+                 progress_stream: Any = None, workers: int = 0) -> None:
         self.config = config
         self.store = store
         self.clock = clock or SystemClock()
         self.processor = FileProcessor(config, store, clock=self.clock, profiles=profiles)
-        self.queue = _Queue()
+        self.prefetch = Prefetcher(workers)
+        self.queue = ReadyQueue()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
-        self._hinted: set[int] = set()
         self._due: list[float] = [0.0] * len(config.watch)
         self._deferred: dict[tuple[int, str], tuple[float, float]] = {}  # key -> (retry_at, backoff)
-        self._abandoned: dict[tuple[int, str], int] = {}
-        self._first_scan_done = [False] * len(config.watch)
+        self._finished: dict[tuple[int, str], float] = {}  # key -> monotonic time it was handled
+        self._backlog: list[set[str]] = [set() for _ in config.watch]  # files present at the first scan
+        self._pause_until = 0.0
+        self._pause_backoff = BACKOFF_START / 2
+        self._paused_files = 0
+        self._dirty_since: float | None = None
+        self._unsynced = 0
         self.progress = Progress()
-        self.paused = False
         self.last_commit_at: str | None = None
         self.current: tuple[int, str] | None = None
         state = self._load_state()
@@ -146,7 +111,8 @@ class IngestService:
                           on_sentinel_seen=self._sentinel_seen)
             for i, w in enumerate(config.watch)
         ]
-        self.processor_profiles = profiles
+        self._profile_stats = [self._profile_stat(i) for i in range(len(config.watch))]
+        self._profile_checked = time.monotonic()
         self.supervisor = Supervisor(config.watch, self.hint) if observe else None
         self._threads: list[threading.Thread] = []
         self._progress_stream = progress_stream if progress_stream is not None else sys.stderr
@@ -157,8 +123,8 @@ class IngestService:
     def _supported_for(self, index: int) -> Callable[[str], bool]:
         from agent.formats import supported_extension
 
-        profile = self.processor.profiles[index]
-        return lambda name: supported_extension(name, profile)
+        # Looked up at each call: a reloaded profile may read other extensions.
+        return lambda name: supported_extension(name, self.processor.profiles[index])
 
     def _is_done(self, watch_index: int, relpath: str, size: int, mtime_ns: int) -> bool:
         watch = self.config.watch[watch_index]
@@ -170,7 +136,7 @@ class IngestService:
 
     def _load_state(self) -> dict[str, Any]:
         try:
-            return json.loads(self._state_path().read_text(encoding="utf-8"))
+            return json.loads(self._state_path().read_text(encoding="utf-8"))  # type: ignore[no-any-return]
         except (OSError, ValueError):
             return {}
 
@@ -183,13 +149,49 @@ class IngestService:
         except OSError:
             log.warning("could not persist the sentinel state", exc_info=True)
 
+    # -- vendor profiles: a corrected profile file is used from the next file on ---------------------
+    def _profile_stat(self, index: int) -> tuple[int, int, int] | None:
+        profile = self.processor.profiles[index]
+        path = getattr(profile, "path", None)
+        if path is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh_profiles(self) -> None:
+        """Reload a folder's profile when its file changed; a broken edit keeps the last good one.
+
+        (An editor may save in two steps; a profile that does not load is reported and retried at
+        the next change, while files keep being read with the profile that worked.)
+        """
+        from agent.formats.profiles import ProfileError, parse_profile_file
+
+        for index in range(len(self.config.watch)):
+            profile = self.processor.profiles[index]
+            path = getattr(profile, "path", None)
+            if path is None:
+                continue
+            now = self._profile_stat(index)
+            if now is None or now == self._profile_stats[index]:
+                continue
+            self._profile_stats[index] = now
+            try:
+                fresh = parse_profile_file(Path(path))
+            except ProfileError as exc:
+                log.error("changed profile does not load; still using the previous one",
+                          extra={"watch": index, "error": str(exc)})
+                continue
+            self.processor.profiles[index] = fresh
+            log.info("profile reloaded", extra={"watch": index, "profile": fresh.name})
+
     # -- hints from observers ----------------------------------------------------------------------
     def hint(self, watch_index: int, relpath: str, kind: str) -> None:
         if kind == "signal" and relpath:
             scanner = self.scanners[watch_index]
             name = relpath.rsplit("/", 1)[-1]
-            from agent.ingest.names import is_temp_name, is_unsafe_name, sentinel_target
-
             target = sentinel_target(name)
             if target is not None and scanner.watch.sentinel != "off":
                 self._request_scan(watch_index)  # the sentinel's file is found by the scan, at once
@@ -205,8 +207,15 @@ class IngestService:
                 return
             if self._is_done(watch_index, relpath, *st):
                 return
-            self.queue.put(Ready(watch_index, relpath, st[0], st[1], None, True, is_unsafe_name(name)),
-                           "signalled")
+            scanner.mark_signalled(relpath, *st)
+            oldest = scanner.oldest_unready
+            if scanner.scanned_once and (oldest is None or (st[1], relpath) <= oldest):
+                # Nothing older is still being written here: no settle, no wait for a scan.
+                self.queue.put(Ready(watch_index, relpath, st[0], st[1], None, True, is_unsafe_name(name)))
+            else:
+                # An older file (or a backlog not yet listed) comes first: the scan, which now
+                # treats this file as complete, releases it right after them.
+                self._request_scan(watch_index)
             return
         self._request_scan(watch_index, delay=HINT_DEBOUNCE)
 
@@ -226,7 +235,7 @@ class IngestService:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Finish the file in hand, then stop every thread and observer."""
+        """Finish the file in hand, then stop every thread, observer and look-ahead worker."""
         self._stop.set()
         self._wake.set()
         self.queue.wake()
@@ -234,6 +243,7 @@ class IngestService:
             thread.join(timeout)
         if self.supervisor is not None:
             self.supervisor.stop()
+        self.prefetch.shutdown()
         self._close_progress()
 
     def stop_observer_for_test(self, index: int) -> None:
@@ -247,6 +257,8 @@ class IngestService:
         """Scan one folder and queue what is ready (also used by tests and the rescan job)."""
         scanner = self.scanners[index]
         was_reachable = scanner.reachable
+        first = not scanner.scanned_once
+        started = time.monotonic()
         result = scanner.scan()
         now = time.monotonic()
         interval = scanner.watch.scan_interval
@@ -259,17 +271,41 @@ class IngestService:
             self._due[index] = due
         if result.reachable and not was_reachable and self.supervisor is not None:
             self.supervisor.restart(index)  # the old watch followed the old directory inode
-        lane = "fresh" if self._first_scan_done[index] else "backlog"
+        if first and result.reachable:
+            backlog = {rel for rel, state in list(scanner.files.items()) if not state.done}
+            with self._lock:
+                self._backlog[index] = backlog
+                self.progress.backlog_total += len(backlog)
+        ready = []
         for item in result.ready:
             key = (item.watch_index, item.relpath)
             retry = self._deferred.get(key)
             if retry is not None and retry[0] > now:
                 continue
-            if self.queue.put(item, lane) and lane == "backlog":
-                self.progress.backlog_total += 1
-        self._first_scan_done[index] = True
+            if self._finished.get(key, 0.0) >= started:
+                continue  # handled while this scan listed the folder: what it saw is gone
+            ready.append(item)
+        self.queue.put_many(ready)
+        # A key finished before this scan started is either gone or seen by `is_done` from now on.
+        for key in [k for k, t in self._finished.items() if k[0] == index and t < started]:
+            del self._finished[key]
+        if result.reachable:
+            self._count_vanished_backlog(index)
         FOLDERS_UNREACHABLE.set(sum(1 for s in self.scanners if not s.reachable))
         PENDING.set(self.pending_total())
+
+    def _count_vanished_backlog(self, index: int) -> None:
+        """Backlog files that left the folder without us (removed by someone) count as done."""
+        files = self.scanners[index].files
+        for rel in list(self._backlog[index]):
+            if rel not in files and not self.queue.contains((index, rel)):
+                self._backlog_done(index, rel)
+
+    def _backlog_done(self, index: int, rel: str) -> None:
+        with self._lock:
+            if rel in self._backlog[index]:
+                self._backlog[index].discard(rel)
+                self.progress.backlog_done += 1
 
     def rescan_all(self) -> None:
         """Force a full scan of every folder at the next opportunity (scheduler ``rescan`` job)."""
@@ -280,6 +316,12 @@ class IngestService:
         last_supervise = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            if now - self._profile_checked >= PROFILE_CHECK_EVERY:
+                self._profile_checked = now
+                try:
+                    self.refresh_profiles()
+                except Exception:
+                    log.error("profile check failed", exc_info=True)
             for index in range(len(self.scanners)):
                 with self._lock:
                     due = self._due[index] <= now
@@ -299,26 +341,120 @@ class IngestService:
             self._report_progress()
             with self._lock:
                 next_due = min(self._due) if self._due else now + 1.0
-            self._wake.wait(max(0.05, min(next_due - time.monotonic(), SUPERVISE_EVERY)))
+            self._wake.wait(max(0.05, min(next_due - time.monotonic(), SUPERVISE_EVERY, PROFILE_CHECK_EVERY)))
             self._wake.clear()
 
     # -- worker thread -------------------------------------------------------------------------------
     def _work_loop(self) -> None:
-        while not self._stop.is_set():
+        in_hand: collections.deque[_InHand] = collections.deque()
+        try:
+            while not self._stop.is_set():
+                if self._paused_wait():
+                    continue
+                self._take(in_hand)
+                if not in_hand:
+                    self._idle()
+                    continue
+                head = in_hand.popleft()
+                result = self._finish(head)
+                if result.outcome == proc.DEFERRED and result.cause in proc.GLOBAL_CAUSES:
+                    self._pause([head, *in_hand])
+                    in_hand.clear()
+                    continue
+                self.queue.done(head.item)
+                self._after(head.item, result)
+                self._sync_dirs_if_due()
+        finally:
+            # Stopping: what was read ahead is not committed; it stays in the folder, untouched.
+            for left in in_hand:
+                if left.future is not None:
+                    left.future.cancel()
+            self.queue.release([left.item for left in in_hand])
+            self.processor.sync_dirs()
+
+    def _take(self, in_hand: collections.deque[_InHand]) -> None:
+        """Top up the files in hand: one at a time normally, a bounded look-ahead in a backfill."""
+        use_pool = self.prefetch.wanted(self.queue.waiting() + len(in_hand))  # nothing to overlap: inline
+        if not in_hand:
             item = self.queue.get(timeout=0.5)
             if item is None:
-                continue
-            key = (item.watch_index, item.relpath)
-            self.current = key
-            try:
-                result = self.processor.process(item)
-            except Exception:
-                log.error("processing failed; the file stays and is retried", exc_info=True)
-                result = ProcessResult(proc.DEFERRED)
-            finally:
-                self.current = None
-                self.queue.done(item)
-            self._after(item, result)
+                return
+            in_hand.append(self._start(item, use_pool))
+        if not use_pool:
+            return
+        in_flight = sum(h.item.size for h in in_hand)
+        while len(in_hand) < self.prefetch.lookahead and in_flight < self.prefetch.max_bytes:
+            item = self.queue.get(timeout=0)
+            if item is None:
+                break
+            in_hand.append(self._start(item, use_pool))
+            in_flight += item.size
+
+    def _start(self, item: Ready, use_pool: bool) -> _InHand:
+        if not use_pool:
+            return _InHand(item)
+        args, kwargs = self.processor.prepare_args(item)
+        return _InHand(item, self.prefetch.submit(args, kwargs))
+
+    def _finish(self, head: _InHand) -> ProcessResult:
+        """Wait for (or do) the preparation, then commit + acknowledge — strictly in order."""
+        self.current = (head.item.watch_index, head.item.relpath)
+        try:
+            prepared: Prepared | None = None
+            if head.future is not None:
+                try:
+                    prepared = head.future.result()
+                except (BrokenProcessPool, concurrent.futures.CancelledError):
+                    self.prefetch.broken()
+                except Exception:  # e.g. a result that could not cross the process boundary
+                    log.warning("look-ahead failed for a file; preparing it in-process", exc_info=True)
+            if prepared is None:
+                prepared = self.processor.prepare(head.item)
+            return self.processor.commit(prepared)
+        except Exception:
+            log.error("processing failed; the file stays and is retried", exc_info=True)
+            return ProcessResult(proc.DEFERRED, cause=proc.CAUSE_ERROR)
+        finally:
+            self.current = None
+
+    def _pause(self, in_hand: list[_InHand]) -> None:
+        """Disk full / store unavailable: every file would fail alike. Put the files in hand back
+        (same place in the order) and wait with backoff before trying the first one again."""
+        for left in in_hand:
+            if left.future is not None:
+                left.future.cancel()
+        self.queue.release([left.item for left in in_hand])
+        self._pause_backoff = min(BACKOFF_MAX, self._pause_backoff * 2)
+        self._pause_until = time.monotonic() + self._pause_backoff
+        self._paused_files = max(1, self.queue.waiting())
+        INGEST_PAUSED.set(1)
+        self.processor.sync_dirs()
+
+    def _paused_wait(self) -> bool:
+        remaining = self._pause_until - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._stop.wait(min(remaining, 0.5))
+        return True
+
+    def _idle(self) -> None:
+        self.processor.sync_dirs()
+        self._unsynced = 0
+        self._dirty_since = None
+        self.prefetch.idle()
+
+    def _sync_dirs_if_due(self) -> None:
+        if not self.processor.dirs_to_sync:
+            return
+        now = time.monotonic()
+        self._unsynced += 1
+        if self._dirty_since is None:
+            self._dirty_since = now
+        if self._unsynced >= SYNC_EVERY_FILES or now - self._dirty_since >= SYNC_EVERY_S \
+                or not self.queue.waiting():
+            self.processor.sync_dirs()
+            self._unsynced = 0
+            self._dirty_since = None
 
     def _after(self, item: Ready, result: ProcessResult) -> None:
         key = (item.watch_index, item.relpath)
@@ -327,25 +463,26 @@ class IngestService:
             _, backoff = self._deferred.get(key, (0.0, BACKOFF_START / 2))
             backoff = min(BACKOFF_MAX, backoff * 2)
             self._deferred[key] = (time.monotonic() + backoff, backoff)
-            self.paused = True
-            INGEST_PAUSED.set(1)
             self._request_scan(item.watch_index, delay=backoff)
         else:
             self._deferred.pop(key, None)
-            if self.paused and not self._deferred:
-                self.paused = False
-                INGEST_PAUSED.set(0)
+        if self._paused_files:  # a file went through: disk / store are back
+            self._paused_files = 0
+            self._pause_backoff = BACKOFF_START / 2
+        INGEST_PAUSED.set(1 if self.paused else 0)
         if result.outcome == proc.ABANDONED:
-            scanner.forget(item.relpath)  # must settle again from scratch
+            scanner.restart_settle(item.relpath)  # must settle again
             self._request_scan(item.watch_index, delay=0.5)
-        elif result.outcome in ("accepted", "duplicate", "superseded", "quarantined", proc.RECOVERED):
+        elif result.outcome in ("accepted", "duplicate", "superseded", "quarantined", proc.RECOVERED,
+                                proc.GONE):
             scanner.forget(item.relpath)
-            self.progress.processed += 1
-            if result.outcome != "quarantined":
+            self._finished[key] = time.monotonic()
+            if result.outcome != proc.GONE:
+                self.progress.processed += 1
+            if result.outcome not in ("quarantined", proc.GONE):
                 self.last_commit_at = utc_iso(self.clock.now(), millis=False)
-        if result.outcome not in (proc.DEFERRED, proc.ABANDONED) and \
-                self.progress.backlog_done < self.progress.backlog_total:
-            self.progress.backlog_done += 1
+        if result.outcome not in (proc.DEFERRED, proc.ABANDONED):
+            self._backlog_done(item.watch_index, item.relpath)
         if self.on_result is not None:
             try:
                 self.on_result(item, result)
@@ -353,18 +490,23 @@ class IngestService:
                 log.debug("result callback failed", exc_info=True)
 
     # -- status ------------------------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        """Some file is deferred (folder away, unexpected error) or the worker waits (disk, store)."""
+        return bool(self._deferred) or bool(self._paused_files)
+
     def pending_total(self) -> int:
         return sum(self.folder_pending(i) for i in range(len(self.scanners)))
 
     def folder_pending(self, index: int) -> int:
         scanner = self.scanners[index]
-        # list(): the worker thread forgets files while status reads; copy the keys atomically.
-        waiting = sum(1 for rel in list(scanner.files)
-                      if not self.store.known_fingerprint_cached(index, rel))
+        # list(): the worker thread forgets files while status reads; copy the values atomically.
+        waiting = sum(1 for state in list(scanner.files.values()) if not state.done)
         return max(waiting, self.queue.pending_for(index))
 
     def deferred_total(self) -> int:
-        return len(self._deferred) + sum(len(s.files) for s in self.scanners if not s.reachable)
+        return len(self._deferred) + self._paused_files + \
+            sum(len(s.files) for s in self.scanners if not s.reachable)
 
     def snapshot(self) -> dict[str, Any]:
         watch = []

@@ -4,9 +4,9 @@ reads as the contract and the store's call signatures live in a single file.
 Fingerprints: a file's path is ``<watch folder>/<relpath>``; the store keeps it only as a keyed
 HMAC plus ciphertext (security.md §6.3). ``known_fingerprint`` answers "was this exact file
 (path, size, mtime) already handled?" — acknowledged in ``keep`` mode, quarantined and left in
-``keep`` mode, or a too-large file with its R-001 entry — from the ledger, with a small in-memory
-cache that is dropped whenever the store's generation changes (another process may have run
-``quarantine retry``).
+``keep`` mode, or a too-large file with its R-001 entry — from the ledger, with an in-memory cache
+of the answers that cannot change while the file is unchanged (a ledger row with a digest). An
+R-001 entry is looked up every time: another process may run ``quarantine retry`` on it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class IngestStore:
     def __init__(self, store: Any) -> None:
         self.store = store
         self._cache: dict[tuple[int, str], tuple[int, int]] = {}
-        self._cache_generation = -1
         self._lock = threading.Lock()
 
     # -- identities ------------------------------------------------------------------------------
@@ -62,19 +61,10 @@ class IngestStore:
         entry = self.store.ledger_lookup(fp.path, fp.size, fp.mtime_ns)
         return entry is not None and entry.sha256 == fp.sha256 and entry.outcome != QUARANTINED
 
-    def quarantined_sha(self, sha256: str) -> bool:
-        return False  # resolved through quarantined_file (needs the path as well)
-
     def quarantined_file(self, fp: FileFingerprint) -> bool:
         """This very file was quarantined before (e.g. a crash before its removal)."""
         entry = self.store.ledger_lookup(fp.path, fp.size, fp.mtime_ns)
         return entry is not None and entry.sha256 == fp.sha256 and entry.outcome == QUARANTINED
-
-    def _generation_check(self) -> None:
-        generation = self.store.generation()
-        if generation != self._cache_generation:
-            self._cache.clear()
-            self._cache_generation = generation
 
     def known_fingerprint(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int,
                           *, move: bool = False) -> bool:
@@ -85,7 +75,6 @@ class IngestStore:
         it goes through the pipeline again, which recognises it by its digest.
         """
         with self._lock:
-            self._generation_check()
             if self._cache.get((watch_index, relpath)) == (size, mtime_ns):
                 return True
         path = self._path(root, relpath)
@@ -97,22 +86,22 @@ class IngestStore:
         if entry.outcome == QUARANTINED and not entry.sha256:
             # R-001 entry (never read, no digest): retried by an operator → look again.
             marker = self.store.kv_get(RETRY_KEY + self.store.path_hmac(path))
-            if marker == f"{size}:{mtime_ns}":
-                return False
+            return marker != f"{size}:{mtime_ns}"
         with self._lock:
             self._cache[(watch_index, relpath)] = (size, mtime_ns)
         return True
 
-    def known_fingerprint_cached(self, watch_index: int, relpath: str) -> bool:
+    def remember_kept(self, watch_index: int, relpath: str, fp: FileFingerprint) -> None:
+        """Not to be read again while unchanged: keep mode (the ledger row written with the
+        commit/quarantine is the fingerprint), or a committed file that could not be removed."""
         with self._lock:
-            return (watch_index, relpath) in self._cache
-
-    def remember_kept(self, fp: FileFingerprint) -> None:
-        """keep mode: the ledger row written with the commit/quarantine is the fingerprint."""
+            if len(self._cache) > 200_000:  # bounded; a miss only costs one ledger look-up
+                self._cache.clear()
+            self._cache[(watch_index, relpath)] = (fp.size, fp.mtime_ns)
 
     # -- writes --------------------------------------------------------------------------------------------
     def commit(self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes,
-               received_at: Any, profile_name: str) -> CommitResult:
+               profile_name: str) -> CommitResult:
         meta = {"file_name": file_name, "profile": profile_name, "format": check.format,
                 "encoding": check.encoding}
         outcome: FileOutcome = self.store.commit_file(fp, check.records, archive=content, file_meta=meta)

@@ -95,6 +95,17 @@ def cert_days_left(path: Path, now: dt.datetime) -> int | None:
     return int((cert.not_valid_after_utc - now).total_seconds() // 86400)
 
 
+def ingest_workers(environ: Any) -> int:
+    """Look-ahead worker processes for a backfill (``agent.ingest.prefetch``): one per core, at
+    most two (the committing thread needs a core too); none on a one-core machine.
+    ``SILSON_INGEST_WORKERS`` overrides it (0 = everything in-process), for benchmarks."""
+    override = str(environ.get("SILSON_INGEST_WORKERS", "")).strip()
+    if override.isdigit():
+        return min(int(override), 8)
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(2, cores)
+
+
 # -- status ---------------------------------------------------------------------------------------------
 def status_document(config: Config, store: Any | None, state: dict[str, Any] | None,
                     *, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -360,7 +371,8 @@ class Daemon:
         from agent.ingest.storeport import IngestStore
 
         self.ingest = IngestService(self.config, IngestStore(self.store), clock=self.clock,
-                                    profiles=self._profiles(), progress_stream=self.stderr)
+                                    profiles=self._profiles(), progress_stream=self.stderr,
+                                    workers=ingest_workers(os.environ))
         self.ingest.start()
 
     def _ingest_status(self) -> str:

@@ -12,9 +12,11 @@ migration 4 -> 5) narrow the candidates in SQL, then the pure link rules of
 the link rule it stands for, so the candidates are always a superset of the true partners:
 
 - detail -> receipt by ``receipt_no``: same ykiho and ``receipt.document_no = receipt_no``;
-- detail -> receipt fallback (no ``receipt_no``): same ``preg_hmac`` (keyed HMAC of ykiho and
-  ``patient_reg_no`` — the number itself is personal data and never stored in clear) and equal
-  care period columns;
+- detail -> receipt fallback (no ``receipt_no``): receipts with the same care start (indexed),
+  then the same ykiho, ``preg_hmac`` (keyed HMAC of ykiho and ``patient_reg_no`` — the number
+  itself is personal data and never stored in clear) and care end, compared in the row;
+- receipt -> fallback details: details without ``receipt_no`` with the same ``preg_hmac``
+  (indexed; such details are rare) and equal care period columns;
 - pharmacy receipt -> prescription: ``prescription.document_no = prescription_issue_no``.
 
 Which documents are re-evaluated: the ones changed by the file, every candidate partner of their
@@ -114,7 +116,7 @@ class CrossEvaluator:
         if row.document_type == DETAIL:
             if row.receipt_no is not None:
                 return [("receipt_by_no", row.ykiho, row.receipt_no)]
-            return [("receipt_by_preg", row.preg_hmac)] if row.preg_hmac else []
+            return [("receipt_by_care", row.care_start)] if row.preg_hmac and row.care_start else []
         if row.document_type == RECEIPT:
             keys: list[tuple[str, ...]] = [("detail_by_no", row.ykiho, row.document_no)]
             if row.preg_hmac:
@@ -149,13 +151,13 @@ class CrossEvaluator:
                 elif kind == "detail_by_no":
                     sql = f"SELECT {LINK_COLUMNS} FROM documents WHERE ykiho = ? AND receipt_no IN ({marks})"
                     params = (group[1], *chunk)
-                elif kind == "receipt_by_preg":
-                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE preg_hmac IN ({marks}) "
-                           "AND document_type = 'receipt'")
+                elif kind == "receipt_by_care":
+                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'receipt' "
+                           f"AND care_start IN ({marks})")
                     params = tuple(chunk)
                 elif kind == "detail_by_preg":
-                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE preg_hmac IN ({marks}) "
-                           "AND document_type = 'receipt_detail'")
+                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'receipt_detail' "
+                           f"AND preg_hmac IS NOT NULL AND preg_hmac IN ({marks})")
                     params = tuple(chunk)
                 elif kind == "rx_by_no":
                     sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'prescription' "
@@ -174,7 +176,9 @@ class CrossEvaluator:
             return (kind, group[1], row.document_no)
         if kind == "detail_by_no":
             return (kind, group[1], row.receipt_no or "")
-        if kind in ("receipt_by_preg", "detail_by_preg"):
+        if kind == "receipt_by_care":
+            return (kind, row.care_start or "")
+        if kind == "detail_by_preg":
             return (kind, row.preg_hmac or "")
         if kind == "rx_by_no":
             return (kind, row.document_no)
@@ -195,7 +199,8 @@ class CrossEvaluator:
             for c in self._memo.get(key, ()):
                 if c.doc_id in seen:
                     continue
-                if key[0] == "receipt_by_preg" and (c.ykiho != row.ykiho or (c.care_start, c.care_end) != same_care):
+                if key[0] == "receipt_by_care" and (c.ykiho != row.ykiho or c.preg_hmac != row.preg_hmac
+                                                    or (c.care_start, c.care_end) != same_care):
                     continue
                 if key[0] == "detail_by_preg" and (c.ykiho != row.ykiho or c.receipt_no is not None
                                                    or (c.care_start, c.care_end) != same_care):

@@ -152,15 +152,21 @@ MIGRATIONS: list[str] = [
     # version. ``receipt_no`` (of a receipt_detail) and ``prescription_issue_no`` (of a pharmacy
     # receipt) are class O (documents.md §10). ``patient_reg_no`` is personal data, so the §7.1
     # fallback link uses ``preg_hmac`` = HMAC-SHA-256(blind-index key, "preg:v1:" + ykiho + ":" +
-    # patient_reg_no), never the number. Rows stored before this migration get their links filled
-    # in by the store at its next start (``backfill_links`` marks that work; it needs the keys).
+    # patient_reg_no), never the number. Indexes are partial so that each document pays only for the
+    # links it can take part in: receipts are found for a fallback detail by care start (dates
+    # arrive in order, so that index grows at its end) and then by ``preg_hmac`` in the row; an
+    # index on the random HMAC of every receipt would dirty a random page per insert. Rows stored
+    # before this migration get their links filled in by the store at its next start
+    # (``backfill_links`` marks that work; it needs the keys).
     """
     ALTER TABLE documents ADD COLUMN receipt_no TEXT;
     ALTER TABLE documents ADD COLUMN prescription_issue_no TEXT;
     ALTER TABLE documents ADD COLUMN preg_hmac TEXT;
     CREATE INDEX documents_receipt_no ON documents (ykiho, receipt_no) WHERE receipt_no IS NOT NULL;
     CREATE INDEX documents_rx_issue_no ON documents (prescription_issue_no) WHERE prescription_issue_no IS NOT NULL;
-    CREATE INDEX documents_preg ON documents (preg_hmac) WHERE preg_hmac IS NOT NULL;
+    CREATE INDEX documents_detail_preg ON documents (preg_hmac)
+        WHERE document_type = 'receipt_detail' AND preg_hmac IS NOT NULL;
+    CREATE INDEX documents_receipt_care ON documents (care_start) WHERE document_type = 'receipt';
     CREATE INDEX documents_prescription_no ON documents (document_no) WHERE document_type = 'prescription';
     INSERT INTO kv (key, value) SELECT 'backfill_links', '1' WHERE EXISTS (SELECT 1 FROM documents);
     """,

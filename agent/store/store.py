@@ -337,7 +337,7 @@ class Store:
             states = self._load_key_states(conn, ordered)
             for rec in ordered:
                 state = states[rec.key]
-                result = self._decide_record(conn, state, rec, source, now_iso)
+                result = self._decide_record(state, rec, source, now_iso)
                 if isinstance(result, Problem):
                     outcome.problems.append(result)
                 elif result is None:
@@ -390,12 +390,12 @@ class Store:
         for (ykiho, doc_type), numbers in by_group.items():
             for chunk in _chunks(numbers, 400):
                 for row in conn.execute(
-                        "SELECT document_no, doc_id, current_version, receipt_no, prescription_issue_no, preg_hmac, "
+                        "SELECT document_no, doc_id, receipt_no, prescription_issue_no, preg_hmac, "
                         f"care_start, care_end FROM documents WHERE ykiho = ? AND document_type = ? "
                         f"AND document_no IN ({','.join('?' * len(chunk))})", (ykiho, doc_type, *chunk)):
                     state = states[(ykiho, doc_type, row[0])]
-                    state.doc_id, state.existed, state.current_version = row[1], True, int(row[2])
-                    state.previous_links = LinkRow(row[1], doc_type, ykiho, row[0], *row[3:])
+                    state.doc_id, state.existed = row[1], True
+                    state.previous_links = LinkRow(row[1], doc_type, ykiho, row[0], *row[2:])
                     existing[row[1]] = state
         for chunk in _chunks(list(existing), 400):
             for doc_id, version, chash, status in conn.execute(
@@ -416,7 +416,7 @@ class Store:
                 state.doc_id = new_doc_id()
         return states
 
-    def _decide_record(self, conn: sqlite3.Connection, state: _KeyState, rec: _Input, source: dict[str, Any],
+    def _decide_record(self, state: _KeyState, rec: _Input, source: dict[str, Any],
                        now_iso: str) -> Problem | list[Problem] | None:
         """Apply documents.md §9 to one record against the key's state (stored + earlier in the file).
 
@@ -1026,7 +1026,6 @@ class _KeyState:
     key: _Key
     doc_id: str = ""
     existed: bool = False
-    current_version: int | None = None
     stored: list[StoredVersion] = dataclasses.field(default_factory=list)
     content: dict[str, Any] | None = None  # current content (decrypted only when a record needs it)
     previous_links: LinkRow | None = None  # link columns before the file (old partners, §7)

@@ -158,11 +158,12 @@ def test_detail_moving_to_another_receipt_recomputes_the_receipt_it_left(store: 
     assert _rules(store, _id(store, second)) == {"W-501"} == _rules(store, _id(store, moved))
 
 
-def test_fallback_link_uses_a_keyed_hmac_of_the_registration_number_never_the_number(store: Store) -> None:
+@pytest.mark.parametrize("order", ORDERS)
+def test_fallback_link_uses_a_keyed_hmac_of_the_registration_number_never_the_number(
+        store: Store, order: str) -> None:
     receipt, detail = example("receipt"), _broken_detail()
     del detail["receipt_no"]  # §7.1 fallback: same ykiho, patient_reg_no and care_period
-    commit_docs(store, [detail])
-    commit_docs(store, [receipt], path="/inbox/receipt.json")
+    _arrive(store, [receipt, detail], order)
     assert _rules(store, _id(store, receipt)) == {"W-501"} == _rules(store, _id(store, detail))
     raw = sqlite3.connect(store.db.path)
     try:

@@ -1,0 +1,851 @@
+"""exports.md conformance: hand-over (§1), serialisations and reading (§2), outcomes (§4),
+corrections and cancellations (§5).
+
+Reading rules are checked offline through ``check``/``convert`` (same readers, nothing stored) and,
+where the spec talks about the folder, through a real daemon watching a real inbox.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from tests.conformance._ingest_support import (
+    CSV_EXAMPLE,
+    EXAMPLES,
+    Daemon,
+    Install,
+    cli,
+    content_hash,
+    counters,
+    example,
+    fresh_receipt,
+    jdump,
+    minimal_cancellation,
+    problems,
+    rules_of,
+    to_xml,
+    wait_for,
+)
+
+TYPES = ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")
+
+
+def _hash_of_example(name: str) -> str:
+    return json.loads((EXAMPLES / f"{name}.json").read_text(encoding="utf-8"))["content_hash"]
+
+
+def _check(tmp_path: Path, name: str, content: bytes | str, *args: str):
+    p = tmp_path / name
+    p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return cli("check", *args, p, cwd=tmp_path)
+
+
+def _convert(tmp_path: Path, name: str, content: bytes | str) -> list[dict]:
+    p = tmp_path / name
+    p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    r = cli("convert", p, cwd=tmp_path)
+    assert r.returncode == 0, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    text = r.stdout.strip()
+    try:
+        out = json.loads(text)
+        return out if isinstance(out, list) else [out]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _strip(doc: dict) -> dict:
+    doc = dict(doc)
+    for k in ("source", "received_at", "content_hash", "validation"):
+        doc.pop(k, None)
+    return doc
+
+
+# =========================================================================== §2 serialisations (offline)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_json_object_and_array(tmp_path, name):
+    docs = _convert(tmp_path, "one.json", jdump(example(name)))
+    assert content_hash(_strip(docs[0])) == _hash_of_example(name)
+    docs = _convert(tmp_path, "arr.json", jdump([example(name)]))
+    assert len(docs) == 1 and content_hash(_strip(docs[0])) == _hash_of_example(name)
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".ndjson"])
+def test_jsonl_one_document_per_line_blank_lines_skipped(tmp_path, ext):
+    lines = [json.dumps(example(n), ensure_ascii=False) for n in TYPES]
+    text = "\n\n".join(lines) + "\n\n"
+    docs = _convert(tmp_path, "batch" + ext, text)
+    assert [d["document_type"] for d in docs] == list(TYPES)
+    for d, n in zip(docs, TYPES):
+        assert content_hash(_strip(d)) == _hash_of_example(n)
+
+
+def test_jsonl_crlf_line_endings(tmp_path):
+    text = "\r\n".join(json.dumps(example(n), ensure_ascii=False) for n in TYPES) + "\r\n"
+    assert len(_convert(tmp_path, "crlf.jsonl", text)) == 4
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_xml_round_trip_of_each_example(tmp_path, name):
+    docs = _convert(tmp_path, "doc.xml", to_xml([example(name)]))
+    assert len(docs) == 1
+    assert content_hash(_strip(docs[0])) == _hash_of_example(name)
+
+
+def test_xml_several_documents_repeated_array_elements(tmp_path):
+    xml = to_xml([example(n) for n in TYPES])
+    assert xml.count("<lines>") > 4 and "<diagnosis_codes>J06.9</diagnosis_codes>" in xml
+    docs = _convert(tmp_path, "all.xml", xml)
+    assert [d["document_type"] for d in docs] == list(TYPES)
+    rx = docs[2]
+    assert rx["diagnosis_codes"] == ["J06.9"]
+    assert len(rx["lines"]) == 4
+
+
+def test_xml_missing_type_attribute_is_r005(tmp_path):
+    xml = to_xml([example("receipt")], type_attr=False, keep_type_child=True)
+    r = _check(tmp_path, "x.xml", xml)
+    assert r.returncode == 3
+    assert "R-005" in rules_of(r), r.stdout
+
+
+def test_xml_type_attribute_is_authoritative_child_must_agree(tmp_path):
+    doc = example("receipt")
+    ok = to_xml([doc], keep_type_child=True)  # type="receipt" plus <document_type>receipt</document_type>
+    assert "<document_type>receipt</document_type>" in ok
+    r = _check(tmp_path, "ok.xml", ok)
+    assert r.returncode == 0, r.stdout
+    bad = ok.replace("<document_type>receipt</document_type>", "<document_type>prescription</document_type>")
+    r = _check(tmp_path, "bad.xml", bad)
+    assert r.returncode == 3
+    assert "R-005" in rules_of(r)
+
+
+@pytest.mark.parametrize("prolog", [
+    '<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n',
+    '<?xml version="1.0"?>\n<!DOCTYPE documents SYSTEM "http://127.0.0.1:9/x.dtd">\n',
+    '<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY a "aaaa">]>\n',
+    '<?xml version="1.0"?>\n<!DOCTYPE documents>\n',
+    '<?xml version="1.0"?>\n<?xml-stylesheet href="x.xsl"?>\n',
+], ids=["external-entity", "external-dtd", "internal-entity", "bare-doctype", "processing-instruction"])
+def test_xml_dtd_entities_pi_are_r003(tmp_path, prolog):
+    xml = to_xml([example("receipt")], declaration=prolog)
+    r = _check(tmp_path, "x.xml", xml)
+    assert r.returncode == 3
+    assert "R-003" in rules_of(r), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("decl", ['<?xml version="1.0" encoding="UTF-8"?>\n',
+                                  '<?xml version="1.0" encoding="EUC-KR"?>\n', ""],
+                         ids=["declares-utf8", "declares-euc-kr", "no-declaration"])
+def test_xml_cp949_detected_encoding_wins(tmp_path, decl):
+    xml = to_xml([example("receipt")], declaration=decl).encode("cp949")
+    with pytest.raises(UnicodeDecodeError):
+        xml.decode("utf-8")
+    docs = _convert(tmp_path, "k.xml", xml)
+    assert docs[0]["patient"]["name"] == "홍길동"
+    assert content_hash(_strip(docs[0])) == _hash_of_example("receipt")
+
+
+def test_xml_utf8_declared_euc_kr_is_still_utf8(tmp_path):
+    xml = to_xml([example("receipt")], declaration='<?xml version="1.0" encoding="EUC-KR"?>\n')
+    docs = _convert(tmp_path, "u.xml", xml.encode("utf-8"))
+    assert docs[0]["patient"]["name"] == "홍길동"
+
+
+def test_xml_depth_beyond_32_is_r004(tmp_path):
+    deep = "<x>" * 40 + "1" + "</x>" * 40
+    xml = to_xml([example("receipt")]).replace("<remarks>", "").replace(
+        "</document>", f"<remarks>{deep}</remarks></document>", 1)
+    r = _check(tmp_path, "deep.xml", xml)
+    assert r.returncode == 3
+    assert "R-004" in rules_of(r), r.stdout
+
+
+def test_xml_text_not_a_literal_of_the_type_is_r021(tmp_path):
+    xml = to_xml([example("receipt")]).replace("<total_charge>64500</total_charge>",
+                                               "<total_charge>64,500</total_charge>")
+    r = _check(tmp_path, "t.xml", xml)
+    assert r.returncode == 3
+    assert "R-021" in rules_of(r)
+
+
+def test_xml_empty_element_is_absent(tmp_path):
+    xml = to_xml([example("receipt")]).replace("<phone>02-000-0000</phone>", "<phone>  </phone>")
+    docs = _convert(tmp_path, "e.xml", xml)
+    assert "phone" not in docs[0]["institution"]
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+def test_csv_example_verbatim(tmp_path):
+    r = _check(tmp_path, "pharm.csv", CSV_EXAMPLE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    docs = _convert(tmp_path, "pharm.csv", CSV_EXAMPLE)
+    assert [d["document_no"] for d in docs] == ["P202503-000042", "P202503-000043"]
+    a, b = docs
+    assert [ln["line_no"] for ln in a["lines"]] == [1, 2, 3]
+    assert [ln["dose"] for ln in a["lines"]] == ["1", "2.5", "0.5"]
+    assert a["lines"][1]["coverage"] == "full_copay_100"
+    assert a["version"] == 1 and isinstance(a["totals"]["copay"], int)
+    assert a["institution"]["type_code"] == "81" and a["institution"]["ykiho"] == "99000002"
+    assert a["prescribing_institution"] == {"name": "예시가정의원", "ykiho": "99000001"}
+    assert a["totals"] == {"copay": 3600, "insurer": 8400, "full_self_pay": 300}
+    assert "lines" not in b, "a document with no line has lines absent"
+    assert b["patient"] == {"name": "김철수", "rrn": "9203152000003"}
+    # the same data as documents.md §12.4 (the example file minus the optional fields left out here)
+    ex = example("pharmacy_receipt")
+    for k in ("dispensed_on", "days_supplied", "prescription_issue_no", "total_charge",
+              "patient_charge_total", "paid", "pharmacist_name"):
+        assert a[k] == ex[k], k
+
+
+def test_csv_example_crlf_and_cp949(tmp_path):
+    crlf = CSV_EXAMPLE.replace("\n", "\r\n")
+    assert _check(tmp_path, "crlf.csv", crlf).returncode == 0
+    cp = CSV_EXAMPLE.encode("cp949")
+    r = _check(tmp_path, "cp.csv", cp)
+    assert r.returncode == 0, r.stdout
+    docs = _convert(tmp_path, "cp.csv", cp)
+    assert docs[0]["patient"]["name"] == "홍길동"
+
+
+def test_csv_column_order_is_free(tmp_path):
+    rows = [line.split(",") for line in CSV_EXAMPLE.strip().split("\n")]
+    order = list(reversed(range(len(rows[0]))))
+    text = "\n".join(",".join(r[i] for i in order) for r in rows) + "\n"
+    docs = _convert(tmp_path, "rev.csv", text)
+    base = _convert(tmp_path, "base.csv", CSV_EXAMPLE)
+    assert [content_hash(_strip(d)) for d in docs] == [content_hash(_strip(d)) for d in base]
+
+
+def _csv_mut(fn) -> str:
+    rows = [line.split(",") for line in CSV_EXAMPLE.strip().split("\n")]
+    fn(rows)
+    return "\n".join(",".join(r) for r in rows) + "\n"
+
+
+def _col(rows, name):
+    return rows[0].index(name)
+
+
+CSV_CASES = {
+    "duplicate-column": (lambda rows: [r.append(r[_col(rows, "status")]) for r in rows] and
+                         rows[0].__setitem__(-1, "status"), "R-004"),
+    "row-cell-count": (lambda rows: rows[2].append("extra"), "R-004"),
+    "non-field-column": (lambda rows: [r.append("x") for r in rows] and rows[0].__setitem__(-1, "vendor_note"),
+                         "R-025"),
+    "no-document_type-column": (lambda rows: [r.pop(1) for r in rows], "R-005"),
+    "mixed-types": (lambda rows: rows[4].__setitem__(1, "receipt"), "R-004"),
+    "blank-in-continuation-row": (lambda rows: rows[2].__setitem__(_col(rows, "pharmacist_name"), ""), "R-004"),
+    "disagreeing-continuation-row": (lambda rows: rows[3].__setitem__(_col(rows, "total_charge"), "12301"),
+                                     "R-004"),
+    "not-contiguous": (lambda rows: rows.insert(2, rows.pop(4)), "R-004"),
+    "thousands-separator": (lambda rows: [r.__setitem__(_col(rows, "total_charge"), '"12,300"')
+                                          for r in rows[1:4]], "R-021"),
+    "int-with-fraction": (lambda rows: [r.__setitem__(_col(rows, "total_charge"), "12300.0")
+                                        for r in rows[1:4]], "R-021"),
+    "boolean-not-literal": (lambda rows: [r.append("Y" if i else "night_care") for i, r in enumerate(rows)],
+                            "R-021"),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_csv_rules(tmp_path, case):
+    fn, rule = CSV_CASES[case]
+    r = _check(tmp_path, "c.csv", _csv_mut(fn))
+    assert r.returncode == 3, r.stdout
+    assert rule in rules_of(r), (rule, r.stdout)
+
+
+def test_csv_quoted_cells_rfc4180(tmp_path):
+    text = _csv_mut(lambda rows: [r.__setitem__(_col(rows, "lines.name"), '"예시정, ""500"" mg"')
+                                  for r in rows[1:2]])
+    docs = _convert(tmp_path, "q.csv", text)
+    assert docs[0]["lines"][0]["name"] == '예시정, "500" mg'
+
+
+def test_csv_header_only_is_r004(tmp_path):
+    r = _check(tmp_path, "h.csv", CSV_EXAMPLE.split("\n")[0] + "\n")
+    assert r.returncode == 3 and "R-004" in rules_of(r)
+
+
+def test_csv_blank_optional_cell_is_absent_and_whitespace_trimmed(tmp_path):
+    def fn(rows):
+        rows[0].append("institution.phone")
+        rows[0].append("remarks")
+        for r in rows[1:4]:
+            r.append("   ")
+            r.append("  비고  ")
+        rows[4].append("")
+        rows[4].append("")
+    docs = _convert(tmp_path, "b.csv", _csv_mut(fn))
+    assert "phone" not in docs[0]["institution"]
+    assert docs[0]["remarks"] == "비고"
+    assert "remarks" not in docs[1]
+
+
+def test_csv_diagnosis_codes_joined_by_semicolon(tmp_path):
+    rx = example("prescription")
+    header = ["schema_version", "document_type", "document_no", "version", "status", "issued_on",
+              "institution.ykiho", "institution.name", "patient.name", "patient.rrn", "insurance_type",
+              "diagnosis_withheld", "diagnosis_codes", "prescriber.name", "prescriber.license_type",
+              "prescriber.license_no", "valid_days", "lines.line_no", "lines.kind", "lines.code_type",
+              "lines.code", "lines.name", "lines.dose", "lines.daily_count", "lines.days"]
+    common = ["1.0", "prescription", rx["document_no"], "1", "active", rx["issued_on"], "99000001", "예시가정의원",
+              "홍길동", "9001011000001", "health_insurance", "false", "J06.9;J20.9", "이몽룡", "physician", "99999", "3"]
+    rows = [common + ["1", "medication", "3", "699999991", "예시정", "1", "3", "3"],
+            common + ["2", "medication", "3", "699999992", "예시시럽", "2.50", "3", "3"]]
+    text = ",".join(header) + "\n" + "\n".join(",".join(r) for r in rows) + "\n"
+    docs = _convert(tmp_path, "rx.csv", text)
+    assert docs[0]["diagnosis_codes"] == ["J06.9", "J20.9"]
+    assert docs[0]["diagnosis_withheld"] is False
+    assert docs[0]["lines"][1]["dose"] == "2.5"
+    assert docs[0]["valid_days"] == 3
+
+
+# --------------------------------------------------------------------------- reading rules common to all
+
+
+@pytest.mark.parametrize("name,content", [
+    ("empty.json", b""),
+    ("arr.json", b"[]"),
+    ("blank.jsonl", b"\n\n  \n"),
+    ("header.csv", CSV_EXAMPLE.split("\n")[0].encode() + b"\n"),
+    ("empty.xml", b"<documents/>"),
+    ("empty2.xml", b'<?xml version="1.0"?>\n<documents>\n</documents>\n'),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_zero_records_is_r004(tmp_path, name, content):
+    r = _check(tmp_path, name, content)
+    assert r.returncode == 3
+    assert "R-004" in rules_of(r), r.stdout + r.stderr
+
+
+def test_json_duplicate_key_is_r004(tmp_path):
+    text = jdump(example("receipt")).decode()
+    text = text.replace('"total_charge": 64500', '"total_charge": 64500, "total_charge": 64500', 1)
+    r = _check(tmp_path, "dup.json", text)
+    assert r.returncode == 3 and "R-004" in rules_of(r), r.stdout
+
+
+def test_json_nested_duplicate_key_is_r004(tmp_path):
+    text = jdump(example("receipt")).decode().replace('"ykiho": "99000001"', '"ykiho": "99000001", "ykiho": "99000001"', 1)
+    r = _check(tmp_path, "dup.json", text)
+    assert r.returncode == 3 and "R-004" in rules_of(r), r.stdout
+
+
+def _with_nesting(depth_total: int, top_array: bool = False) -> bytes:
+    """A receipt whose unknown field ``x`` nests so that the whole file has the given depth."""
+    doc = example("receipt")
+    inner = depth_total - 1 - (1 if top_array else 0)   # the document object itself is one level
+    doc["x"] = "__X__"
+    text = json.dumps([doc] if top_array else doc, ensure_ascii=False)
+    return text.replace('"__X__"', "[" * inner + "]" * inner).encode()
+
+
+def test_json_depth_33_is_r004_and_32_is_not(tmp_path):
+    r = _check(tmp_path, "d33.json", _with_nesting(33))
+    assert r.returncode == 3 and "R-004" in rules_of(r), r.stdout
+    r = _check(tmp_path, "d33a.json", _with_nesting(33, top_array=True))
+    assert "R-004" in rules_of(r), r.stdout
+    r = _check(tmp_path, "d32.json", _with_nesting(32))
+    assert r.returncode == 3
+    assert "R-004" not in rules_of(r) and "R-025" in rules_of(r), r.stdout
+    r = _check(tmp_path, "d32a.json", _with_nesting(32, top_array=True))
+    assert "R-004" not in rules_of(r) and "R-025" in rules_of(r), r.stdout
+
+
+def test_json_10000_levels_is_r004_without_crash(tmp_path):
+    r = _check(tmp_path, "deep.json", b"[" * 10000 + b"]" * 10000)
+    assert r.returncode == 3
+    assert "R-004" in rules_of(r)
+    assert "RecursionError" not in r.stdout + r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_string_over_1mib_is_r004(tmp_path):
+    doc = example("receipt")
+    doc["remarks"] = "가" * ((1 << 20) // 3 + 10)  # > 1 MiB of UTF-8
+    r = _check(tmp_path, "big.json", jdump(doc))
+    assert r.returncode == 3 and "R-004" in rules_of(r), r.stdout
+    doc["remarks"] = "가" * 1001   # too long for the field but a small string: R-023, not R-004
+    r = _check(tmp_path, "long.json", jdump(doc))
+    assert "R-023" in rules_of(r) and "R-004" not in rules_of(r), r.stdout
+
+
+def test_json_that_is_not_json_is_quarantined(tmp_path):
+    r = _check(tmp_path, "n.json", "<documents/>")
+    assert r.returncode == 3
+    assert any(x.startswith("R-") for x in rules_of(r))
+
+
+# --------------------------------------------------------------------------- encodings
+
+
+def test_utf8_bom_json_accepted(tmp_path):
+    docs = _convert(tmp_path, "bom.json", b"\xef\xbb\xbf" + jdump(example("receipt")))
+    assert content_hash(_strip(docs[0])) == _hash_of_example("receipt")
+
+
+@pytest.mark.parametrize("ext", [".json", ".jsonl", ".csv"])
+def test_cp949_accepted(tmp_path, ext):
+    if ext == ".csv":
+        data = CSV_EXAMPLE.encode("cp949")
+    elif ext == ".jsonl":
+        data = json.dumps(example("receipt"), ensure_ascii=False).encode("cp949") + b"\n"
+    else:
+        data = json.dumps(example("receipt"), ensure_ascii=False).encode("cp949")
+    docs = _convert(tmp_path, "k" + ext, data)
+    assert docs[0]["patient"]["name"] == "홍길동"
+    assert "\ufffd" not in json.dumps(docs, ensure_ascii=False)
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_utf16_32_is_r002(tmp_path, codec):
+    data = json.dumps(example("receipt"), ensure_ascii=False).encode(codec)
+    r = _check(tmp_path, "w.json", data)
+    assert r.returncode == 3
+    assert "R-002" in rules_of(r), (codec, r.stdout)
+
+
+def test_bom_then_invalid_utf8_is_r002_not_cp949(tmp_path):
+    data = b"\xef\xbb\xbf" + json.dumps(example("receipt"), ensure_ascii=False).encode("cp949")
+    data[3:].decode("cp949")  # it would decode as CP949 without the BOM
+    r = _check(tmp_path, "b.json", data)
+    assert r.returncode == 3
+    assert "R-002" in rules_of(r), r.stdout
+
+
+def test_invalid_in_both_encodings_is_r002(tmp_path):
+    data = jdump(example("receipt")).replace("예시로 1".encode(), b"\xff\xfe\x80 1")
+    r = _check(tmp_path, "x.json", data)
+    assert r.returncode == 3 and "R-002" in rules_of(r), r.stdout
+
+
+def test_nfc_and_trim_applied_by_every_reader(tmp_path):
+    doc = example("receipt")
+    nfd = unicodedata.normalize("NFD", "홍길동")
+    assert nfd != "홍길동"
+    doc["patient"]["name"] = "\u3000 " + nfd + "\t "
+    doc["institution"]["name"] = " 예시가정의원\u0085"
+    docs = _convert(tmp_path, "n.json", jdump(doc))
+    assert docs[0]["patient"]["name"] == "홍길동"
+    assert docs[0]["institution"]["name"] == "예시가정의원"
+    assert content_hash(_strip(docs[0])) == _hash_of_example("receipt")
+    xml = to_xml([doc])
+    docs = _convert(tmp_path, "n.xml", xml)
+    assert docs[0]["patient"]["name"] == "홍길동"
+
+
+def test_json_empty_or_blank_string_is_r022(tmp_path):
+    for value in ("", "   "):
+        doc = example("receipt")
+        doc["institution"]["phone"] = value
+        r = _check(tmp_path, "e.json", jdump(doc))
+        assert r.returncode == 3 and "R-022" in rules_of(r), (value, r.stdout)
+
+
+# =========================================================================== §1 hand-over (daemon)
+
+
+def _settle_wait(seconds: float = 3.5) -> None:
+    time.sleep(seconds)
+
+
+def test_temporary_names_and_unknown_extensions_are_left_alone(tmp_path):
+    inst = Install.create(tmp_path)
+    content = jdump(example("receipt"))
+    ignored = [".hidden.json", "~lock.json", "r.json.tmp", "r2.tmp", "r.json.part", "r.json.partial",
+               "r.json.crdownload", "notes.txt", "batch.zip", "scan.pdf"]
+    with Daemon(inst) as d:
+        for n in ignored:
+            (inst.inbox / n).write_bytes(content)
+        (inst.inbox / "sub").mkdir()
+        (inst.inbox / "sub" / "nested.json").write_bytes(content)
+        _settle_wait(4.5)   # settle (1 s) + two scans (1 s) several times over
+        st = inst.status()
+        c = counters(st)
+        assert c["accepted"] == c["quarantined"] == c["duplicate"] == 0, c
+        assert inst.quarantine() == []
+        for n in ignored:
+            assert (inst.inbox / n).exists(), f"{n} must be left in place"
+        assert (inst.inbox / "sub" / "nested.json").exists()
+        # write-then-rename: the final name is read at once
+        t0 = time.monotonic()
+        os.replace(inst.inbox / "r.json.tmp", inst.inbox / "r.json")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="renamed file ingested")
+        assert time.monotonic() - t0 < 10
+        assert not (inst.inbox / "r.json").exists()
+        assert d.stop() == 0
+
+
+def test_recursive_watch_reads_subfolders(tmp_path):
+    inst = Install.create(tmp_path, watch={"recursive": True})
+    with Daemon(inst) as d:
+        (inst.inbox / "sub").mkdir()
+        tmp = inst.inbox / "sub" / "n.json.tmp"
+        tmp.write_bytes(jdump(example("receipt")))
+        os.replace(tmp, inst.inbox / "sub" / "n.json")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="nested file ingested")
+        d.stop()
+
+
+def test_plain_write_is_read_after_settle(tmp_path):
+    inst = Install.create(tmp_path)
+    with Daemon(inst) as d:
+        (inst.inbox / "plain.json").write_bytes(jdump(example("receipt")))  # no rename, no sentinel
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 20, what="plain write ingested")
+        d.stop()
+
+
+def test_sentinel_auto(tmp_path):
+    inst = Install.create(tmp_path)
+    with Daemon(inst) as d:
+        a = example("receipt")
+        f = inst.inbox / "a.json"
+        (inst.inbox / "a.json.tmp").write_bytes(jdump(a))
+        (inst.inbox / "a.json.done").write_bytes(b"")
+        os.replace(inst.inbox / "a.json.tmp", f)
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="a.json ingested")
+        wait_for(lambda: not (inst.inbox / "a.json.done").exists(), 10, what="sentinel removed with its file")
+        assert not f.exists()
+        # the folder has now seen a sentinel: files without one are waited for
+        b = fresh_receipt("S-000002")
+        inst.drop("b.json", jdump(b))
+        _settle_wait(4)
+        assert (inst.inbox / "b.json").exists(), "auto mode: a file without its sentinel is not read"
+        st = inst.status()
+        assert st["documents"]["versions_total"] == 1
+        assert st["ingest"]["files_pending"] >= 1 and st["watch"][0]["pending"] >= 1, st["ingest"]
+        (inst.inbox / "b.json.ok").write_bytes(b"")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 2, 15, what="b.json ingested")
+        wait_for(lambda: not (inst.inbox / "b.json.ok").exists(), 10, what=".ok sentinel removed")
+        assert inst.status()["ingest"]["files_pending"] == 0
+        d.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="DEVIATION: exports.md §1.2 a sentinel arriving just after its "
+                   "(already read) file is never removed; it stays in the watch folder for ever")
+def test_sentinel_written_after_its_file_is_removed_too(tmp_path):
+    """exports.md §1.2: write name.json, then an empty name.json.done; the sentinel is removed with its
+    file. In a folder that has not seen a sentinel yet the closed file is read at once (no needless
+    waiting), so the sentinel may arrive after the file was taken: it must not be left behind."""
+    inst = Install.create(tmp_path)
+    with Daemon(inst) as d:
+        (inst.inbox / "a.json").write_bytes(jdump(example("receipt")))
+        (inst.inbox / "a.json.done").write_bytes(b"")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="a.json ingested")
+        wait_for(lambda: not (inst.inbox / "a.json.done").exists(), 8, what="sentinel removed with its file")
+        d.stop()
+
+
+def test_sentinel_required(tmp_path):
+    inst = Install.create(tmp_path, watch={"sentinel": "required"})
+    with Daemon(inst) as d:
+        inst.drop("c.json", jdump(example("receipt")))   # even a renamed-in file waits
+        _settle_wait(4)
+        assert (inst.inbox / "c.json").exists()
+        st = inst.status()
+        assert st["documents"]["versions_total"] == 0
+        assert st["ingest"]["files_pending"] == 1, st["ingest"]
+        (inst.inbox / "c.json.done").write_bytes(b"")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="c.json ingested")
+        d.stop()
+
+
+def test_sentinel_off_ignores_sentinels(tmp_path):
+    inst = Install.create(tmp_path, watch={"sentinel": "off"})
+    with Daemon(inst) as d:
+        (inst.inbox / "x.json.done").write_bytes(b"")
+        inst.drop("y.json", jdump(example("receipt")))
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="y.json ingested")
+        d.stop()
+
+
+def test_too_large_file_r001_left_in_place_not_rechecked(tmp_path):
+    inst = Install.create(tmp_path, watch={"max_file_size": 2048})
+    doc = example("receipt")
+    content = jdump(doc) + b" " * 1024
+    assert len(content) > 2048
+    with Daemon(inst) as d:
+        path = inst.drop("big.json", content)
+        entries = wait_for(inst.quarantine, 15, what="R-001 entry")
+        assert len(entries) == 1 and "R-001" in json.dumps(entries[0])
+        assert path.exists(), "a too-large file stays in place"
+        st = inst.status()
+        assert st["ingest"]["files_quarantined"] == 1
+        assert st["documents"]["versions_total"] == 0
+        _settle_wait(3.5)   # several scans later: not looked at again
+        assert len(inst.quarantine()) == 1
+        assert inst.status()["ingest"]["files_quarantined"] == 1
+        # the entry holds only the reason, never content
+        r = inst.run_cli("quarantine", "show", entries[0]["id"])
+        assert "홍길동" not in r.stdout + r.stderr
+        d.stop()
+
+
+def test_too_large_file_rechecked_when_changed(tmp_path):
+    inst = Install.create(tmp_path, watch={"max_file_size": 2048})
+    content = jdump(example("receipt")) + b" " * 1024
+    with Daemon(inst) as d:
+        path = inst.drop("big.json", content)
+        wait_for(inst.quarantine, 15, what="R-001 entry")
+        tmp = inst.inbox / "big.json.tmp"
+        tmp.write_bytes(json.dumps(example("receipt"), ensure_ascii=False, separators=(",", ":")).encode())
+        assert tmp.stat().st_size < 2048
+        os.replace(tmp, path)
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15,
+                 what="changed file is looked at again")
+        d.stop()
+
+
+def test_symlink_outside_ignored_inside_followed(tmp_path):
+    inst = Install.create(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = fresh_receipt("OUT-000001", name="외부환자")
+    (outside / "doc.json").write_bytes(jdump(secret))
+    with Daemon(inst) as d:
+        (inst.inbox / "link.json").symlink_to(outside / "doc.json")
+        _settle_wait(4)
+        assert inst.status()["documents"]["versions_total"] == 0
+        assert inst.quarantine() == []
+        assert (outside / "doc.json").exists()
+        # a symlink to a file inside the folder is handled like the file
+        (inst.inbox / "sub").mkdir()
+        inside = fresh_receipt("IN-000001")
+        (inst.inbox / "sub" / "doc.json").write_bytes(jdump(inside))
+        (inst.inbox / "inlink.json").symlink_to(inst.inbox / "sub" / "doc.json")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="inside symlink ingested")
+        d.stop()
+    from tests.conformance._ingest_support import scan_bytes
+    assert not scan_bytes([inst.data_dir, inst.log_dir], {"name": "외부환자".encode()})
+
+
+# =========================================================================== §4/§5 outcomes (daemon)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    inst = Install.create(tmp_path_factory.mktemp("outcomes"))
+    d = Daemon(inst).start()
+    yield d
+    d.stop()
+
+
+def _seq() -> str:
+    return f"{time.time_ns() % 10**12:012d}"
+
+
+def test_outcome_accepted_move_mode(daemon):
+    doc = fresh_receipt("ACC-" + _seq())
+    delta = daemon.ingest("acc.json", jdump(doc))
+    assert delta == {**delta, "accepted": 1, "duplicate": 0, "quarantined": 0, "active": 1, "versions": 1,
+                     "records": 1}
+    assert not (daemon.inst.inbox / "acc.json").exists(), "move mode: the file leaves the folder"
+
+
+def test_outcome_duplicate_byte_identical(daemon):
+    data = jdump(fresh_receipt("DUP-" + _seq()))
+    assert daemon.ingest("d1.json", data)["accepted"] == 1
+    delta = daemon.ingest("d2.json", data)
+    assert delta["duplicate"] == 1 and delta["accepted"] == 0 and delta["versions"] == 0
+    assert not (daemon.inst.inbox / "d2.json").exists(), "a duplicate is handled as accepted (removed)"
+
+
+def test_outcome_duplicate_every_record_noop(daemon):
+    doc = fresh_receipt("NOOP-" + _seq())
+    assert daemon.ingest("n1.json", jdump(doc))["accepted"] == 1
+    other_bytes = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    delta = daemon.ingest("n2.json", other_bytes)
+    assert delta["duplicate"] == 1 and delta["versions"] == 0
+
+
+def test_outcome_superseded_counts_as_accepted(daemon):
+    no = "SUP-" + _seq()
+    assert daemon.ingest("s1.json", jdump(fresh_receipt(no)))["accepted"] == 1
+    v2 = fresh_receipt(no, version=2)
+    v2["revision_reason"] = "reissue"
+    delta = daemon.ingest("s2.json", jdump(v2))
+    assert delta["accepted"] == 1, "a superseded file counts as accepted (cli.md §3.1)"
+    assert delta["versions"] == 1 and delta["active"] == 0
+
+
+def test_outcome_quarantined_is_all_or_nothing(daemon):
+    good = fresh_receipt("QG-" + _seq())
+    bad = fresh_receipt("QB-" + _seq())
+    bad["total_charge"] = 1
+    delta = daemon.ingest("q.json", jdump([good, bad]))
+    assert delta["quarantined"] == 1 and delta["versions"] == 0 and delta["records"] == 0
+    assert not (daemon.inst.inbox / "q.json").exists(), "the whole file is moved to quarantine"
+    entry = [e for e in daemon.inst.quarantine() if "R-109" in json.dumps(e)]
+    assert entry, daemon.inst.quarantine()
+    dumped = json.dumps(entry[-1], ensure_ascii=False)
+    assert "홍길동" not in dumped and "9001011000001" not in dumped and "q.json" not in dumped
+    # the good record was not stored: it is new when sent alone
+    assert daemon.ingest("q2.json", jdump(good))["accepted"] == 1
+
+
+def test_precedence_noop_plus_new_is_accepted(daemon):
+    a = fresh_receipt("PA-" + _seq())
+    assert daemon.ingest("p1.json", jdump(a))["accepted"] == 1
+    b = fresh_receipt("PB-" + _seq())
+    delta = daemon.ingest("p2.json", jdump([a, b]))
+    assert delta["accepted"] == 1 and delta["duplicate"] == 0
+    assert delta["versions"] == 1
+
+
+def test_precedence_noop_plus_higher_version_is_superseded(daemon):
+    a = fresh_receipt("PS-" + _seq())
+    b = fresh_receipt("PT-" + _seq())
+    assert daemon.ingest("ps1.json", jdump([a, b]))["accepted"] == 1
+    b2 = copy.deepcopy(b)
+    b2["version"] = 2
+    delta = daemon.ingest("ps2.json", jdump([a, b2]))
+    assert delta["accepted"] == 1 and delta["versions"] == 1 and delta["active"] == 0
+
+
+def test_version_conflict_same_version_different_content_r010(daemon):
+    no = "CF-" + _seq()
+    assert daemon.ingest("c1.json", jdump(fresh_receipt(no)))["accepted"] == 1
+    other = fresh_receipt(no)
+    other["remarks"] = "정정"
+    delta = daemon.ingest("c2.json", jdump(other))
+    assert delta["quarantined"] == 1 and delta["versions"] == 0
+    assert any("R-010" in json.dumps(e) for e in daemon.inst.quarantine())
+
+
+def test_version_conflict_false_vs_absent_boolean_r010(daemon):
+    no = "CB-" + _seq()
+    assert daemon.ingest("b1.json", jdump(fresh_receipt(no)))["accepted"] == 1
+    other = fresh_receipt(no)
+    del other["night_care"]   # documents.md §9.3: omitting instead of false at the same version
+    delta = daemon.ingest("b2.json", jdump(other))
+    assert delta["quarantined"] == 1
+
+
+def test_version_lower_than_stored_is_r010_even_if_new_number(daemon):
+    no = "LO-" + _seq()
+    assert daemon.ingest("l1.json", jdump(fresh_receipt(no, version=5)))["accepted"] == 1
+    delta = daemon.ingest("l2.json", jdump(fresh_receipt(no, version=3)))
+    assert delta["quarantined"] == 1 and delta["versions"] == 0
+    # equal to a stored version with the same content: duplicate
+    delta = daemon.ingest("l3.json", jdump([fresh_receipt(no, version=5)]))
+    assert delta["duplicate"] == 1
+
+
+def test_version_conflict_plus_new_record_stores_nothing(daemon):
+    no = "CN-" + _seq()
+    assert daemon.ingest("cn1.json", jdump(fresh_receipt(no)))["accepted"] == 1
+    conflicting = fresh_receipt(no)
+    conflicting["remarks"] = "다름"
+    new = fresh_receipt("CNN-" + _seq())
+    delta = daemon.ingest("cn2.json", jdump([new, conflicting]))
+    assert delta["quarantined"] == 1 and delta["versions"] == 0
+
+
+def test_version_gap_numbers_are_fine(daemon):
+    no = "TS-" + _seq()
+    assert daemon.ingest("t1.json", jdump(fresh_receipt(no, version=20250314104200)))["accepted"] == 1
+    assert daemon.ingest("t2.json", jdump(fresh_receipt(no, version=20250315090000)))["accepted"] == 1
+
+
+def test_version_changing_rrn_is_r014(daemon):
+    no = "ID-" + _seq()
+    assert daemon.ingest("i1.json", jdump(fresh_receipt(no)))["accepted"] == 1
+    delta = daemon.ingest("i2.json", jdump(fresh_receipt(no, version=2, rrn="9203152000003")))
+    assert delta["quarantined"] == 1
+    assert any("R-014" in json.dumps(e) for e in daemon.inst.quarantine())
+
+
+def test_correction_then_cancellation_then_reactivation(daemon):
+    no = "CX-" + _seq()
+    base = fresh_receipt(no)
+    assert daemon.ingest("x1.json", jdump(base))["active"] == 1
+    corr = fresh_receipt(no, version=2)
+    corr["revision_reason"] = "correction"
+    corr["remarks"] = "수정"
+    delta = daemon.ingest("x2.json", jdump(corr))
+    assert delta["versions"] == 1 and delta["active"] == 0
+    cancel = minimal_cancellation(base, 3)
+    cancel["cancel_reason"] = "전액환불"
+    delta = daemon.ingest("x3.json", jdump(cancel))
+    assert delta["accepted"] == 1, "a minimal §9.4 cancellation record is accepted"
+    assert delta["cancelled"] == 1 and delta["active"] == -1 and delta["versions"] == 1
+    # a re-exported identical cancellation is a duplicate (hash over the record as received)
+    delta = daemon.ingest("x3b.json", json.dumps(cancel, ensure_ascii=False).encode())
+    assert delta["duplicate"] == 1 and delta["versions"] == 0
+    react = fresh_receipt(no, version=4)
+    delta = daemon.ingest("x4.json", jdump(react))
+    assert delta["active"] == 1 and delta["cancelled"] == -1
+
+
+def test_cancellation_for_unknown_key_then_older_original_conflicts(daemon):
+    base = fresh_receipt("CU-" + _seq())
+    delta = daemon.ingest("u1.json", jdump(minimal_cancellation(base, 2)))
+    assert delta["accepted"] == 1 and delta["cancelled"] == 1
+    delta = daemon.ingest("u2.json", jdump(base))   # version 1 < 2
+    assert delta["quarantined"] == 1
+
+
+def test_cancellation_lower_version_is_conflict(daemon):
+    base = fresh_receipt("CL-" + _seq(), version=3)
+    assert daemon.ingest("cl1.json", jdump(base))["accepted"] == 1
+    delta = daemon.ingest("cl2.json", jdump(minimal_cancellation(base, 2)))
+    assert delta["quarantined"] == 1
+
+
+@pytest.mark.parametrize("name", ["receipt_detail", "prescription", "pharmacy_receipt"])
+def test_minimal_cancellation_each_type(daemon, name):
+    base = example(name)
+    base["document_no"] = ("20250314-" + _seq()[-5:]) if name == "prescription" else "MC-" + _seq()
+    if name == "prescription" and base["document_no"].endswith("00000"):
+        base["document_no"] = base["document_no"][:-1] + "1"
+    assert daemon.ingest(f"{name}-1.json", jdump(base))["accepted"] == 1
+    delta = daemon.ingest(f"{name}-2.json", jdump(minimal_cancellation(base, 2)))
+    assert delta["accepted"] == 1 and delta["cancelled"] == 1, delta
+
+
+def test_keep_mode_leaves_file_and_remembers_it(tmp_path):
+    inst = Install.create(tmp_path, watch={"source_mode": "keep"})
+    with Daemon(inst) as d:
+        delta = d.ingest("k.json", jdump(example("receipt")), stays=True)
+        assert delta["accepted"] == 1
+        assert (inst.inbox / "k.json").exists(), "keep mode leaves the file"
+        bad = fresh_receipt("KB-000001")
+        bad["total_charge"] = 0
+        assert d.ingest("kb.json", jdump(bad), stays=True)["quarantined"] == 1
+        _settle_wait(3.5)
+        c = counters(inst.status())
+        assert (c["accepted"], c["duplicate"], c["quarantined"], c["versions"]) == (1, 0, 1, 1), c
+        assert len(inst.quarantine()) == 1
+        d.stop()
+    # also across a restart
+    with Daemon(inst) as d:
+        _settle_wait(3.5)
+        c = counters(inst.status())
+        assert (c["accepted"], c["duplicate"], c["quarantined"]) == (1, 0, 1), c
+        d.stop()
+
+
+def test_deferred_when_share_unreachable_is_not_empty(tmp_path):
+    inst = Install.create(tmp_path)
+    with Daemon(inst) as d:
+        inst.drop("a.json", jdump(example("receipt")))
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15)
+        moved = tmp_path / "unmounted"
+        os.rename(inst.inbox, moved)
+        st = wait_for(lambda: (lambda s: s if s["watch"][0]["reachable"] is False else None)(inst.status()),
+                      15, what="watch folder reported unreachable")
+        assert st["documents"]["versions_total"] == 1
+        os.rename(moved, inst.inbox)
+        wait_for(lambda: inst.status()["watch"][0]["reachable"] is True, 15, what="reachable again")
+        d.stop()
