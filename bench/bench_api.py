@@ -6,6 +6,18 @@ client processes (multiprocessing). nginx (Debian package; installed with apt-ge
 serves the same response body as a static file over mTLS on another loopback port, in the same
 run, with its own generated config in a temp dir. Rate limiting is off (``rate_per_s = 0``).
 Targets at 50 keep-alive clients: throughput >= 30 % of nginx, p99 <= 3x nginx.
+
+Every agent request is a real fetch: envelope checks, the replay record (store write), the claim
+binding and the document (store reads, decryption), rendering, an ES256 signature, and the audit
+record committed before the response. Nothing is cached between requests.
+
+Knobs (environment): ``BENCH_API_SECONDS`` per cell (5), ``BENCH_API_CLIENTS`` ("1,10,50"),
+``BENCH_API_MODES`` ("keepalive,handshake"), ``BENCH_API_ROUNDS`` (1): with more than one round
+each cell is measured that many times, alternating which server goes first, and the table shows
+the medians — the machine is shared, so single runs are noisy. Also reported: the agent's CPU
+time per request (the server runs in this process, which otherwise only waits) and the latency of
+a durable SQLite commit in the agent's data directory before and after, which bounds the agent:
+every fetch commits twice (replay record, audit record) and nginx never waits for the disk.
 """
 
 from __future__ import annotations
@@ -29,6 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DURATION_S = float(os.environ.get("BENCH_API_SECONDS", "5"))
+CLIENT_COUNTS = [int(n) for n in os.environ.get("BENCH_API_CLIENTS", "1,10,50").split(",")]
+MODES = [m.strip() for m in os.environ.get("BENCH_API_MODES", "keepalive,handshake").split(",")]
+ROUNDS = max(1, int(os.environ.get("BENCH_API_ROUNDS", "1")))
 CLIENT_PROCESSES = 2
 CLAIM = {"claim_no": "CLM-BENCH-1", "consent_id": "CNS-BENCH-1"}
 
@@ -220,29 +235,71 @@ def _measure(target: str, base: str, tls: Path, ids: list[str], clients: int, ke
             "n": len(latencies), "wall": elapsed}
 
 
+def _commit_latency_ms(directory: Path, n: int = 20) -> float:
+    """Median time of a ``synchronous=FULL`` WAL commit in ``directory`` (what one fsync costs)."""
+    import sqlite3
+    import statistics
+
+    path = directory / "bench-probe.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO t VALUES (?)", (str(i),))
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _median_cell(runs: list[dict[str, float]]) -> dict[str, float]:
+    import statistics
+
+    return {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")} | {
+        "errors": sum(r["errors"] for r in runs), "cpu_ms": statistics.median(r.get("cpu_ms", 0.0) for r in runs)}
+
+
 def run(report: list[str]) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-api-"))
     setup = _setup(root / "agent")
+    data_dir = root / "agent" / "data"
     nginx_proc, nginx_base, nginx_version = _start_nginx(root, setup["tls"], setup["body"])
     try:
+        commit_before = _commit_latency_ms(data_dir)
         report.append("## Relay API fetch vs nginx (mTLS, loopback)")
         report.append("")
         report.append(f"- {os.cpu_count()} CPUs; {DURATION_S:.0f} s per cell; {CLIENT_PROCESSES} client processes "
                       f"(Python `requests`); response body {len(setup['body'])} bytes (1 signed document); "
                       f"agent: POST /v1/documents/fetch with audit record per request; nginx: GET of the "
                       f"same bytes as a static file ({nginx_version or 'not available'}).")
+        if ROUNDS > 1:
+            report.append(f"- {ROUNDS} rounds per cell, alternating which server goes first; medians shown.")
         report.append("")
-        report.append("| server | connections | clients | req/s | p50 ms | p99 ms | errors |")
-        report.append("|---|---|---|---:|---:|---:|---:|")
+        report.append("| server | connections | clients | req/s | p50 ms | p99 ms | errors | agent CPU ms/req |")
+        report.append("|---|---|---|---:|---:|---:|---:|---:|")
         cells: dict[tuple[str, bool, int], dict[str, float]] = {}
-        for keepalive in (True, False):
-            for clients in (1, 10, 50):
-                targets = [("agent", setup["base"])] + ([("nginx", nginx_base)] if nginx_proc else [])
-                for name, base in targets:
-                    r = _measure(name, base, setup["tls"], setup["ids"], clients, keepalive)
-                    cells[(name, keepalive, clients)] = r
+        targets = [("agent", setup["base"])] + ([("nginx", nginx_base)] if nginx_proc else [])
+        for keepalive in [mode == "keepalive" for mode in MODES]:
+            for clients in CLIENT_COUNTS:
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
+                for round_no in range(ROUNDS):
+                    for name, base in (targets if round_no % 2 == 0 else list(reversed(targets))):
+                        cpu0 = time.process_time()  # this process hosts the agent's server threads
+                        r = _measure(name, base, setup["tls"], setup["ids"], clients, keepalive)
+                        if name == "agent" and r["n"]:
+                            r["cpu_ms"] = (time.process_time() - cpu0) / r["n"] * 1000
+                        runs[name].append(r)
+                for name, _ in targets:
+                    r = cells[(name, keepalive, clients)] = _median_cell(runs[name])
+                    cpu = f"{r['cpu_ms']:.2f}" if name == "agent" else ""
                     report.append(f"| {name} | {'keep-alive' if keepalive else 'new handshake'} | {clients} | "
-                                  f"{r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} |")
+                                  f"{r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} | {cpu} |")
         report.append("")
         agent50, nginx50 = cells.get(("agent", True, 50)), cells.get(("nginx", True, 50))
         if agent50 and nginx50 and nginx50["rps"]:
@@ -251,6 +308,14 @@ def run(report: list[str]) -> None:
             report.append(f"- Target at 50 keep-alive clients: throughput {ratio:.0%} of nginx (target >= 30 %: "
                           f"{'met' if ratio >= 0.3 else 'NOT met'}), p99 {p99x:.1f}x nginx (target <= 3x: "
                           f"{'met' if p99x <= 3 else 'NOT met'}).")
+        commit_after = _commit_latency_ms(data_dir)
+        audit = setup["audit"]
+        records = audit.head()[0]
+        transactions = getattr(audit, "transactions", None)
+        report.append(f"- Durable SQLite commit in the data directory (median of 20): {commit_before:.2f} ms before, "
+                      f"{commit_after:.2f} ms after the run.")
+        if transactions:
+            report.append(f"- Audit log: {records} records in {transactions} transactions (group commit).")
         report.append("")
     finally:
         if nginx_proc is not None:

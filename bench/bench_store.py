@@ -50,40 +50,48 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
 
-def _baseline(root: Path, n: int) -> dict[str, float]:
-    conn = sqlite3.connect(root / "plain.db", isolation_level=None)
-    for pragma in ("journal_mode = WAL", "synchronous = FULL", "temp_store = MEMORY"):
-        conn.execute(f"PRAGMA {pragma}")
-    conn.execute("CREATE TABLE documents (doc_id TEXT PRIMARY KEY, document_no TEXT, rrn TEXT, name TEXT, "
-                 "issued_on TEXT, care_start TEXT, care_end TEXT, body TEXT)")
-    conn.execute("CREATE INDEX d_rrn ON documents (rrn)")
-    t0 = time.perf_counter()
-    for start in range(0, n, BATCH):
-        conn.execute("BEGIN IMMEDIATE")
-        for i in range(start, min(n, start + BATCH)):
+class _Baseline:
+    """Plain SQLite: the documents as JSON in one table with an RRN index, no encryption."""
+
+    def __init__(self, root: Path) -> None:
+        self.conn = sqlite3.connect(root / "plain.db", isolation_level=None)
+        for pragma in ("journal_mode = WAL", "synchronous = FULL", "temp_store = MEMORY"):
+            self.conn.execute(f"PRAGMA {pragma}")
+        self.conn.execute("CREATE TABLE documents (doc_id TEXT PRIMARY KEY, document_no TEXT, rrn TEXT, name TEXT, "
+                          "issued_on TEXT, care_start TEXT, care_end TEXT, body TEXT)")
+        self.conn.execute("CREATE INDEX d_rrn ON documents (rrn)")
+
+    def insert(self, start: int, stop: int) -> float:
+        t0 = time.perf_counter()
+        self.conn.execute("BEGIN IMMEDIATE")
+        for i in range(start, stop):
             d = _doc(i)
             body = json.dumps(d, ensure_ascii=False, sort_keys=True)
             hashlib.sha256(body.encode()).hexdigest()
-            conn.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
-                         (f"doc_{i}", d["document_no"], d["patient"]["rrn"], d["patient"]["name"], d["issued_on"],
-                          d["care_period"]["start"], d["care_period"]["end"], body))
-        conn.execute("COMMIT")
-    insert_s = time.perf_counter() - t0
-    rng = random.Random(1)
-    point, search = [], []
-    for _ in range(LOOKUPS):
-        i = rng.randrange(n)
-        t = time.perf_counter()
-        json.loads(conn.execute("SELECT body FROM documents WHERE doc_id = ?", (f"doc_{i}",)).fetchone()[0])
-        point.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        rows = conn.execute("SELECT doc_id, name FROM documents WHERE rrn = ? AND care_start <= ? AND care_end >= ?",
-                            (_rrn(i), "2025-12-31", "2025-01-01")).fetchall()
-        assert rows
-        search.append(time.perf_counter() - t)
-    conn.close()
-    return {"insert_per_s": n / insert_s, "point_p50": _pct(point, .5), "point_p99": _pct(point, .99),
-            "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
+            self.conn.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
+                              (f"doc_{i}", d["document_no"], d["patient"]["rrn"], d["patient"]["name"],
+                               d["issued_on"], d["care_period"]["start"], d["care_period"]["end"], body))
+        self.conn.execute("COMMIT")
+        return time.perf_counter() - t0
+
+    def lookups(self, n: int) -> dict[str, float]:
+        rng = random.Random(1)
+        point, search = [], []
+        for _ in range(LOOKUPS):
+            i = rng.randrange(n)
+            t = time.perf_counter()
+            json.loads(self.conn.execute("SELECT body FROM documents WHERE doc_id = ?", (f"doc_{i}",)).fetchone()[0])
+            point.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            rows = self.conn.execute("SELECT doc_id, name FROM documents WHERE rrn = ? AND care_start <= ? "
+                                     "AND care_end >= ?", (_rrn(i), "2025-12-31", "2025-01-01")).fetchall()
+            assert rows
+            search.append(time.perf_counter() - t)
+        return {"point_p50": _pct(point, .5), "point_p99": _pct(point, .99),
+                "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _records(start: int, stop: int) -> list[Any]:
@@ -125,22 +133,30 @@ def _lookups(store: Any, ids: list[str], n: int) -> dict[str, float]:
             "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
 
 
-def _encrypted(root: Path, n: int) -> dict[str, float]:
+def _insert_both(root: Path, n: int) -> tuple[Any, list[str], dict[str, float], dict[str, float]]:
+    """Insert ``n`` documents into the store and into the baseline, alternating batch by batch.
+
+    Alternating (rather than all baseline, then all store) exposes both to the same machine load
+    and the same disk, so the ratio holds on a shared machine where a minute-long run of one side
+    can meet a different load than the other.
+    """
     from agent.store import FileFingerprint
 
+    base = _Baseline(root)
     store = _open_store(root)
     ids: list[str] = []
-    insert_s = 0.0
+    store_s = base_s = 0.0
     for start in range(0, n, BATCH):
-        records = _records(start, min(n, start + BATCH))
+        stop = min(n, start + BATCH)
+        base_s += base.insert(start, stop)
+        records = _records(start, stop)
         sha = hashlib.sha256(f"bench-{start}".encode()).hexdigest()
         t0 = time.perf_counter()
-        out = store.commit_file(FileFingerprint(f"/bench/{start}", 1, 1, sha), records)
-        insert_s += time.perf_counter() - t0
-        ids += out.doc_ids
-    result = {"insert_per_s": n / insert_s, **_lookups(store, ids, n)}
-    store.close()
-    return result
+        ids += store.commit_file(FileFingerprint(f"/bench/{start}", 1, 1, sha), records).doc_ids
+        store_s += time.perf_counter() - t0
+    base_result = {"insert_per_s": n / base_s, **base.lookups(n)}
+    base.close()
+    return store, ids, {"insert_per_s": n / store_s}, base_result
 
 
 def _bulk_loaded(root: Path, n: int) -> dict[str, float]:
@@ -173,8 +189,9 @@ def _one(report: list[str], n: int) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-store-"))
     old = os.umask(0o077)
     try:
-        base = _baseline(root, n)
-        enc = _encrypted(root, n)
+        store, ids, enc, base = _insert_both(root, n)
+        enc.update(_lookups(store, ids, n))
+        store.close()
     finally:
         os.umask(old)
         shutil.rmtree(root, ignore_errors=True)
@@ -206,8 +223,8 @@ def run(report: list[str]) -> None:
     million = os.environ.get("BENCH_STORE_1M") == "1"
     report.append("## Store")
     report.append("")
-    report.append(f"Batches of {BATCH} documents per transaction (synchronous=FULL); {LOOKUPS} random look-ups; "
-                  "latencies in ms (p50 / p99).")
+    report.append(f"Batches of {BATCH} documents per transaction (synchronous=FULL), store and baseline "
+                  f"alternating batch by batch; {LOOKUPS} random look-ups; latencies in ms (p50 / p99).")
     report.append("")
     report.append("| documents | variant | insert docs/s | point read p50/p99 | patient search p50/p99 |")
     report.append("|---|---|---|---|---|")

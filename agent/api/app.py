@@ -4,16 +4,17 @@ A plain ASGI callable rather than a framework router, so the order of §8 is vis
 function: in-flight limit → route/method (404/405) → per-client rate limit (429) → body size
 (413) → media type (415); then the blocking part (JSON, schema, store) runs in a worker thread
 (``agent.api.handlers``) so SQLite never stalls the event loop that also runs handshakes and
-deadlines. Its audit record goes to the audit log's group commit and the loop awaits it: no
-thread is held while the record is fsync'd, and concurrent requests share one fsync. Only when
-it is durable is the response sent (step 12). Every response carries the §2.4 headers; nothing
-here ever echoes input.
+deadlines. The worker hands the request's audit record to the audit log's group commit and is
+free again; the loop awaits the record's commit — concurrent requests share one fsync — and only
+then sends the response (step 12). Every response carries the §2.4 headers; nothing here ever
+echoes input.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
@@ -41,9 +42,10 @@ ROUTES: dict[str, tuple[str, str | None]] = {
 
 _BASE_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 # Worker threads for the blocking part of a request. Few on purpose: the work is mostly Python
-# (one GIL), and every extra runnable thread makes the store's and the audit log's writer
-# threads wait longer for the GIL. No thread waits for an audit fsync (the loop awaits it), so a
-# handful keeps the store busy; requests beyond it queue in FIFO order inside the in-flight limit.
+# (one GIL), and every extra runnable thread makes the store's writer thread — which commits
+# every replay record, one at a time — wait longer for the GIL, and costs context switches. No
+# worker waits for another thread's audit commit, so a handful keeps the store busy; requests
+# beyond them queue in FIFO order, inside the in-flight limit.
 WORKERS = 8
 
 
@@ -104,6 +106,7 @@ class RelayApp:
         path = scope["path"]
         route = path if path in ROUTES else "other"
         # Step 2: in-flight limit, before anything else touches the request.
+        response: Response | None
         if self.in_flight >= self.max_in_flight:
             response = problem_response("overloaded", None, retry_after=1)
         else:
@@ -165,8 +168,8 @@ class RelayApp:
 
     async def _audited(self, action: str, conn: ConnInfo, early: ProblemError | None,
                        body: bytes | None) -> Response:
-        """Steps 6–12: prepare in a worker thread, which queues the audit record; the loop is
-        woken once, when the record is durable (or could not be written)."""
+        """Steps 6–12: a worker thread prepares the response and queues its audit record; the
+        loop is woken once, when the record is durable (or could not be written)."""
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[tuple[Prepared, BaseException | None]] = loop.create_future()
         peer = conn.conn_peer()
@@ -175,22 +178,26 @@ class RelayApp:
             if not outcome.done():
                 outcome.set_result((prepared, error))
 
+        def settle_threadsafe(prepared: Prepared, error: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
+                loop.call_soon_threadsafe(settle, prepared, error)
+
         def work() -> None:  # in a worker thread
             try:
                 prepared = self.handlers.prepare(action, peer, early, body)
             except BaseException as exc:  # noqa: BLE001 - a bug (prepare answers every request)
                 # No record describes this request, so nothing may be sent but the fail-closed 503.
-                unrecorded = Prepared(problem_response("internal-error", None), {}, None)
-                loop.call_soon_threadsafe(settle, unrecorded, exc)
+                settle_threadsafe(Prepared(problem_response("internal-error", None), {}, None), exc)
                 return
             try:
                 submitted = self.backend.audit_submit(prepared.event)
-            except BaseException as exc:  # noqa: BLE001 - a bug: fail closed below
-                loop.call_soon_threadsafe(settle, prepared, exc)
+            except BaseException as exc:  # noqa: BLE001 - a bug: fail closed
+                settle_threadsafe(prepared, exc)
                 return
-            # The record is written whatever happens to this request (the future cannot be
-            # cancelled); the loop hears of it once, from the audit writer thread.
-            submitted.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, prepared, f.exception()))
+            # The record is written whatever becomes of this request (the future cannot be
+            # cancelled). This worker may have written it itself, as the audit log's group-commit
+            # leader; else another thread does and wakes the loop — no thread waits for it here.
+            submitted.add_done_callback(lambda done: settle_threadsafe(prepared, done.exception()))
 
         self.pool.submit(work)
         prepared, error = await outcome

@@ -75,7 +75,7 @@ class Backend:
         self.audit = audit
         self.keyring = keyring
         self.clock = clock
-        self._signer = keyring.signer if keyring is not None else None
+        self._signer: Any = keyring.signer if keyring is not None else None
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -26,6 +26,8 @@ from agent import API_REVISION, __version__, metrics
 from agent.api.backend import BackendProtocol, Binding, StorageUnavailable
 from agent.api.problems import PROBLEM_MEDIA_TYPE, PROBLEMS, ProblemError, problem_body, problem_type
 from agent.api.validation import (
+    _CLAIM_TOKEN,
+    _RELAY_ID,
     Envelope,
     FetchRequest,
     SearchRequest,
@@ -222,8 +224,6 @@ class Handlers:
     @staticmethod
     def _note_envelope(ctx: _AuditContext, data: dict[str, Any]) -> None:
         """Record the syntactically valid envelope members for the audit (never invalid input)."""
-        from agent.api.validation import _CLAIM_TOKEN, _RELAY_ID
-
         relay_id = data.get("relay_id")
         if isinstance(relay_id, str) and _RELAY_ID.match(relay_id):
             ctx.relay_id = relay_id

@@ -46,6 +46,7 @@ log = logging.getLogger("agent.api")
 MAX_REQUEST_LINE = 2048
 MAX_HEADER_BLOCK = 16 * 1024
 MAX_HEADER_FIELDS = 64
+_COALESCE_MAX = 256 * 1024  # responses up to this size leave as one write
 
 _BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
                   b"content-length: 5\r\nretry-after: 1\r\ncache-control: no-store\r\n"
@@ -94,9 +95,16 @@ class _CoalescingTransport:
         self._pending.append(bytes(data))
 
     def flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        elif sum(len(chunk) for chunk in pending) <= _COALESCE_MAX:
+            self._transport.write(b"".join(pending))
+        else:  # a large body is not copied just to save one record
+            for chunk in pending:
+                self._transport.write(chunk)
 
     def close(self) -> None:
         self.flush()

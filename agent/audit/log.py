@@ -8,14 +8,16 @@ Guarantees:
 - One writer at a time: within a process a lock serialises writers on one connection; across
   processes (daemon + CLI) ``BEGIN IMMEDIATE`` does, and the head is re-read inside that
   transaction, so two processes never fork the chain.
-- Group commit: appends are queued to one writer thread (started on first use), which takes
-  every record queued so far, in arrival order, writes them in one transaction (one fsync) and
-  only then completes their futures. ``append`` waits for its future, so it still returns only
-  after the transaction holding its records committed; ``submit`` hands the future to callers
-  that wait elsewhere (the relay API awaits it on its event loop). If a transaction fails, every
-  caller in it gets ``AuditUnavailableError`` and none of its records exists, so ``seq`` stays
-  gapless. Under load N fsyncs become one; durability before the response (security.md §7.3)
-  is unchanged.
+- Group commit: concurrent appends share one transaction and one fsync. An append is queued;
+  if no write is under way its caller becomes the leader and writes, in one transaction, every
+  append queued so far (in arrival order), then the next lot, until the queue is empty. Appends
+  that arrive while a leader writes wait for it. Each append completes only after the
+  transaction holding its records committed; if that transaction fails, every append in it
+  gets ``AuditUnavailableError`` and none of its records exists, so ``seq`` stays gapless.
+  ``append`` blocks until then; ``submit`` returns a future instead, so a caller with other
+  work (the relay API's worker threads) is not held while another thread leads. Nothing waits
+  for a thread to be woken before its record is written. Durability before the response
+  (security.md §7.3) is unchanged; under load N fsyncs become one.
 - Read-only or full storage is noticed without a restart: before every write the database file,
   its WAL, and its directory must be writable (``os.access`` — which also sees ``chattr +i`` and
   read-only mounts — *and* the owner write bit, honoured even for root so that ``chmod a-w`` on
@@ -96,8 +98,9 @@ _NO_DELETE = ("CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON r
 _INSERT = "INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)"
 
 
-# One queued append: its normalised events and the future its caller waits on.
-_Pending = tuple[list[dict[str, Any]], "concurrent.futures.Future[list[dict[str, Any]]]"]
+# One queued append: its normalised events, the future its caller waits on, and whether that
+# future gets the one record (``submit``) or the list (``submit_many``).
+_Pending = tuple[list[dict[str, Any]], "concurrent.futures.Future[Any]", bool]
 
 
 class AuditLog:
@@ -117,10 +120,11 @@ class AuditLog:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) the connection writes to
-        # Group commit (see the module docstring): appends waiting for the writer thread.
-        self._queue_cv = threading.Condition(threading.Lock())
+        # Group commit (see the module docstring): appends waiting for a leader, and whether
+        # one is writing. ``_queue_lock`` is never held across I/O.
+        self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
-        self._thread: threading.Thread | None = None
+        self._leading = False
         self.transactions = 0  # write transactions committed by this object (tests, benchmarks)
 
     @classmethod
@@ -139,13 +143,7 @@ class AuditLog:
         return log
 
     def close(self) -> None:
-        """Finish the queued appends, stop the writer thread, close the connection."""
-        with self._queue_cv:
-            thread, self._thread = self._thread, None
-            self._queue_cv.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        with self._lock:
+        with self._lock:  # waits for a transaction under way
             self._drop_writer()
 
     def __enter__(self) -> AuditLog:
@@ -166,67 +164,75 @@ class AuditLog:
         Concurrent callers are group-committed: their records may share the transaction, which
         changes nothing they can observe except that they return sooner under load.
         """
-        return self.submit_many(events).result()
+        return self.submit_many(events).result()  # type: ignore[no-any-return]
 
     def submit(self, event: Mapping[str, Any]) -> concurrent.futures.Future[dict[str, Any]]:
-        """Queue one record; the future completes once it is durable (or with the error)."""
-        outer: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        """Queue one record; the future completes once it is durable, or with the error.
 
-        def done(inner: concurrent.futures.Future[list[dict[str, Any]]]) -> None:
-            error = inner.exception()
-            if error is not None:
-                outer.set_exception(error)
-            else:
-                outer.set_result(inner.result()[0])
-
-        outer.set_running_or_notify_cancel()  # the record is written whatever the caller does
-        self.submit_many([event]).add_done_callback(done)
-        return outer
+        The record is written whatever becomes of the future (it cannot be cancelled). The
+        caller may itself write a batch (it leads when no write is under way) before this
+        returns; it never waits for another thread's write.
+        """
+        return self._submit([event], single=True)
 
     def submit_many(self, events: Iterable[Mapping[str, Any]]) -> concurrent.futures.Future[list[dict[str, Any]]]:
-        """Queue several records for one transaction (all or none); see ``append_many``."""
+        """``submit`` for several records in one transaction (all or none)."""
+        return self._submit(events, single=False)
+
+    def _submit(self, events: Iterable[Mapping[str, Any]], *, single: bool) -> concurrent.futures.Future[Any]:
         # A caller's bug (no action, floats) raises here, in its own thread: not "unavailable".
         normalised = [normalise_event(event) for event in events]
-        future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()
         if not normalised:
             future.set_result([])
             return future
-        with self._queue_cv:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
-                self._thread.start()
-            self._queue.append((normalised, future))
-            self._queue_cv.notify()
+        with self._queue_lock:
+            self._queue.append((normalised, future, single))
+            if self._leading:
+                return future  # the current leader writes it
+            self._leading = True
+        self._lead()
         return future
 
-    def _run_writer(self) -> None:
-        """The writer thread: one transaction per batch of everything queued meanwhile."""
-        while True:
-            with self._queue_cv:
-                while not self._queue and self._thread is threading.current_thread():
-                    self._queue_cv.wait()
-                if not self._queue:
-                    return  # closed (or replaced after a close) and nothing left to write
-                batch, self._queue = self._queue, []
-            for _, future in batch:
-                future.set_running_or_notify_cancel()  # a caller that gives up still gets its record
-            appends = [events for events, _ in batch]
-            try:
-                with self._lock:
-                    results = self._write(lambda conn, appends=appends: self._append_batch(conn, appends))
-            except AuditUnavailableError as exc:
-                failure: BaseException = exc
-            except BaseException as exc:  # noqa: BLE001 - a bug: fail closed, keep serving
-                failure = AuditUnavailableError(f"audit log unavailable: {type(exc).__name__}")
-            else:
-                for (_, future), records in zip(batch, results, strict=True):
-                    if not future.cancelled():
-                        future.set_result(records)
-                continue
-            for _, future in batch:
-                if not future.cancelled():
-                    # One instance per caller: exceptions carry tracebacks of where they are raised.
-                    future.set_exception(AuditUnavailableError(str(failure)))
+    def _lead(self) -> None:
+        """Write what is queued, one transaction per lot, until the queue is empty."""
+        try:
+            while True:
+                with self._queue_lock:
+                    if not self._queue:
+                        self._leading = False
+                        return
+                    batch, self._queue = self._queue, []
+                self._write_batch(batch)
+        except BaseException:
+            # Only an interruption of the leading thread (a signal) gets here: let the next
+            # caller lead, so that nothing queued is stranded.
+            with self._queue_lock:
+                self._leading = False
+            raise
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        appends = [events for events, _, _ in batch]
+        failure: BaseException | None = None
+        try:
+            with self._lock:
+                results = self._write(lambda conn: self._append_batch(conn, appends))
+        except AuditUnavailableError as exc:
+            failure = exc
+        except Exception as exc:  # a bug: fail closed, and let the next lot be tried
+            failure = AuditUnavailableError(f"audit log unavailable: {type(exc).__name__}")
+        except BaseException as exc:
+            for _, future, _ in batch:
+                future.set_exception(AuditUnavailableError(f"audit log unavailable: {type(exc).__name__}"))
+            raise
+        if failure is not None:
+            for _, future, _ in batch:
+                # One instance per caller: exceptions carry tracebacks of where they are raised.
+                future.set_exception(AuditUnavailableError(str(failure)))
+            return
+        for (_, future, single), records in zip(batch, results, strict=True):
+            future.set_result(records[0] if single else records)
 
     def _append_batch(self, conn: sqlite3.Connection,
                       batch: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:

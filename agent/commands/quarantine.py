@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from agent.cli import Environment
-from agent.commands._common import config_from_args, print_json
+from agent.commands._common import config_from_args, load_named_profile, print_json
 from agent.errors import ExitStatus, UsageError
 
 
@@ -21,6 +21,18 @@ def _audit(config: Any, action: str, *, reason: str | None = None, extra: dict[s
     from agent.adminctx import audit_admin
 
     audit_admin(config, f"quarantine.{action}", reason=reason, extra=extra)
+
+
+def _current_profile(config: Any) -> Any:
+    """The folder's profile read from disk at the time of the retry — after the operator fixed it
+    (a running daemon reloads a changed profile file by itself for the files still to come)."""
+    loaded: dict[int, Any] = {}
+
+    def profile_for(watch_index: int) -> Any:
+        if watch_index not in loaded:
+            loaded[watch_index] = load_named_profile(config.watch[watch_index].profile, config)
+        return loaded[watch_index]
+    return profile_for
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
@@ -74,8 +86,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                 raise UsageError(f"no quarantine entry {args.id}")
             _audit(config, "retry", extra={"quarantine_ids": ids})
             failed = 0
+            profile_for = _current_profile(config)
             for qid in ids:
-                result = retry_entry(config, store, qid)
+                result = retry_entry(config, store, qid, profile_for=profile_for)
                 rules = ",".join(sorted({p.rule for p in result.problems}))
                 env.err(f"{qid}: {result.outcome}" + (f" ({result.versions_stored} records)"
                                                       if result.versions_stored else "")

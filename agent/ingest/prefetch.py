@@ -13,8 +13,9 @@ worker commits the current one:
   acknowledgement happen in the worker thread. A crash anywhere (worker or daemon) leaves every
   file either committed + acknowledged or untouched;
 - **small folders stay in-process**: the pool is started only when at least ``min_backlog``
-  files are waiting and stopped again after ``idle_s`` without work; with ``workers = 0`` it is
-  never used (tests, one-core machines). A broken pool (a worker killed) falls back to
+  files are waiting (files are prepared in-process until its first worker is up) and stopped
+  again after ``idle_s`` without work; with ``workers = 0`` it is never used (tests, one-core
+  machines). A broken pool (a worker killed) falls back to
   in-process preparation of the affected files and is recreated on the next backlog.
 
 Workers are started by ``forkserver`` where available (``spawn`` elsewhere): forking the daemon
@@ -42,6 +43,7 @@ DEFAULT_LOOKAHEAD = 6
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_MIN_BACKLOG = 16
 DEFAULT_IDLE_S = 60.0
+WORKER_NICE = 10
 
 
 def _context() -> Any:
@@ -53,8 +55,24 @@ def _context() -> Any:
     return ctx
 
 
-def _exit_with_parent(lifeline: Any) -> None:
-    """Worker initializer: exit when the daemon's end of ``lifeline`` closes (daemon gone)."""
+def _warm_up() -> int:
+    """A first task: the pool counts as ready once a worker has run it (files are prepared
+    in-process meanwhile, so a starting pool never delays the first commits)."""
+    return os.getpid()
+
+
+def _worker_init(lifeline: Any) -> None:
+    """Worker initializer: lower priority, and exit when the daemon's end of ``lifeline`` closes.
+
+    The committing thread is the one serial step of a backfill; when the cores are busy it must
+    not wait for look-ahead work, so the workers yield to it (``nice``).
+    """
+    if hasattr(os, "nice"):
+        try:
+            os.nice(WORKER_NICE)
+        except OSError:
+            pass
+
     def watch() -> None:
         try:
             lifeline.recv()  # nothing is ever sent: this returns only with EOF
@@ -78,6 +96,7 @@ class Prefetcher:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lifeline: Any = None  # our (write) end of the workers' lifeline pipe
         self._lifeline_theirs: Any = None
+        self._warm: concurrent.futures.Future[int] | None = None
         self._last_used = time.monotonic()
         self.starts = 0
 
@@ -94,6 +113,13 @@ class Prefetcher:
             return False
         if self._pool is None:
             self._start()
+        warm = self._warm
+        if warm is not None:
+            if not warm.done():
+                return False
+            self._warm = None
+            if warm.cancelled() or warm.exception() is not None:
+                self.broken()
         return self._pool is not None
 
     def _start(self) -> None:
@@ -101,9 +127,10 @@ class Prefetcher:
             ctx = _context()
             theirs, ours = ctx.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=_exit_with_parent, initargs=(theirs,))
+                max_workers=self.workers, mp_context=ctx, initializer=_worker_init, initargs=(theirs,))
             self._lifeline = ours
             self._lifeline_theirs = theirs
+            self._warm = self._pool.submit(_warm_up)
             self.starts += 1
             log.info("backfill look-ahead started", extra={"workers": self.workers})
         except (OSError, ValueError, RuntimeError):
@@ -124,7 +151,7 @@ class Prefetcher:
 
     def broken(self) -> None:
         """A worker died (killed, out of memory): drop the pool; the next backlog makes a new one."""
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._warm = self._pool, None, None
         if pool is not None:
             log.warning("look-ahead worker lost; preparing in-process until the next backlog")
             pool.shutdown(wait=False, cancel_futures=True)
@@ -145,7 +172,7 @@ class Prefetcher:
             self.shutdown()
 
     def shutdown(self) -> None:
-        pool, self._pool = self._pool, None
+        pool, self._pool, self._warm = self._pool, None, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
             self._close_lifeline()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,27 @@ def entry_json(entry: QuarantineEntry) -> dict[str, Any]:
     }
 
 
-def _profile_for(config: Config, watch_index: int, profiles: list[Any] | None) -> Any:
-    if profiles is not None and 0 <= watch_index < len(profiles):
-        return profiles[watch_index]
+ProfileFor = Callable[[int], Any]  # watch index -> that folder's profile, loaded now (None = standard)
+
+
+def _profile_for(config: Config, watch_index: int, profile_for: ProfileFor | None) -> Any:
     if not (0 <= watch_index < len(config.watch)):
         return None
+    if profile_for is not None:
+        return profile_for(watch_index)
     name = config.watch[watch_index].profile
     if not name or name == "standard":
         return None
-    from agent.commands._common import profile_search_dirs
-    from agent.formats import load_profile
-
-    return load_profile(name, profile_search_dirs(config))
+    raise ValueError("retry_entry: a folder with a vendor profile needs profile_for")
 
 
 def retry_entry(config: Config, store: Any, qid: str, *, clock: Clock | None = None,
-                profiles: list[Any] | None = None) -> RetryResult:
-    """Re-process one quarantine entry; remove it only when its content is committed."""
+                profile_for: ProfileFor | None = None) -> RetryResult:
+    """Re-process one quarantine entry; remove it only when its content is committed.
+
+    ``profile_for(watch_index)`` gives the folder's profile as it is on disk *now* (the caller
+    loads it), so an entry quarantined under a broken profile is read with the corrected one.
+    """
     clock = clock or SystemClock()
     item = store.quarantine_get(qid)
     if item is None:
@@ -82,7 +87,7 @@ def retry_entry(config: Config, store: Any, qid: str, *, clock: Clock | None = N
     name = item.original_name.rsplit("/", 1)[-1] or "file"
     received_at = clock.now()
     check = validate_export(content, file_name=name, received_at=received_at,
-                            profile=_profile_for(config, watch_index, profiles),
+                            profile=_profile_for(config, watch_index, profile_for),
                             default_valid_days=config.validation.default_valid_days)
     if not check.ok:
         return RetryResult(qid, "quarantined", problems=check.errors)

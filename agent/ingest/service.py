@@ -112,6 +112,7 @@ class IngestService:
             for i, w in enumerate(config.watch)
         ]
         self._profile_stats = [self._profile_stat(i) for i in range(len(config.watch))]
+        self._profile_lock = threading.Lock()
         self._profile_checked = time.monotonic()
         self.supervisor = Supervisor(config.watch, self.hint) if observe else None
         self._threads: list[threading.Thread] = []
@@ -162,28 +163,33 @@ class IngestService:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def refresh_profiles(self) -> None:
+        for index in range(len(self.config.watch)):
+            self.refresh_profile(index)
+
+    def refresh_profile(self, index: int) -> None:
         """Reload a folder's profile when its file changed; a broken edit keeps the last good one.
 
-        (An editor may save in two steps; a profile that does not load is reported and retried at
-        the next change, while files keep being read with the profile that worked.)
+        Checked before every file is read (one ``stat``) and every second by the scanner, so the
+        first file after a fix is read with it. An editor may save in two steps: a profile that
+        does not load is reported and tried again at its next change, while files keep being read
+        with the profile that worked.
         """
         from agent.formats.profiles import ProfileError, parse_profile_file
 
-        for index in range(len(self.config.watch)):
-            profile = self.processor.profiles[index]
-            path = getattr(profile, "path", None)
-            if path is None:
-                continue
+        path = getattr(self.processor.profiles[index], "path", None)
+        if path is None:
+            return
+        with self._profile_lock:
             now = self._profile_stat(index)
             if now is None or now == self._profile_stats[index]:
-                continue
+                return
             self._profile_stats[index] = now
             try:
                 fresh = parse_profile_file(Path(path))
             except ProfileError as exc:
                 log.error("changed profile does not load; still using the previous one",
                           extra={"watch": index, "error": str(exc)})
-                continue
+                return
             self.processor.profiles[index] = fresh
             log.info("profile reloaded", extra={"watch": index, "profile": fresh.name})
 
@@ -393,6 +399,7 @@ class IngestService:
     def _start(self, item: Ready, use_pool: bool) -> _InHand:
         if not use_pool:
             return _InHand(item)
+        self.refresh_profile(item.watch_index)
         args, kwargs = self.processor.prepare_args(item)
         return _InHand(item, self.prefetch.submit(args, kwargs))
 
@@ -409,6 +416,7 @@ class IngestService:
                 except Exception:  # e.g. a result that could not cross the process boundary
                     log.warning("look-ahead failed for a file; preparing it in-process", exc_info=True)
             if prepared is None:
+                self.refresh_profile(head.item.watch_index)
                 prepared = self.processor.prepare(head.item)
             return self.processor.commit(prepared)
         except Exception:

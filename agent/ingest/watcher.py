@@ -6,8 +6,12 @@ One observer per watch folder — native (inotify, ReadDirectoryChangesW, FSEven
 - ``signal``: the file is complete now — renamed into the folder (moved event whose destination
   is in the folder) or closed by its writer after writing (``FileClosedEvent``, Linux
   ``IN_CLOSE_WRITE``). Read at once, no ``settle`` (exports.md §1). Also a sentinel appearing.
-- ``change``: something happened (created, modified, deleted) — only shortens the wait for the
-  next scan of that folder. A created/modified file is *not* complete.
+- ``change``: something happened (created, modified, attributes changed) — only shortens the
+  wait for the next scan of that folder. A created/modified file is *not* complete.
+- nothing: a file deleted, opened or closed without writing, a directory's own "modified" (its
+  entries changed, each with its own event). None of these can make a file ready, and most of
+  them are our own doing — reading a file, removing it after its commit — which must not send a
+  backfill into re-listing the folder after every file.
 
 Observers die silently (share unmounted, watch limit): ``Supervisor.check()`` runs on a timer,
 restarts dead ones and counts ``OBSERVER_RESTARTS``. The periodic scan stays authoritative.
@@ -23,13 +27,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirModifiedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
     FileMovedEvent,
+    FileOpenedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from agent.config import WatchConfig
@@ -44,7 +57,7 @@ def _text(path: str | bytes) -> str:
     return os.fsdecode(path)
 
 
-def _native_observer() -> Observer:
+def _native_observer() -> BaseObserver:
     """The platform observer; on Linux with full events, so a file renamed in from *outside* the
     folder (an unpaired IN_MOVED_TO) arrives as a moved event — complete — not as "created"."""
     if sys.platform.startswith("linux"):
@@ -55,6 +68,13 @@ def _native_observer() -> Observer:
         except (ImportError, TypeError, OSError):
             pass
     return Observer()
+
+
+_NO_HINT = (FileDeletedEvent, FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)
+# The events we act on; with inotify this is also the kernel's mask, so the opens, reads and
+# unlinks of a backfill do not even reach Python.
+_WANTED: list[type[FileSystemEvent]] = [FileMovedEvent, DirMovedEvent, FileCreatedEvent, DirCreatedEvent,
+                                        FileModifiedEvent, FileAttribEvent, FileClosedEvent]
 
 
 class _Handler(FileSystemEventHandler):
@@ -71,6 +91,8 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
+            if isinstance(event, _NO_HINT):
+                return
             if isinstance(event, FileMovedEvent):
                 rel = self._rel(_text(event.dest_path))
                 if rel is not None:
@@ -103,7 +125,7 @@ class FolderObserver:
         self.watch = watch
         self.hint = hint
         self.kind = "polling" if watch.polling else "native"
-        self._observer: Observer | PollingObserver | None = None
+        self._observer: BaseObserver | None = None
         self.restarts = 0
         self.started_once = False
 
@@ -116,7 +138,7 @@ class FolderObserver:
             if self.watch.polling else _native_observer()
         try:
             observer.schedule(_Handler(self.index, Path(self.watch.path), self.hint), str(self.watch.path),
-                              recursive=self.watch.recursive)
+                              recursive=self.watch.recursive, event_filter=_WANTED)
             observer.daemon = True
             observer.start()
         except Exception:

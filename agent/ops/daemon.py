@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -33,7 +34,7 @@ from agent import __version__
 from agent.clock import Clock, SystemClock, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import UnavailableError
-from agent.fsutil import atomic_write
+from agent.fsutil import atomic_write, ensure_dir
 from agent.metrics import JOB_RUNS, exposition
 
 log = logging.getLogger("agent.daemon")
@@ -257,7 +258,7 @@ class _Jobs:
         return run
 
     def snapshot(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         if self.scheduler is None:
             return out
         for job in self.scheduler.get_jobs():
@@ -269,6 +270,80 @@ class _Jobs:
                         "last_run_at": info.get("last_run_at"),
                         "failures": info.get("failures", 0)})
         return out
+
+
+# -- the scheduled jobs' work (module functions: the daemon schedules them, tests call them) -----------------
+PURGE_ACTION = "system.purge"
+BACKUP_ACTION = "system.backup"
+KEK_RETIRE_ACTION = "system.keys.retire"
+SYSTEM_SOURCE = {"local": True, "tty": None}
+BACKUP_NAME = re.compile(r"backup-(\d{8}T\d{6}Z)(?:-(\d+))?\.sab")
+
+
+def _require_audit(audit: Any, what: str) -> Any:
+    if audit is None:  # fail closed: these actions are only done with their audit record
+        raise UnavailableError(f"the audit log is not available; the scheduled {what} did not run")
+    return audit
+
+
+def purge_job(store: Any, audit: Any, now: dt.datetime) -> Any:
+    """The daily purge (security.md §11) with the store's own ``purge``: the documents past
+    retention are selected, one ``system.purge`` record listing them is written durably, and only
+    then exactly those are deleted — an unwritable audit log deletes nothing (S-18)."""
+    audit = _require_audit(audit, "purge")
+    planned = store.purge(now, dry_run=True)
+    audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": PURGE_ACTION,
+                  "result": "success", "document_ids": list(planned.doc_ids), "counts": dict(planned.counts)})
+    result = store.purge(now, only=planned.doc_ids)
+    log.info("purge done", extra={"documents": len(result.doc_ids)})
+    return result
+
+
+def backup_job(config: Config, store: Any, audit: Any, now: dt.datetime) -> Path:
+    """The nightly backup (security.md §11) with the store's own ``backup``, audited first; then the
+    scheduled backups beyond ``backup.keep`` are removed (oldest first — only files named by this
+    job, never a backup an operator wrote there), and key-encryption keys that neither the store
+    nor any remaining backup uses are retired (crypto-shredding of expired backups), audited first."""
+    audit = _require_audit(audit, "backup")
+    backup_dir = ensure_dir(Path(config.backup.dir))
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = backup_dir / f"backup-{stamp}.sab"
+    n = 0
+    while out.exists():
+        n += 1
+        out = backup_dir / f"backup-{stamp}-{n}.sab"
+    audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": BACKUP_ACTION,
+                  "result": "success", "reason": "scheduled", "backup_file": out.name})
+    info = store.backup(out)
+    ours = []
+    for entry in backup_dir.iterdir():
+        match = BACKUP_NAME.fullmatch(entry.name)
+        if match and entry.is_file():
+            ours.append(((match.group(1), int(match.group(2) or 0)), entry))
+    ours.sort()
+    removed = [entry for _, entry in ours[:max(0, len(ours) - int(config.backup.keep))]]
+    for entry in removed:
+        entry.unlink(missing_ok=True)
+    if removed:
+        _retire_unused_keks(store, audit)
+    log.info("backup done", extra={"chunks": info.get("chunks"), "removed": len(removed)})
+    return out
+
+
+def _retire_unused_keks(store: Any, audit: Any) -> list[str]:
+    from agent.store.backup import backup_kek_ids
+
+    in_backups = backup_kek_ids(Path(store.backup_dir)) if getattr(store, "backup_dir", None) else set()
+    usage = store.kek_usage()
+    unused = sorted(k for k in store.keyring.keks
+                    if k != store.keyring.current_kek_id and not usage.get(k) and k not in in_backups)
+    if not unused:
+        return []
+    # Audited before the key files are destroyed (crypto-shredding is irreversible).
+    audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": KEK_RETIRE_ACTION,
+                  "result": "success", "kek_ids": unused})
+    retired, _kept = store.retire_unused_keks()
+    return list(retired)
 
 
 # -- the daemon --------------------------------------------------------------------------------------------
@@ -439,23 +514,10 @@ class Daemon:
             self.ingest.rescan_all()
 
     def _job_purge(self) -> None:
-        result = self.store.purge(self.clock.now())
-        if self.audit is not None:
-            from agent.audit.log import AuditLog  # noqa: F401 (present when audit is)
-
-            self.audit.append({"actor": {"kind": "system"}, "source": {"local": True, "tty": None},
-                               "action": "system.purge", "result": "success",
-                               "doc_ids": list(result.doc_ids)})
-        log.info("purge done", extra={"documents": len(result.doc_ids)})
+        purge_job(self.store, self.audit, self.clock.now())
 
     def _job_backup(self) -> None:
-        backup_dir = Path(self.config.backup.dir)
-        backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        stamp = self.clock.now().strftime("%Y%m%dT%H%M%SZ")
-        self.store.backup(backup_dir / f"backup-{stamp}.sab")
-        backups = sorted(p for p in backup_dir.glob("backup-*.sab"))
-        for old in backups[:-int(self.config.backup.keep)]:
-            old.unlink(missing_ok=True)
+        backup_job(self.config, self.store, self.audit, self.clock.now())
 
     def _job_cert_expiry(self) -> None:
         days = cert_days_left(Path(self.config.api.server_cert), self.clock.now())

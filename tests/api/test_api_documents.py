@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,37 @@ def test_tampered_ciphertext_is_500_with_nothing_released_and_audited_as_integri
     assert "content_base64" not in resp.text
     rec = agent.relay_records()[-1]
     assert rec["reason"] == "integrity" and rec["result"] == "error" and rec["status"] == 500
+
+
+def test_concurrent_fetches_share_audit_commits_and_none_is_answered_before_its_record(agent, patient_docs) -> None:
+    """Group commit through the API: records of concurrent requests share transactions, and a
+    response still waits for the commit of its own record (security.md §7.3)."""
+    with agent.client() as c:
+        assert search(c).status_code == 200
+    # Hold the audit database's write lock (shorter than its busy timeout): nothing can commit.
+    blocker = sqlite3.connect(agent.root / "data" / "audit.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    before = agent.audit.transactions
+    answered: list[tuple[int, float]] = []
+
+    def one() -> None:
+        with agent.client() as c:
+            resp = fetch(c, [patient_docs["receipt"]])
+            answered.append((resp.status_code, time.monotonic()))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    assert answered == []  # every response is waiting for its audit record
+    released = time.monotonic()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    for t in threads:
+        t.join()
+    assert sorted(status for status, _ in answered) == [200] * 12
+    assert all(at >= released for _, at in answered)
+    fetches = [r for r in agent.relay_records() if r["action"] == "documents.fetch"]
+    assert len(fetches) == 12 and len({r["request_id"] for r in fetches}) == 12
+    assert agent.audit.transactions - before < 12
+    assert agent.audit.verify().ok

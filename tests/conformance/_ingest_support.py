@@ -484,6 +484,48 @@ def scan_bytes(roots: list[Path], needles: dict[str, bytes]) -> dict[str, list[s
     return hits
 
 
+_RRN_RE = re.compile(rb"(?<![0-9])[0-9]{6}-?[0-9][0-9*]{6}(?![0-9*])")
+_HANGUL_UTF8 = re.compile(rb"(?:[\xea-\xed][\x80-\xbf][\x80-\xbf])+")
+_HANGUL_CP949 = re.compile(rb"(?:[\xb0-\xc8][\xa1-\xfe])+")
+
+
+def scan_phi(roots: list[Path], names: set[str], rrns: set[str], extra: dict[str, bytes] | None = None
+             ) -> dict[str, list[str]]:
+    """Like ``scan_bytes(roots, phi_needles(...))`` but fast for many needles."""
+    rrn_forms: dict[bytes, str] = {}
+    for rrn in rrns:
+        rrn_forms[rrn.encode()] = f"rrn:{rrn}"
+        rrn_forms[f"{rrn[:6]}-{rrn[6:]}".encode()] = f"rrn-hyphen:{rrn}"
+        rrn_forms[f"{rrn[:7]}******".encode()] = f"masked:{rrn}"
+        rrn_forms[f"{rrn[:6]}-{rrn[6]}******".encode()] = f"masked-hyphen:{rrn}"
+    hits: dict[str, list[str]] = {}
+    for root in roots:
+        paths = [root] if root.is_file() else [Path(dp) / f for dp, _d, fs in os.walk(root) for f in fs]
+        for p in paths:
+            if p.is_symlink() or not p.is_file():
+                continue
+            data = p.read_bytes()
+            for m in _RRN_RE.finditer(data):
+                label = rrn_forms.get(m.group(0))
+                if label:
+                    hits.setdefault(label, []).append(str(p))
+            for rx, codec in ((_HANGUL_UTF8, "utf-8"), (_HANGUL_CP949, "cp949")):
+                for m in rx.finditer(data):
+                    if len(m.group(0)) < 4:
+                        continue
+                    try:
+                        run = m.group(0).decode(codec)
+                    except UnicodeDecodeError:
+                        continue
+                    for n in names:
+                        if n in run:
+                            hits.setdefault(f"name-{codec}:{n}", []).append(str(p))
+            for label, needle in (extra or {}).items():
+                if needle in data:
+                    hits.setdefault(label, []).append(str(p))
+    return hits
+
+
 def phi_needles(names: set[str], rrns: set[str], extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """Fixture PHI per security.md §12: RRNs 13-digit and hyphenated, masked forms; names UTF-8/CP949."""
     out: dict[str, bytes] = {}

@@ -509,25 +509,29 @@ def test_plain_write_is_read_after_settle(tmp_path):
 def test_sentinel_auto(tmp_path):
     inst = Install.create(tmp_path)
     with Daemon(inst) as d:
-        a = example("receipt")
-        f = inst.inbox / "a.json"
-        (inst.inbox / "a.json.tmp").write_bytes(jdump(a))
-        (inst.inbox / "a.json.done").write_bytes(b"")
-        os.replace(inst.inbox / "a.json.tmp", f)
-        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="a.json ingested")
-        wait_for(lambda: not (inst.inbox / "a.json.done").exists(), 10, what="sentinel removed with its file")
-        assert not f.exists()
-        # the folder has now seen a sentinel: files without one are waited for
-        b = fresh_receipt("S-000002")
-        inst.drop("b.json", jdump(b))
+        # the folder sees a sentinel (here one whose file never came)
+        (inst.inbox / "prime.json.done").write_bytes(b"")
+        _settle_wait(2.5)
+        # from now on files without a sentinel are waited for
+        inst.drop("b.json", jdump(fresh_receipt("S-000002")))
+        (inst.inbox / "c.json").write_bytes(jdump(fresh_receipt("S-000003")))
         _settle_wait(4)
         assert (inst.inbox / "b.json").exists(), "auto mode: a file without its sentinel is not read"
+        assert (inst.inbox / "c.json").exists(), "auto mode: a file without its sentinel is not read"
         st = inst.status()
-        assert st["documents"]["versions_total"] == 1
-        assert st["ingest"]["files_pending"] >= 1 and st["watch"][0]["pending"] >= 1, st["ingest"]
+        assert st["documents"]["versions_total"] == 0
+        assert st["ingest"]["files_pending"] >= 2 and st["watch"][0]["pending"] >= 2, st["ingest"]
         (inst.inbox / "b.json.ok").write_bytes(b"")
-        wait_for(lambda: inst.status()["documents"]["versions_total"] == 2, 15, what="b.json ingested")
-        wait_for(lambda: not (inst.inbox / "b.json.ok").exists(), 10, what=".ok sentinel removed")
+        (inst.inbox / "c.json.done").write_bytes(b"")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 2, 15, what="b/c ingested")
+        wait_for(lambda: not (inst.inbox / "b.json.ok").exists() and not (inst.inbox / "c.json.done").exists(),
+                 10, what="sentinels removed with their files")
+        assert not (inst.inbox / "b.json").exists() and not (inst.inbox / "c.json").exists()
+        # the EMR's order: write name.json, then the empty name.json.done
+        (inst.inbox / "e.json").write_bytes(jdump(fresh_receipt("S-000005")))
+        (inst.inbox / "e.json.done").write_bytes(b"")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 3, 15, what="e ingested")
+        wait_for(lambda: not (inst.inbox / "e.json.done").exists(), 10, what="sentinel removed with its file")
         assert inst.status()["ingest"]["files_pending"] == 0
         d.stop()
 
@@ -849,3 +853,203 @@ def test_deferred_when_share_unreachable_is_not_empty(tmp_path):
         os.rename(moved, inst.inbox)
         wait_for(lambda: inst.status()["watch"][0]["reachable"] is True, 15, what="reachable again")
         d.stop()
+
+
+# =========================================================================== more reading and outcome cases
+
+
+def _to_csv(docs: list[dict]) -> str:
+    """The standard CSV layout of exports.md §2 for documents of one type."""
+    import csv
+    import io
+
+    def flat(prefix: str, obj: dict, out: dict) -> None:
+        for k, v in obj.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                flat(key + ".", v, out)
+            elif isinstance(v, list) and k == "diagnosis_codes":
+                out[key] = ";".join(v)
+            elif isinstance(v, bool):
+                out[key] = "true" if v else "false"
+            else:
+                out[key] = str(v)
+
+    rows = []
+    header: list[str] = []
+    for d in docs:
+        d = dict(d)
+        lines = d.pop("lines", None) or [None]
+        common: dict = {}
+        flat("", d, common)
+        for ln in lines:
+            row = dict(common)
+            if ln is not None:
+                flat("lines.", ln, row)
+            rows.append(row)
+            for k in row:
+                if k not in header:
+                    header.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: row.get(k, "") for k in header})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_csv_round_trip_of_each_example(tmp_path, name):
+    text = _to_csv([example(name)])
+    docs = _convert(tmp_path, f"{name}.csv", text)
+    assert len(docs) == 1
+    assert content_hash(_strip(docs[0])) == _hash_of_example(name)
+
+
+def test_csv_two_versions_of_one_document_are_two_documents(tmp_path):
+    a = example("receipt")
+    b = dict(example("receipt"), version=2)
+    docs = _convert(tmp_path, "v.csv", _to_csv([a, b]))
+    assert [d["version"] for d in docs] == [1, 2]
+    assert all(len(d["lines"]) == 6 for d in docs)
+
+
+def test_csv_record_index_is_document_group(tmp_path):
+    bad = dict(example("receipt"), document_no="202503-000999", total_charge=1)
+    text = _to_csv([example("receipt"), bad])
+    r = _check(tmp_path, "g.csv", text)
+    assert r.returncode == 3
+    assert {p["record"] for p in problems(r.stdout) if p["rule"] == "R-109"} == {"1"}
+
+
+def test_jsonl_one_bad_line_quarantines_whole_file(tmp_path):
+    text = json.dumps(example("receipt"), ensure_ascii=False) + "\n{not json\n"
+    r = _check(tmp_path, "b.jsonl", text)
+    assert r.returncode == 3 and "R-004" in rules_of(r)
+
+
+def test_xml_with_json_content_and_json_with_xml_content(tmp_path):
+    r = _check(tmp_path, "j.xml", jdump(example("receipt")))
+    assert r.returncode == 3 and any(x.startswith("R-") for x in rules_of(r))
+
+
+def test_nan_and_huge_numbers_are_not_json(tmp_path):
+    text = jdump(example("receipt")).decode()
+    for bad in ("NaN", "Infinity", "-Infinity", "1e400"):
+        r = _check(tmp_path, "n.json", text.replace('"prepaid": 0', f'"prepaid": {bad}'))
+        assert r.returncode == 3, bad
+        assert rules_of(r) & {"R-004", "R-021"}, (bad, r.stdout)
+
+
+def test_lone_surrogate_escape_is_rejected_not_a_crash(tmp_path):
+    text = jdump(example("receipt")).decode().replace('"가정의학과"', '"\\ud800"')
+    r = _check(tmp_path, "s.json", text)
+    assert r.returncode == 3, (r.returncode, r.stderr[-500:])
+    assert "Traceback" not in r.stderr
+
+
+def test_cp949_extension_characters(tmp_path):
+    doc = example("receipt")
+    doc["patient"]["name"] = "똠방각하"   # CP949 extension syllables (not in plain EUC-KR)
+    docs = _convert(tmp_path, "x.json", json.dumps(doc, ensure_ascii=False).encode("cp949"))
+    assert docs[0]["patient"]["name"] == "똠방각하"
+
+
+@pytest.mark.parametrize("ext,make", [
+    (".csv", lambda: CSV_EXAMPLE.encode()),
+    (".xml", lambda: to_xml([example("receipt")]).encode()),
+    (".jsonl", lambda: json.dumps(example("receipt"), ensure_ascii=False).encode() + b"\n"),
+])
+def test_utf8_bom_every_serialisation(tmp_path, ext, make):
+    r = _check(tmp_path, "bom" + ext, b"\xef\xbb\xbf" + make())
+    assert r.returncode == 0, r.stdout
+
+
+def test_explicit_u_fffd_in_source_is_kept(tmp_path):
+    doc = example("receipt")
+    doc["remarks"] = "원본\ufffd문자"
+    docs = _convert(tmp_path, "f.json", jdump(doc))
+    assert docs[0]["remarks"] == "원본\ufffd문자"
+
+
+def test_half_written_plain_file_is_never_read(tmp_path):
+    """exports.md §1: a plain write is read only after it stayed unchanged for settle; a writer that pauses
+    shorter than settle must not have its half file quarantined."""
+    inst = Install.create(tmp_path, watch={"settle": "4s"})
+    data = jdump(example("receipt"))
+    with Daemon(inst) as d:
+        with open(inst.inbox / "slow.json", "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(2.5)
+            f.write(data[len(data) // 2:])
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 20, what="slow file ingested")
+        c = counters(inst.status())
+        assert c["quarantined"] == 0 and c["accepted"] == 1
+        d.stop()
+
+
+def test_polling_observer(tmp_path):
+    inst = Install.create(tmp_path, watch={"polling": True})
+    with Daemon(inst) as d:
+        inst.drop("p.json", jdump(example("receipt")))
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 20, what="polled file ingested")
+        assert inst.status()["watch"][0]["observer"] != "native"
+        d.stop()
+
+
+def test_requarantine_of_identical_invalid_file_is_not_duplicate(daemon):
+    bad = fresh_receipt("RQ-" + _seq())
+    bad["total_charge"] = 2
+    data = jdump(bad)
+    assert daemon.ingest("rq1.json", data)["quarantined"] == 1
+    delta = daemon.ingest("rq2.json", data)
+    assert delta["quarantined"] == 1 and delta["duplicate"] == 0
+
+
+def test_old_file_re_exported_after_correction_is_duplicate(daemon):
+    no = "RE-" + _seq()
+    v1 = jdump(fresh_receipt(no))
+    assert daemon.ingest("re1.json", v1)["accepted"] == 1
+    assert daemon.ingest("re2.json", jdump(fresh_receipt(no, version=2)))["accepted"] == 1
+    delta = daemon.ingest("re3.json", v1)
+    assert delta["duplicate"] == 1 and delta["versions"] == 0 and delta["quarantined"] == 0
+
+
+def test_same_key_same_version_twice_in_one_file_differing_is_conflict(daemon):
+    no = "TW-" + _seq()
+    a = fresh_receipt(no)
+    b = fresh_receipt(no)
+    b["remarks"] = "다른 내용"
+    delta = daemon.ingest("tw.json", jdump([a, b]))
+    assert delta["quarantined"] == 1 and delta["versions"] == 0
+
+
+def test_same_record_twice_in_one_file_stores_one_version(daemon):
+    no = "TI-" + _seq()
+    a = fresh_receipt(no)
+    delta = daemon.ingest("ti.json", jdump([a, a]))
+    assert delta["accepted"] == 1 and delta["versions"] == 1
+
+
+def test_each_serialisation_ingested(daemon):
+    base = _seq()
+    ph = example("pharmacy_receipt")
+    ph["document_no"] = "PX-" + base
+    delta = daemon.ingest("s.xml", to_xml([dict(example("receipt"), document_no="XM-" + base), ph]))
+    assert delta["accepted"] == 1 and delta["versions"] == 2
+    delta = daemon.ingest("s.jsonl", "\n".join(json.dumps(dict(example("receipt"), document_no=f"JL-{base}-{i}"),
+                                                          ensure_ascii=False) for i in range(3)) + "\n")
+    assert delta["accepted"] == 1 and delta["versions"] == 3
+    csv_text = CSV_EXAMPLE.replace("P202503-000042", "C1-" + base).replace("P202503-000043", "C2-" + base)
+    delta = daemon.ingest("s.csv", csv_text.encode("cp949"))
+    assert delta["accepted"] == 1 and delta["versions"] == 2
+    delta = daemon.ingest("s.ndjson", json.dumps(dict(example("receipt"), document_no="ND-" + base),
+                                                 ensure_ascii=False))
+    assert delta["accepted"] == 1 and delta["versions"] == 1
+
+
+def test_zero_record_file_quarantined_by_daemon(daemon):
+    delta = daemon.ingest("empty.json", b"[]")
+    assert delta["quarantined"] == 1
+    assert any("R-004" in json.dumps(e) for e in daemon.inst.quarantine())

@@ -864,3 +864,20 @@ def test_c39_no_floats_in_any_response(agent) -> None:
             if fmt == "standard":
                 assert not S.has_float(json.loads(raw)), d["type"]
     ok_json(agent.health())
+
+
+def test_c40_schemathesis_against_documented_schema(agent) -> None:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    st = Path(S.PY).with_name("st")
+    schema = S.REPO / "docs" / "relay-api.openapi.json"
+    if not st.exists() or not schema.exists():
+        pytest.skip("schemathesis or the documented schema is not available")
+    cmd = [str(st), "run", str(schema), "--url", agent.base, "--tls-verify", str(agent.server_ca),
+           "--request-cert", str(agent.client_cert), "--request-cert-key", str(agent.client_key), "-n", "30",
+           "--seed", "1", "-c", "not_a_server_error,status_code_conformance,content_type_conformance"]
+    env = {k: v for k, v in __import__("os").environ.items() if "CA_BUNDLE" not in k}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

@@ -162,6 +162,11 @@ def main_documents() -> list[dict[str, Any]]:
     d.append(make_doc("receipt", "202503-000500", name=A_NAME, rrn=A_RRN, issued_on="2025-03-21"))
     d.append(make_doc("receipt", "202503-000500", name=A_NAME, rrn=A_RRN, issued_on="2025-03-21", version=2,
                       status="cancelled"))
+    # cancelled, then re-activated: version 3 is current and active
+    d.append(make_doc("receipt", "202503-000510", name=A_NAME, rrn=A_RRN, issued_on="2025-03-23"))
+    d.append(make_doc("receipt", "202503-000510", name=A_NAME, rrn=A_RRN, issued_on="2025-03-23", version=2,
+                      status="cancelled"))
+    d.append(make_doc("receipt", "202503-000510", name=A_NAME, rrn=A_RRN, issued_on="2025-03-23", version=3))
     # same RRN, other recorded name: withheld from a 홍길동 search
     d.append(make_doc("receipt", "202503-000600", name=A_NAME2, rrn=A_RRN, issued_on="2025-03-22"))
     # masked RRN only: rrn_prefix
@@ -192,6 +197,7 @@ A_MARCH_EXPECTED = {
     ("receipt", "202503-000123", 1), ("receipt_detail", "202503-000123", 1),
     ("prescription", "20250314-00017", 1), ("pharmacy_receipt", "P202503-000042", 1),
     ("receipt", "202503-000200", 1), ("receipt", "202503-000400", 2), ("receipt", "202503-000700", 1),
+    ("receipt", "202503-000510", 3),
 }
 
 

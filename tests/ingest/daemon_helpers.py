@@ -12,6 +12,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _proc_stat(pid: int) -> list[bytes] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, …), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(process: tuple[int, bytes]) -> bool:
+    """The very process (not a zombie, not a later one with the same pid) still exists."""
+    stat = _proc_stat(process[0])
+    return stat is not None and stat[19] == process[1] and stat[0] != b"Z"
+
+
 class DaemonProcess:
     def __init__(self, toml: Path) -> None:
         self.toml = toml
@@ -46,6 +61,21 @@ class DaemonProcess:
             if line.startswith("ready: "):
                 return line
         return None
+
+    def descendants(self) -> list[tuple[int, bytes]]:
+        """(pid, start time) of every process below the daemon (look-ahead fork server and
+        workers), Linux; the start time tells a process from a later one that reuses its pid."""
+        assert self.proc is not None
+        children: dict[int, list[tuple[int, bytes]]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
+                children.setdefault(int(stat[1]), []).append((int(entry), stat[19]))
+        found, todo = [], [self.proc.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child[0])
+        return found
 
     def kill(self) -> None:
         assert self.proc is not None

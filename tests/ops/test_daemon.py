@@ -86,3 +86,84 @@ def test_quarantine_list_show_retry_drop_through_the_cli(tmp_path: Path):
     assert dropped.code == 0
     assert [e["id"] for e in run_cli("quarantine", "list", "--json", "--config", str(toml)).json()] \
         == [entries[1]["id"]]
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "config" / "profiles"
+
+
+def _site_profile(broken: bool) -> str:
+    """A site profile copied from the shipped vendor_a_csv; ``broken`` swaps two amount columns
+    (본인부담금 ↔ 수납금액), as a wrong column mapping in a site's copy would."""
+    text = (SAMPLES / "vendor_a_csv.toml").read_text(encoding="utf-8")
+    text = text.replace('name = "vendor_a_csv"', 'name = "site_a"')
+    if broken:
+        text = text.replace('source = "본인부담금"\ntarget = "totals.copay"', 'source = "@copay@"')
+        text = text.replace('source = "수납금액"\ntarget = "patient_charge_total"',
+                            'source = "본인부담금"\ntarget = "patient_charge_total"')
+        text = text.replace('source = "@copay@"', 'source = "수납금액"\ntarget = "totals.copay"')
+    return text
+
+
+def _vendor_file(offset: int) -> bytes:
+    """The shipped vendor A sample (CP949) with its two receipts renumbered by ``offset``."""
+    data = (SAMPLES / "samples" / "vendor_a_pharmacy.csv").read_bytes()
+    for n in (42, 43):
+        data = data.replace(f"P202503-{n:06d}".encode(), f"P202503-{n + offset:06d}".encode())
+    return data
+
+
+def test_retry_after_a_profile_fix_ingests_the_file_and_the_daemon_uses_the_fixed_profile(tmp_path: Path):
+    root = tmp_path / "inst"
+    toml = make_installation(root, watch={"scan_interval": "1s", "settle": "1s", "profile": "site_a"})
+    profile = root / "site_a.toml"  # a site profile next to the config
+    profile.write_text(_site_profile(broken=True), encoding="utf-8")
+    inbox = root / "inbox"
+    with DaemonProcess(toml) as daemon:
+        daemon.start()
+        (inbox / "vendor-1.csv").write_bytes(_vendor_file(0))
+        assert _wait(lambda: not any(inbox.iterdir()))
+        [entry] = run_cli("quarantine", "list", "--json", "--config", str(toml)).json()
+        assert {"R-401", "R-402"} <= set(entry["rules"])
+        profile.write_text(_site_profile(broken=False), encoding="utf-8")  # the fix
+        retried = run_cli("quarantine", "retry", entry["id"], "--config", str(toml))
+        assert retried.code == 0, retried.stderr
+        assert f"{entry['id']}: accepted (2 records)" in retried.stderr
+        assert run_cli("quarantine", "list", "--json", "--config", str(toml)).json() == []
+        # The running daemon reads the next export of that vendor with the corrected profile.
+        (inbox / "vendor-2.csv").write_bytes(_vendor_file(100))
+        assert _wait(lambda: not any(inbox.iterdir()))
+        status = run_cli("status", "--json", "--config", str(toml)).json()
+        assert status["documents"]["current_active"] == 4
+        assert status["ingest"]["files_quarantined"] == 1  # the first attempt, history
+        assert daemon.terminate() == 0
+    assert run_cli("quarantine", "list", "--json", "--config", str(toml)).json() == []
+
+
+def test_too_large_file_is_ingested_by_the_daemon_after_raising_the_limit_and_retry(tmp_path: Path):
+    """exports.md §1: an R-001 file stays in place until `quarantine retry` (after raising
+    max_file_size); the running daemon then reads it like any other file."""
+    root = tmp_path / "inst"
+    toml = make_installation(root, watch={"scan_interval": "1s", "settle": "1s", "max_file_size": 2000})
+    inbox = root / "inbox"
+    big = inbox / "month-end.json"
+    big.write_bytes(json_bytes([receipt(n) for n in range(10)]))
+    assert big.stat().st_size > 2000
+    with DaemonProcess(toml) as daemon:
+        daemon.start()
+        assert _wait(lambda: len(run_cli("quarantine", "list", "--json", "--config", str(toml)).json()) == 1)
+        assert daemon.terminate() == 0
+    [entry] = run_cli("quarantine", "list", "--json", "--config", str(toml)).json()
+    assert entry["rules"] == ["R-001"] and big.exists()
+    text = toml.read_text(encoding="utf-8").replace("max_file_size = 2000", "max_file_size = 67108864")
+    toml.write_text(text, encoding="utf-8")
+    with DaemonProcess(toml) as daemon:
+        daemon.start()
+        time.sleep(1.5)  # several scans: the file is not read again on its own
+        assert big.exists()
+        retried = run_cli("quarantine", "retry", entry["id"], "--config", str(toml))
+        assert retried.code == 0 and f"{entry['id']}: requeued" in retried.stderr
+        assert _wait(lambda: not big.exists())
+        status = run_cli("status", "--json", "--config", str(toml)).json()
+        assert status["documents"]["versions_total"] == 10
+        assert daemon.terminate() == 0
+    assert run_cli("quarantine", "list", "--json", "--config", str(toml)).json() == []

@@ -6,7 +6,7 @@ import random
 import threading
 
 from agent.keys import load_keyring
-from agent.store import Store
+from agent.store import Store, crypto
 from tests.store.storehelp import commit_docs, make_doc, open_store
 
 
@@ -33,6 +33,7 @@ def test_rotate_while_a_reader_loop_runs_then_old_kek_file_is_gone_and_everythin
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
+    old_kek = store.keyring.keks["kek-1"]
     try:
         result = store.rotate_kek(batch=50)
     finally:
@@ -43,6 +44,7 @@ def test_rotate_while_a_reader_loop_runs_then_old_kek_file_is_gone_and_everythin
     assert result.new_kek_id == "kek-2" and result.retired == ["kek-1"]
     assert store.kek_usage() == {"kek-2": result.rewrapped}
     assert not (config.keys_dir / "kek-1.key").exists()
+    assert old_kek not in crypto._kek_aeads  # no cached cipher context outlives the shredded key
     # A writer in the same process now wraps under kek-2.
     commit_docs(store, [make_doc(5000)], path="/after")
     assert set(store.kek_usage()) == {"kek-2"}

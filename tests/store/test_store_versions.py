@@ -142,3 +142,31 @@ def test_counts_for_status(store: Store) -> None:
     assert (ing["files_accepted"], ing["files_duplicate"], ing["files_quarantined"], ing["records_committed"]) == \
         (2, 1, 1, 4)
     assert ing["last_commit_at"] == "2025-11-03T05:12:00Z"
+
+
+def _selects_traced(config, clock, docs_per_file: list[list[dict]]) -> list[int]:
+    from tests.store.storehelp import open_store
+
+    traced: list[str] = []
+    store = open_store(config, clock=clock, trace=traced.append)
+    counts = []
+    try:
+        for k, docs in enumerate(docs_per_file):
+            traced.clear()
+            out = commit_docs(store, docs, path=f"/inbox/{k}.json")
+            assert out.versions_stored == len(docs)
+            counts.append(sum(1 for s in traced if s.lstrip().upper().startswith("SELECT")))
+    finally:
+        store.close()
+    return counts
+
+
+def test_a_files_look_ups_are_batched_not_one_query_per_record(config, clock, tmp_path) -> None:
+    """Insert throughput: the number of SELECTs of a commit does not grow with its records."""
+    from tests.store.storehelp import make_config
+
+    small = _selects_traced(config, clock, [[make_doc(i) for i in range(4)],
+                                            [make_doc(i, version=2) for i in range(4)]])
+    large = _selects_traced(make_config(tmp_path / "large"), clock, [[make_doc(i) for i in range(400)],
+                                                                     [make_doc(i, version=2) for i in range(400)]])
+    assert large == small  # new documents, then a new version of each: same statement count
