@@ -15,10 +15,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/silson-agent demo
 
+# Debian packages a target needs are installed by that target (a fresh machine needs nothing by hand).
+APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq chromium; }
 	$(BIN)/python -m pytest -n auto -q
 
 bench: $(STAMP)
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(APT_GET) update -qq && $(APT_GET) install -y -qq nginx; }
 	$(BIN)/python -m bench
 
 lint: $(STAMP)

@@ -313,7 +313,9 @@ def run(report: list[str]) -> None:
         records = audit.head()[0]
         transactions = getattr(audit, "transactions", None)
         report.append(f"- Durable SQLite commit in the data directory (median of 20): {commit_before:.2f} ms before, "
-                      f"{commit_after:.2f} ms after the run.")
+                      f"{commit_after:.2f} ms after the run. Every fetch waits for the store's commit of its "
+                      f"replay record, and the store commits those one at a time, so a slow or shared disk caps "
+                      f"the agent (nginx never waits for the disk).")
         if transactions:
             report.append(f"- Audit log: {records} records in {transactions} transactions (group commit).")
         report.append("")

@@ -15,9 +15,10 @@ Guarantees:
   transaction holding its records committed; if that transaction fails, every append in it
   gets ``AuditUnavailableError`` and none of its records exists, so ``seq`` stays gapless.
   ``append`` blocks until then; ``submit`` returns a future instead, so a caller with other
-  work (the relay API's worker threads) is not held while another thread leads. Nothing waits
-  for a thread to be woken before its record is written. Durability before the response
-  (security.md §7.3) is unchanged; under load N fsyncs become one.
+  work (the relay API's worker threads) is not held while another thread leads. No separate
+  writer thread: whoever finds the log idle writes at once, so a lone append costs no thread
+  switch. Durability before the response (security.md §7.3) is unchanged; under load N fsyncs
+  become one.
 - Read-only or full storage is noticed without a restart: before every write the database file,
   its WAL, and its directory must be writable (``os.access`` — which also sees ``chattr +i`` and
   read-only mounts — *and* the owner write bit, honoured even for root so that ``chmod a-w`` on
@@ -171,7 +172,8 @@ class AuditLog:
 
         The record is written whatever becomes of the future (it cannot be cancelled). The
         caller may itself write a batch (it leads when no write is under way) before this
-        returns; it never waits for another thread's write.
+        returns; it never waits for another append's transaction. Done-callbacks run in the
+        leading thread and must not append synchronously.
         """
         return self._submit([event], single=True)
 

@@ -1,17 +1,24 @@
 """``status [--json]``: state of a running or stopped agent (cli.md §3, §3.1).
 
-Counts come from the store (right even while the daemon is stopped); ``running``, pending files,
-jobs and addresses come from the daemon's state file, trusted only while its pid is alive.
+A running daemon is asked for its live status on its admin listener (loopback; the same document
+as ``/status``), so pending files and jobs are as of now. Otherwise — stopped, or not answering
+within a short timeout — counts come from the store (right even while the daemon is stopped) and
+``running``, pending files, jobs and addresses from the daemon's state file (refreshed every few
+seconds), trusted only while its pid is alive.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import urllib.request
 from typing import Any
 
 from agent.cli import Environment
 from agent.commands._common import config_from_args, print_json
-from agent.ops.daemon import read_state, status_document
+from agent.ops.daemon import is_running, read_state, status_document
+
+LIVE_TIMEOUT_S = 3.0
 
 
 def _open_store(config: Any) -> Any:
@@ -23,14 +30,33 @@ def _open_store(config: Any) -> Any:
     return Store.open(config, keyring=load_keyring(config.keys_dir))
 
 
+def _live(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The running daemon's own status document, None when it cannot be had right now."""
+    if not is_running(state):
+        return None
+    listen = ((state or {}).get("admin") or {}).get("listen")
+    if not listen:
+        return None
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(f"http://{listen}/status", timeout=LIVE_TIMEOUT_S) as response:
+            doc = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("running") is True else None
+
+
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = config_from_args(args, env)
-    store = _open_store(config)
-    try:
-        doc = status_document(config, store, read_state(config))
-    finally:
-        if store is not None:
-            store.close()
+    state = read_state(config)
+    doc = _live(state)
+    if doc is None:
+        store = _open_store(config)
+        try:
+            doc = status_document(config, store, state)
+        finally:
+            if store is not None:
+                store.close()
     if getattr(args, "json", False):
         print_json(env, doc)
         return 0

@@ -12,7 +12,8 @@ and for files signalled complete by an event.
 is queued at most once, and stays "taken" (still counted, never queued twice) from ``get`` until
 ``done``/``release``. A completion signal for a file queued earlier by a scan replaces its entry
 (the signalled read needs no stat comparison); the position is the same, since it is the same
-file.
+file. A scan that listed a file before it was handled must not queue it again: ``put_many``
+takes the time the scan started and skips files ``done`` since then.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class ReadyQueue:
         self._heap: list[tuple[OrderKey, int, Ready]] = []
         self._queued: dict[FileKey, tuple[OrderKey, int, Ready]] = {}
         self._taken: set[FileKey] = set()
+        self._finished: dict[FileKey, float] = {}  # handled at (monotonic), until the next scan
         self._seq = itertools.count()
         self.cond = threading.Condition()
 
@@ -78,12 +80,26 @@ class ReadyQueue:
             self.cond.notify()
             return added
 
-    def put_many(self, items: Iterable[Ready]) -> int:
-        """Queue a scan's ready files at once, so the worker never sees a partial, unordered batch."""
+    def put_many(self, items: Iterable[Ready], *, listed_at: float | None = None) -> int:
+        """Queue a scan's ready files at once, so the worker never sees a partial, unordered batch.
+
+        ``listed_at``: when the scan started; files handled since then are what the scan saw
+        before they were handled (gone now), not new files.
+        """
         with self.cond:
-            added = sum(1 for item in items if self._put_locked(item))
+            added = 0
+            for item in items:
+                if listed_at is not None and self._finished.get(file_key(item), -1.0) >= listed_at:
+                    continue
+                added += self._put_locked(item)
             self.cond.notify_all()
             return added
+
+    def forget_finished(self, watch_index: int, before: float) -> None:
+        """Scans started after ``before`` see the folder as the handling left it."""
+        with self.cond:
+            for key in [k for k, t in self._finished.items() if k[0] == watch_index and t < before]:
+                del self._finished[key]
 
     def _pop_locked(self) -> Ready | None:
         while self._heap:
@@ -111,10 +127,16 @@ class ReadyQueue:
                 heapq.heappop(self._heap)
             return None
 
-    def done(self, item: Ready) -> None:
-        """The file in hand is finished (whatever its outcome)."""
+    def done(self, item: Ready, *, handled_at: float | None = None) -> None:
+        """The file in hand is finished; ``handled_at`` when it was committed, quarantined or found
+        gone (not for a file that is left to be read again)."""
         with self.cond:
-            self._taken.discard(file_key(item))
+            key = file_key(item)
+            self._taken.discard(key)
+            if handled_at is not None:
+                if len(self._finished) > 100_000:  # bounded even if no scan ever prunes
+                    self._finished.clear()
+                self._finished[key] = handled_at
 
     def release(self, items: Iterable[Ready]) -> None:
         """Files in hand go back to the queue unprocessed (pause, stop): same place in the order."""

@@ -44,6 +44,7 @@ DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_MIN_BACKLOG = 16
 DEFAULT_IDLE_S = 60.0
 WORKER_NICE = 10
+MAX_FAILED_STARTS = 3  # pools in a row whose first worker never came up: give up on the pool
 
 
 def _context() -> Any:
@@ -97,6 +98,7 @@ class Prefetcher:
         self._lifeline: Any = None  # our (write) end of the workers' lifeline pipe
         self._lifeline_theirs: Any = None
         self._warm: concurrent.futures.Future[int] | None = None
+        self._failed_starts = 0
         self._last_used = time.monotonic()
         self.starts = 0
 
@@ -119,7 +121,13 @@ class Prefetcher:
                 return False
             self._warm = None
             if warm.cancelled() or warm.exception() is not None:
+                self._failed_starts += 1
                 self.broken()
+                if self._failed_starts >= MAX_FAILED_STARTS:
+                    log.warning("look-ahead workers cannot start; preparing files in-process from now on")
+                    self.workers = 0
+                return False
+            self._failed_starts = 0
         return self._pool is not None
 
     def _start(self) -> None:
@@ -158,7 +166,7 @@ class Prefetcher:
             self._close_lifeline()
 
     def _close_lifeline(self) -> None:
-        for end in (self._lifeline, getattr(self, "_lifeline_theirs", None)):
+        for end in (self._lifeline, self._lifeline_theirs):
             if end is not None:
                 try:
                     end.close()

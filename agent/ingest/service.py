@@ -69,6 +69,10 @@ class Progress:
     started_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
+# Outcomes after which the file is no longer in the folder as it was (or is known by the ledger).
+_HANDLED = ("accepted", "duplicate", "superseded", "quarantined", proc.RECOVERED, proc.GONE)
+
+
 @dataclasses.dataclass
 class _InHand:
     """A file taken from the queue: prepared by the pool (``future``) or inline at its turn."""
@@ -94,7 +98,6 @@ class IngestService:
         self._lock = threading.Lock()
         self._due: list[float] = [0.0] * len(config.watch)
         self._deferred: dict[tuple[int, str], tuple[float, float]] = {}  # key -> (retry_at, backoff)
-        self._finished: dict[tuple[int, str], float] = {}  # key -> monotonic time it was handled
         self._backlog: list[set[str]] = [set() for _ in config.watch]  # files present at the first scan
         self._pause_until = 0.0
         self._pause_backoff = BACKOFF_START / 2
@@ -284,17 +287,13 @@ class IngestService:
                 self.progress.backlog_total += len(backlog)
         ready = []
         for item in result.ready:
-            key = (item.watch_index, item.relpath)
-            retry = self._deferred.get(key)
+            retry = self._deferred.get((item.watch_index, item.relpath))
             if retry is not None and retry[0] > now:
                 continue
-            if self._finished.get(key, 0.0) >= started:
-                continue  # handled while this scan listed the folder: what it saw is gone
             ready.append(item)
-        self.queue.put_many(ready)
-        # A key finished before this scan started is either gone or seen by `is_done` from now on.
-        for key in [k for k, t in self._finished.items() if k[0] == index and t < started]:
-            del self._finished[key]
+        self.queue.put_many(ready, listed_at=started)
+        # A file handled before this scan started is gone or seen by `is_done` from now on.
+        self.queue.forget_finished(index, started)
         if result.reachable:
             self._count_vanished_backlog(index)
         FOLDERS_UNREACHABLE.set(sum(1 for s in self.scanners if not s.reachable))
@@ -367,7 +366,8 @@ class IngestService:
                     self._pause([head, *in_hand])
                     in_hand.clear()
                     continue
-                self.queue.done(head.item)
+                handled = result.outcome in _HANDLED
+                self.queue.done(head.item, handled_at=time.monotonic() if handled else None)
                 self._after(head.item, result)
                 self._sync_dirs_if_due()
         finally:
@@ -481,10 +481,8 @@ class IngestService:
         if result.outcome == proc.ABANDONED:
             scanner.restart_settle(item.relpath)  # must settle again
             self._request_scan(item.watch_index, delay=0.5)
-        elif result.outcome in ("accepted", "duplicate", "superseded", "quarantined", proc.RECOVERED,
-                                proc.GONE):
+        elif result.outcome in _HANDLED:
             scanner.forget(item.relpath)
-            self._finished[key] = time.monotonic()
             if result.outcome != proc.GONE:
                 self.progress.processed += 1
             if result.outcome not in ("quarantined", proc.GONE):

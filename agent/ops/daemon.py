@@ -8,6 +8,12 @@ umask 077 → logging → keys (permission check, exit 4) → store → audit lo
 Stop (SIGTERM/SIGINT): ingest finishes the file in hand, the listeners and the scheduler stop,
 the store is checkpointed and closed, the state file is marked stopped, exit 0.
 
+Scheduled jobs (APScheduler, memory job store rebuilt at start, misfires run late once): ``rescan``,
+``purge`` (daily at ``retention.purge_at``: ``purge_job``), ``backup`` (daily at ``backup.at``:
+``backup_job``, keeping ``backup.keep``), ``cert_expiry``. The purge and backup jobs are module
+functions over the store's own ``purge``/``backup`` and the open ``AuditLog``; their ``system.*``
+audit record is written first, so an unwritable audit log stops them (fail closed).
+
 ``status_document`` builds the ``status --json`` document of cli.md §3.1 from the store (counts are
 right while the daemon is stopped) plus the live parts the daemon writes into
 ``data_dir/agent.state.json``.

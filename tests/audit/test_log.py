@@ -167,6 +167,22 @@ def test_a_failed_group_commit_fails_every_caller_in_it_and_leaves_no_gap(tmp_pa
         assert log.verify().ok
 
 
+def test_submit_completes_its_future_once_durable_or_with_the_error(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    with AuditLog.open(tmp_path) as log:
+        first = log.submit(relay_event(1))
+        assert first.result(timeout=10)["seq"] == 1
+        db.chmod(0o400)
+        try:
+            failed = log.submit(relay_event(2))  # never raises for an outage: the future carries it
+            assert isinstance(failed.exception(timeout=10), AuditUnavailableError)
+        finally:
+            db.chmod(0o600)
+        assert not failed.cancel()  # a submitted record is never withdrawn
+        assert log.submit_many([relay_event(3), relay_event(4)]).result(timeout=10)[1]["seq"] == 3
+        assert log.verify().ok
+
+
 def test_an_unstorable_event_fails_only_its_caller(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path) as log:
         log.append(relay_event(0))

@@ -20,8 +20,9 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO.parent / "shared" / "spec"
@@ -53,6 +54,19 @@ def cli(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] |
     return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=str(cwd or REPO),
                           env=env if env is not None else agent_env(), input=stdin,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cli_inproc(*args: str | os.PathLike, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The same CLI in-process (``agent.cli.main(argv, env)``): used for frequent read-only polling."""
+    import io
+
+    from agent.cli import Environment, main
+
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdin=io.StringIO(""), stdout=out, stderr=err, environ=agent_env(),
+                      cwd=str(cwd or REPO))
+    code = main([str(a) for a in args], env)
+    return subprocess.CompletedProcess(list(map(str, args)), code, out.getvalue(), err.getvalue())
 
 
 def problems(stdout: str) -> list[dict[str, str]]:
@@ -324,12 +338,12 @@ class Install:
         return cli(*args, "--config", self.toml, **kw)
 
     def status(self) -> dict:
-        r = self.run_cli("status", "--json")
+        r = cli_inproc("status", "--json", "--config", self.toml)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
     def quarantine(self) -> list[dict]:
-        r = self.run_cli("quarantine", "list", "--json")
+        r = cli_inproc("quarantine", "list", "--json", "--config", self.toml)
         assert r.returncode == 0, r.stderr
         data = json.loads(r.stdout)
         if isinstance(data, dict):  # tolerate {"entries": [...]}

@@ -28,7 +28,6 @@ from tests.conformance._ingest_support import (
     agent_env,
     cli,
     counters,
-    dump_toml,
     example,
     jdump,
     problems,
@@ -642,15 +641,25 @@ def test_synth_invalid_rate(tmp_path):
 
 @pytest.mark.slow
 def test_synth_sigint_exits_130(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "synth", "--out", str(tmp_path / "o"),
-                             "--count", "5000000", "--seed", "1"], env=agent_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
-    time.sleep(1.5)
-    assert proc.poll() is None, "synth finished too early for the test"
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (proc.returncode, err[-500:])
-    assert b"Traceback" not in err
+    err_path = tmp_path / "synth.err"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "synth", "--out", str(tmp_path / "o"),
+                                 "--count", "5000000", "--seed", "1"], env=agent_env(),
+                                stdout=subprocess.DEVNULL, stderr=err, cwd=str(tmp_path))
+        try:
+            # interrupt once it is working (progress lines on a non-terminal stderr, cli.md §1)
+            wait_for(lambda: b"synth" in err_path.read_bytes() or proc.poll() is not None, 60,
+                     what="synth progress line")
+            assert proc.poll() is None, "synth finished too early for the test"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = err_path.read_text(encoding="utf-8", errors="replace")
+    assert proc.returncode == 130, (proc.returncode, text[-500:])
+    assert "Traceback" not in text
 
 
 # --------------------------------------------------------------------------- §3 run
@@ -963,6 +972,8 @@ def test_config_fingerprint_must_be_sha256(tmp_path):
     ("api.limits.rate_per_s", -1), ("watch.max_file_size", 0), ("api.limits.header_timeout", "0s"),
     ("api.limits.header_timeout", "500ms"), ("api.limits.max_connections", 64 * 100 + 1), ("keys.protect", "vault"),
     ("retention.keep", "0d"), ("retention.audit_keep", "1094d"), ("backup.keep", 0),
+    ("watch.settle", "+5s"), ("watch.settle", "5S"), ("watch.settle", "5sec"), ("watch.settle", " 5s"),
+    ("watch.settle", "1y1d"),
 ])
 def test_more_config_errors_exit_4(tmp_path, path, value):
     inst = Install.create(tmp_path)
@@ -1053,3 +1064,34 @@ def test_sigkill_during_ingest_loses_nothing_and_stores_nothing_twice(tmp_path):
         d2.stop()
     r = inst.run_cli("store", "verify")
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_demo_initialises_ingests_and_prints_a_query_command(tmp_path):
+    for port in (8443, 8780):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.skip(f"port {port} busy on this machine")
+    out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "demo"], cwd=str(tmp_path), env=agent_env(),
+                                stdout=out, stderr=err)
+        try:
+            wait_for(lambda: b"ready:" in err_path.read_bytes() or proc.poll() is not None, 120,
+                     what="demo ready")
+            assert proc.poll() is None, err_path.read_text(errors="replace")[-1000:]
+            wait_for(lambda: b"--cert" in out_path.read_bytes() or b"--cert" in err_path.read_bytes(), 60,
+                     what="a ready-to-paste mTLS command")
+            demo = tmp_path / "demo"
+            for rel in ("agent.toml", "keys/kek-1.key", "tls/relay-client.crt", "tls/dev-ca.crt", "inbox", "data"):
+                assert (demo / rel).exists(), rel
+            wait_for(lambda: json.loads(cli("status", "--json", "--config", demo / "agent.toml").stdout)
+                     ["documents"]["versions_total"] > 0, 60, interval=0.5, what="demo documents ingested")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -263,6 +264,21 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("type-code-absent", mut(R, ("institution.type_code", DELETE)), {"W-022"}, set()),
     ("null-is-omitted", mut(R, ("night_care", None)), set(), {"R-021", "R-022"}),
     ("leading-space-trimmed", mut(R, ("institution.name", " 예시가정의원 ")), set(), {"R-023"}),
+    ("length-counted-after-nfc", mut(R, ("department_name", unicodedata.normalize("NFD", "가" * 50))), set(),
+     {"R-023"}),
+    ("length-counted-after-trim", mut(R, ("department_name", "  " + "가" * 50 + "  ")), set(), {"R-023"}),
+    ("version-float", mut(R, ("version", 1.0)), {"R-011"}, set()),
+    ("date-not-padded", mut(R, ("issued_on", "2025-3-14")), {"R-024"}, set()),
+    ("datetime-hour-24", mut(R, ("issued_at", "2025-03-14T24:00:00+09:00")), {"R-024"}, set()),
+    ("datetime-fraction-ok", mut(R, ("issued_at", "2025-03-14T10:42:00.123+09:00")), set(), {"R-024"}),
+    ("cancel-reason-201", dict(minimal_cancellation(R, 2), cancel_reason="가" * 201), {"R-023"}, set()),
+    ("rrn-as-number", mut(R, ("patient.rrn", 9001011000001)), {"R-032"}, {"R-021"}),
+    ("brn-as-number", mut(R, ("institution.business_reg_no", 1234567891)), {"R-031"}, {"R-021"}),
+    ("brn-required-on-receipt", mut(R, ("institution.business_reg_no", DELETE)), {"R-020"}, set()),
+    ("brn-optional-on-prescription", mut(P, ("institution.business_reg_no", DELETE)), set(), {"R-020"}),
+    ("reg-no-required-on-receipt", mut(R, ("patient.patient_reg_no", DELETE)), {"R-020"}, set()),
+    ("reg-no-optional-on-pharmacy", mut(F, ("patient.patient_reg_no", DELETE)), set(), {"R-020"}),
+    ("agent-field-w001", mut(R, ("validation", {"warnings": []})), {"W-001"}, set()),
     # ---- §3 receipt
     ("r101-outpatient-bill-type", mut(R, ("inpatient_bill_type", "discharge")), {"R-101"}, set()),
     ("r101-inpatient-without", mut(R, ("visit_type", "inpatient")), {"R-101"}, {"R-020"}),
@@ -339,6 +355,11 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("r307", mut(P, ("diagnosis_withheld", True)), {"R-307"}, set()),
     ("r308", mut(P, ("diagnosis_codes", ["123"])), {"R-308"}, set()),
     ("r308-normalised-ok", mut(P, ("diagnosis_codes", ["s7200"])), set(), {"R-308"}),
+    ("diagnosis-11-codes", mut(P, ("diagnosis_codes", [f"J0{i % 10}.{i}" for i in range(11)])), {"R-028"}, set()),
+    ("diagnosis-number", mut(P, ("diagnosis_codes", [69])), {"R-308"}, {"R-021"}),
+    ("license-type-number", mut(P, ("prescriber.license_type", 1)), {"R-310"}, {"R-021"}),
+    ("prescription-lines-201", mut(P, ("lines", [dict(P["lines"][0], line_no=i + 1) for i in range(201)]),
+                                   ("injection_dispensing", DELETE)), {"R-028"}, set()),
     ("r309-missing", mut(P, ("injection_dispensing", DELETE)), {"R-309"}, set()),
     ("r309-without-injection", mut(P, ("lines", P["lines"][:3])), {"R-309"}, set()),
     ("r310", mut(P, ("prescriber.license_type", "nurse")), {"R-310"}, {"R-026"}),
@@ -656,3 +677,35 @@ def test_fhir_same_version_renders_identically(tmp_path):
     a = _fhir(tmp_path, example("prescription"))
     b = _fhir(tmp_path, example("prescription"))
     assert a == b
+
+
+# =========================================================================== §9.5 version rules inside one file (check)
+
+
+def _check_rules(tmp_path: Path, docs: list[dict]) -> tuple[int, set[str]]:
+    p = tmp_path / "v.json"
+    p.write_bytes(jdump(docs))
+    r = cli("check", p, cwd=tmp_path)
+    return r.returncode, rules_of(r)
+
+
+@pytest.mark.xfail(strict=True, reason="DEVIATION: cli.md §3/documents.md §9.2: `check` passes a file holding the "
+                   "same key and version twice with different content (R-010), which ingest always quarantines")
+def test_check_reports_conflict_inside_one_file(tmp_path):
+    b = copy.deepcopy(R)
+    b["remarks"] = "다른 내용"
+    code, rules = _check_rules(tmp_path, [R, b])
+    assert code == 3 and "R-010" in rules
+
+
+@pytest.mark.xfail(strict=True, reason="DEVIATION: documents.md §9.5: `check` passes a file whose second version of a "
+                   "key changes patient.rrn (R-014), which ingest always quarantines")
+def test_check_reports_identity_swap_inside_one_file(tmp_path):
+    b = mut(R, ("version", 2), ("patient.rrn", "9203152000003"))
+    code, rules = _check_rules(tmp_path, [R, b])
+    assert code == 3 and "R-014" in rules
+
+
+def test_check_same_record_twice_is_fine(tmp_path):
+    code, rules = _check_rules(tmp_path, [R, R])
+    assert code == 0

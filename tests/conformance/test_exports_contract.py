@@ -84,7 +84,7 @@ def test_jsonl_one_document_per_line_blank_lines_skipped(tmp_path, ext):
     text = "\n\n".join(lines) + "\n\n"
     docs = _convert(tmp_path, "batch" + ext, text)
     assert [d["document_type"] for d in docs] == list(TYPES)
-    for d, n in zip(docs, TYPES):
+    for d, n in zip(docs, TYPES, strict=True):
         assert content_hash(_strip(d)) == _hash_of_example(n)
 
 
@@ -470,7 +470,7 @@ def test_temporary_names_and_unknown_extensions_are_left_alone(tmp_path):
             (inst.inbox / n).write_bytes(content)
         (inst.inbox / "sub").mkdir()
         (inst.inbox / "sub" / "nested.json").write_bytes(content)
-        _settle_wait(4.5)   # settle (1 s) + two scans (1 s) several times over
+        _settle_wait(3.5)   # settle (1 s) + two scans (1 s) several times over
         st = inst.status()
         c = counters(st)
         assert c["accepted"] == c["quarantined"] == c["duplicate"] == 0, c
@@ -532,7 +532,7 @@ def test_sentinel_auto(tmp_path):
         (inst.inbox / "e.json.done").write_bytes(b"")
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 3, 15, what="e ingested")
         wait_for(lambda: not (inst.inbox / "e.json.done").exists(), 10, what="sentinel removed with its file")
-        assert inst.status()["ingest"]["files_pending"] == 0
+        wait_for(lambda: inst.status()["ingest"]["files_pending"] == 0, 5, what="nothing pending any more")
         d.stop()
 
 
@@ -1053,3 +1053,214 @@ def test_zero_record_file_quarantined_by_daemon(daemon):
     delta = daemon.ingest("empty.json", b"[]")
     assert delta["quarantined"] == 1
     assert any("R-004" in json.dumps(e) for e in daemon.inst.quarantine())
+
+
+def test_renamed_in_file_is_ingested_well_under_a_second(tmp_path):
+    """exports.md §1 'No needless waiting': a renamed-in file is read at once (median of 5 drops < 1 s)."""
+    inst = Install.create(tmp_path, watch={"settle": "10s", "scan_interval": "30s"})
+    times = []
+    with Daemon(inst) as d:
+        for i in range(5):
+            t0 = time.monotonic()
+            inst.drop(f"fast{i}.json", jdump(fresh_receipt(f"FAST-{i:04d}")))
+            wait_for(lambda n=i + 1: inst.status()["documents"]["versions_total"] == n, 10, interval=0.01,
+                     what="renamed-in file committed")
+            times.append(time.monotonic() - t0)
+        d.stop()
+    times.sort()
+    assert times[2] < 1.0, times
+
+
+def test_closed_plain_write_needs_no_settle(tmp_path):
+    """A file closed by its writer (IN_CLOSE_WRITE) is read at once, without settle."""
+    inst = Install.create(tmp_path, watch={"settle": "30s", "scan_interval": "30s"})
+    with Daemon(inst) as d:
+        (inst.inbox / "closed.json").write_bytes(jdump(example("receipt")))
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 8, what="closed file committed")
+        d.stop()
+
+
+def test_future_document_quarantined_r034_on_ingest(daemon):
+    import datetime as dt
+
+    from tests.conformance._ingest_support import today_kst
+    day = (today_kst() + dt.timedelta(days=2)).isoformat()
+    doc = fresh_receipt("FUT-" + _seq())
+    doc.pop("issued_at")
+    doc["issued_on"] = day
+    doc["care_period"] = {"start": day, "end": day}
+    n0 = len(daemon.inst.quarantine())
+    delta = daemon.ingest("future.json", jdump(doc))
+    assert delta["quarantined"] == 1
+    assert "R-034" in json.dumps(daemon.inst.quarantine()[n0:])
+
+
+def test_today_kst_document_accepted_on_ingest(daemon):
+    from tests.conformance._ingest_support import today_kst
+    day = today_kst().isoformat()
+    doc = fresh_receipt("TOD-" + _seq())
+    doc.pop("issued_at")
+    doc["issued_on"] = day
+    doc["care_period"] = {"start": day, "end": day}
+    assert daemon.ingest("today.json", jdump(doc))["accepted"] == 1
+
+
+def test_cancellation_with_different_rrn_is_r014(daemon):
+    base = fresh_receipt("RC-" + _seq())
+    assert daemon.ingest("rc1.json", jdump(base))["accepted"] == 1
+    cancel = minimal_cancellation(base, 2)
+    cancel["patient"]["rrn"] = "9203152000003"
+    delta = daemon.ingest("rc2.json", jdump(cancel))
+    assert delta["quarantined"] == 1
+
+
+def test_adding_an_rrn_later_is_not_r014(daemon):
+    no = "AR-" + _seq()
+    v1 = fresh_receipt(no)
+    del v1["patient"]["rrn"]
+    assert daemon.ingest("ar1.json", jdump(v1))["accepted"] == 1
+    assert daemon.ingest("ar2.json", jdump(fresh_receipt(no, version=2)))["accepted"] == 1
+
+
+def test_name_change_in_new_version_is_only_a_warning(daemon):
+    no = "NM-" + _seq()
+    assert daemon.ingest("nm1.json", jdump(fresh_receipt(no)))["accepted"] == 1
+    delta = daemon.ingest("nm2.json", jdump(fresh_receipt(no, version=2, name="홍 길동")))
+    assert delta["accepted"] == 1 and delta["versions"] == 1
+
+
+# =========================================================================== §3 vendor profiles
+
+
+def _profiles() -> list[Path]:
+    from tests.conformance._ingest_support import REPO
+    return sorted((REPO / "config" / "profiles").glob("*.toml"))
+
+
+def test_at_least_two_vendor_profiles_with_samples_pass_check(tmp_path):
+    from tests.conformance._ingest_support import REPO
+    profiles = _profiles()
+    assert len(profiles) >= 2
+    samples = [p for p in (REPO / "config" / "profiles").rglob("*") if p.is_file() and p.suffix != ".toml"]
+    passing = set()
+    for prof in profiles:
+        for s in samples:
+            r = cli("check", "--profile", prof.stem, s, cwd=tmp_path)
+            if r.returncode == 0:
+                passing.add(prof.stem)
+    assert passing == {p.stem for p in profiles}, passing
+    formats = {s.suffix for s in samples}
+    assert {".csv", ".xml"} <= formats
+    assert any(_is_cp949(s) for s in samples if s.suffix == ".csv"), "one CSV profile in CP949"
+
+
+def _is_cp949(p: Path) -> bool:
+    b = p.read_bytes()
+    try:
+        b.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        b.decode("cp949")
+        return True
+
+
+def test_site_profile_next_to_the_config(tmp_path):
+    from tests.conformance._ingest_support import REPO
+    profiles = _profiles()
+    src = next(p for p in profiles if "csv" in p.read_text(encoding="utf-8").lower())
+    inst = Install.create(tmp_path)
+    (inst.root / "site_vendor.toml").write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
+    sample = next(p for p in (REPO / "config" / "profiles").rglob("*.csv"))
+    r = inst.run_cli("check", "--profile", "site_vendor", sample)
+    assert r.returncode == 0, r.stdout + r.stderr
+    inst.edit("watch", profile="site_vendor")
+    with Daemon(inst) as d:
+        d.ingest("vendor.csv", sample.read_bytes())
+        assert inst.status()["documents"]["versions_total"] >= 1
+        d.stop()
+
+
+def test_backlog_present_before_start_is_ingested(tmp_path):
+    inst = Install.create(tmp_path)
+    for i in range(3):
+        inst.drop(f"old{i}.json", jdump(fresh_receipt(f"OLD-{i:04d}")))
+    with Daemon(inst) as d:
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 3, 20, what="backlog ingested")
+        assert not [p for p in inst.inbox.iterdir()]
+        d.stop()
+
+
+def test_several_watch_folders(tmp_path):
+    inst = Install.create(tmp_path)
+    cfg = inst.config()
+    second = dict(cfg["watch"][0], path="inbox2")
+    cfg["watch"].append(second)
+    inst.write_config(cfg)
+    (inst.root / "inbox2").mkdir(mode=0o700)
+    with Daemon(inst) as d:
+        inst.drop("a.json", jdump(fresh_receipt("W1-000001")))
+        tmp = inst.root / "inbox2" / "b.json.tmp"
+        tmp.write_bytes(jdump(fresh_receipt("W2-000001")))
+        os.replace(tmp, inst.root / "inbox2" / "b.json")
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 2, 20, what="both folders ingested")
+        st = inst.status()
+        assert len(st["watch"]) == 2 and all(w["reachable"] for w in st["watch"])
+        d.stop()
+
+
+def test_unknown_extension_logged_once(tmp_path):
+    inst = Install.create(tmp_path)
+    with Daemon(inst) as d:
+        (inst.inbox / "notes.txt").write_text("hello")
+        _settle_wait(4)
+        d.stop()
+    logs = "".join(p.read_text(encoding="utf-8") for p in inst.log_dir.rglob("*") if p.is_file())
+    assert sum(1 for line in logs.splitlines() if ".txt" in line) == 1, logs
+    assert "notes" not in logs
+    assert (inst.inbox / "notes.txt").exists()
+
+
+def test_quarantine_entry_names_the_file_by_content_id(daemon):
+    import hashlib
+    bad = fresh_receipt("FID-" + _seq())
+    bad["total_charge"] = 3
+    data = jdump(bad)
+    n0 = len(daemon.inst.quarantine())
+    assert daemon.ingest("secret-name-홍길동.json", data)["quarantined"] == 1
+    entry = daemon.inst.quarantine()[n0:]
+    dumped = json.dumps(entry, ensure_ascii=False)
+    assert hashlib.sha256(data).hexdigest()[:16] in dumped
+    assert "secret-name" not in dumped and "홍길동" not in dumped
+    assert '"R-109"' in dumped or "R-109" in dumped
+
+
+@pytest.mark.xfail(strict=True, reason="DEVIATION: cli.md §3.1 with the daemon stopped, ingest.files_pending is 0 "
+                   "while watch[].pending counts the files waiting in the folder")
+def test_files_pending_while_stopped_counts_waiting_files(tmp_path):
+    inst = Install.create(tmp_path)
+    for i in range(3):
+        inst.drop(f"w{i}.json", jdump(fresh_receipt(f"WAIT-{i:04d}")))
+    st = inst.status()
+    assert st["running"] is False
+    assert st["watch"][0]["pending"] == 3
+    assert st["ingest"]["files_pending"] == 3
+
+
+def test_store_locked_defers_without_consuming(tmp_path):
+    import sqlite3
+    inst = Install.create(tmp_path)
+    with Daemon(inst) as d:
+        con = sqlite3.connect(inst.data_dir / "store.db", timeout=5, isolation_level=None)
+        try:
+            con.execute("BEGIN EXCLUSIVE")
+            inst.drop("locked.json", jdump(fresh_receipt("LOCK-000001")))
+            _settle_wait(3)
+            assert (inst.inbox / "locked.json").exists(), "nothing is consumed while the store is locked"
+            st = inst.status()
+            assert st["ingest"]["files_quarantined"] == 0
+            assert st["ingest"]["files_pending"] + st["ingest"]["files_deferred"] >= 1
+        finally:
+            con.execute("ROLLBACK")
+            con.close()
+        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 60, what="retried after the lock")
+        d.stop()

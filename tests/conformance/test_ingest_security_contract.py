@@ -9,7 +9,6 @@ import ctypes
 import ctypes.util
 import json
 import os
-import signal
 import stat
 import struct
 import time
@@ -327,7 +326,7 @@ def test_s24_unsafe_xml_quarantined_r003_fast(hostile, tmp_path, kind):
                "<documents>\n" + body.replace("<remarks>", "").replace(
                    "</document>", "<remarks>&xxe;</remarks></document>", 1))
     else:
-        ents = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">' for i in range(1, 10)]
+        ents = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)]
         xml = ('<?xml version="1.0"?>\n<!DOCTYPE documents [' + "".join(ents) + "]>\n<documents>\n"
                + body.replace("</document>", "<remarks>&lol9;</remarks></document>", 1))
     n0 = len(hostile.inst.quarantine())
@@ -411,7 +410,7 @@ def test_invalid_encoding_file_name_quarantined(hostile):
     with open(tmp, "wb") as f:
         f.write(jdump(fresh_receipt("NAME-000001")))
     os.replace(tmp, os.path.join(os.fsencode(hostile.inst.inbox), b"\xff\xfe.json"))
-    wait_for(lambda: len(hostile.inst.quarantine()) > n0, 15, what="quarantine for an undecodable name")
+    wait_for(lambda: len(hostile.inst.quarantine()) > n0, 6, what="quarantine for an undecodable name")
     hostile.forget()
     assert counters(hostile.inst.status())["versions"] == before["versions"]
 

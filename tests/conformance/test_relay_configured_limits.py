@@ -19,7 +19,7 @@ except ImportError:  # tests/conformance is not a package
 
 LIMITS = {"rate_per_s": 0, "health_rate_per_s": 0, "max_body_bytes": 4096, "max_fetch_ids": 5,
           "max_search_results": 3, "max_response_bytes": 5000, "max_in_flight": 4, "max_connections": 8,
-          "header_timeout": "2s", "body_timeout": "2s", "keepalive_timeout": "3s"}
+          "header_timeout": "2s", "max_handshakes": 8, "body_timeout": "2s", "keepalive_timeout": "3s"}
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,34 @@ def test_health_degraded_when_watch_folder_unreachable(agent) -> None:
     while time.monotonic() < deadline and agent.health().json()["status"] != "ok":
         time.sleep(0.5)
     assert agent.health().json()["status"] == "ok"
+
+
+def test_oldest_pending_handshake_is_dropped_beyond_the_cap(agent) -> None:
+    """§9: connections still in the TLS handshake are capped (here 8); the oldest is dropped first."""
+    socks = [socket.create_connection(("127.0.0.1", agent.api_port), timeout=5)]
+    time.sleep(0.2)
+    socks += [socket.create_connection(("127.0.0.1", agent.api_port), timeout=5) for _ in range(8)]
+    try:
+        time.sleep(0.5)
+        first = socks[0]
+        first.settimeout(1.5)
+        try:
+            closed = first.recv(1) == b""
+        except (socket.timeout, TimeoutError):
+            closed = False
+        except OSError:
+            closed = True
+        assert closed, "the oldest handshake was not dropped"
+        last = socks[-1]
+        last.settimeout(0.2)
+        try:
+            still_open = last.recv(1) != b""
+        except (socket.timeout, TimeoutError):
+            still_open = True
+        except OSError:
+            still_open = False
+        assert still_open, "the newest handshake was dropped instead of the oldest"
+        assert agent.search(S.search_body(types=["prescription"])).status_code == 200
+    finally:
+        for s_ in socks:
+            s_.close()

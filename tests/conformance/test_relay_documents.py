@@ -649,12 +649,20 @@ def test_c24_cancelled_between_search_and_fetch_is_a_signed_tombstone(agent, pub
             assert doc["institution"]["ykiho"] == "99000001" and doc["issued_on"] == "2025-03-10"
             assert "received_at" in doc
             assert "patient" not in doc and "lines" not in doc and "total_charge" not in doc
+            # §9.6: natural key, version, status, issued_on, received_at — nothing else of substance
+            assert set(doc) <= {"document_type", "document_no", "institution", "version", "status", "issued_on",
+                                "received_at", "schema_version"}, set(doc)
+            assert set(doc["institution"]) <= {"ykiho", "name"}
         else:
             bundle = json.loads(raw)
             comp = bundle["entry"][0]["resource"]
             assert comp["resourceType"] == "Composition" and comp["status"] == "entered-in-error"
             assert "subject" not in comp and "section" not in comp
             assert not any(e["resource"]["resourceType"] == "Patient" for e in bundle["entry"])
+            assert any(e["resource"]["resourceType"] == "Organization" for e in bundle["entry"])
+            from fhir.resources.R4B.bundle import Bundle
+
+            Bundle.model_validate(bundle)
     # no longer listed by a search
     _, res2 = agent.search_ok(name=S.E_NAME, rrn=S.hyph(S.E_RRN))
     assert res2["count"] == 0
@@ -681,8 +689,8 @@ def test_c34_exactly_one_record_per_document_request_none_for_health(agent, ids)
                          headers={"Content-Type": "application/json"}).status_code == 400  # 7
     assert agent.request("POST", "/v1/documents/search", data=b"{}",
                          headers={"Content-Type": "text/plain"}).status_code == 415        # 8
-    assert agent.request("POST", "/v1/documents/fetch", data=b" " * 70000,
-                         headers={"Content-Type": "application/json"}).status_code == 413  # 9
+    assert agent.head_only("POST", "/v1/documents/fetch", {"Content-Type": "application/json",
+                                                           "Content-Length": "70000"})[0] == 413  # 9
     assert agent.request("PUT", "/v1/documents/fetch", data=b"{}").status_code == 405      # 10
     assert agent.search(S.search_body(sent_at=S.utc_z(offset_s=-900))).status_code == 422  # 11
     time.sleep(0.2)
@@ -763,3 +771,54 @@ def test_rejected_before_rrn_read_has_null_subject_ref(agent) -> None:
     body["patient"]["rrn"] = "bad"
     assert agent.search(body).status_code == 422
     assert agent.audit_for(body["request_id"])[0]["subject_ref"] is None
+
+
+# =============================================================================================
+# S-10 with SQLite statement tracing inside the real agent process
+# =============================================================================================
+TRACE_PRELUDE = """
+import sqlite3, threading
+_orig_connect = sqlite3.connect
+_trace_lock = threading.Lock()
+_trace_file = open({path!r}, "a", encoding="utf-8")
+def _trace(stmt):
+    with _trace_lock:
+        _trace_file.write(stmt.replace("\\n", " ") + "\\n")
+        _trace_file.flush()
+def _connect(*a, **k):
+    c = _orig_connect(*a, **k)
+    c.set_trace_callback(_trace)
+    return c
+sqlite3.connect = _connect
+"""
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("trace")
+    trace = base / "sql-trace.txt"
+    a = S.AgentProcess(base / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0},
+                       prelude=TRACE_PRELUDE.format(path=str(trace)))
+    docs = S.main_documents()
+    S.write_export(a.inbox, "corpus.json", docs)
+    a.start()
+    a.wait_ingest(len(docs))
+    a.trace = trace  # type: ignore[attr-defined]
+    yield a
+    a.close()
+
+
+def test_s10_traced_sql_never_holds_the_rrn_and_looks_up_the_hmac(traced) -> None:
+    start = traced.trace.stat().st_size
+    claim, res = traced.search_ok(rrn=S.hyph(S.A_RRN))
+    traced.search_ok(rrn=S.A_RRN)
+    traced.fetch(S.fetch_body(claim, [d["id"] for d in res["documents"]]))
+    text = traced.trace.read_text(encoding="utf-8", errors="replace")
+    assert text.strip(), "tracing did not capture anything"
+    search_part = text[start:]
+    expected = blind(traced, "rrn:v1:" + S.A_RRN)
+    assert expected in search_part, "the blind index is not the looked-up value"
+    # neither during ingest nor during search/fetch does plaintext identity reach SQL
+    for phi in S.phi_strings():
+        assert phi not in text, phi
+

@@ -86,11 +86,16 @@ def post_raw(agent: S.AgentProcess, path: str, data: bytes, content_type: str | 
     hdrs = dict(headers)
     if content_type is not None:
         hdrs["Content-Type"] = content_type
-    s = agent.session()
-    try:
-        return s.post(agent.base + path, data=data, headers=hdrs, timeout=30)
-    finally:
-        s.close()
+    for attempt in range(3):
+        s = agent.session()
+        try:
+            return s.post(agent.base + path, data=data, headers=hdrs, timeout=30)
+        except requests.ConnectionError:
+            if attempt == 2:
+                raise
+        finally:
+            s.close()
+    raise AssertionError("unreachable")
 
 
 def fake_id(i: int) -> str:
@@ -260,7 +265,8 @@ def test_c09_streamed_chunked_body_over_limit_is_413(agent) -> None:
 
 
 def test_c09_413_takes_precedence_over_415(agent) -> None:
-    problem(post_raw(agent, SEARCH, b"x" * 70000, "text/plain"), "payload-too-large")
+    status, _, body = head_only(agent, "POST", SEARCH, {"Content-Type": "text/plain", "Content-Length": "70000"})
+    assert status == 413 and body["type"] == S.PROBLEM_PREFIX + "payload-too-large"
 
 
 @pytest.mark.parametrize("ctype,extra", [
@@ -693,13 +699,38 @@ def test_replay_is_whatever_the_body(agent) -> None:
 # =============================================================================================
 # §8 processing order
 # =============================================================================================
+def head_only(agent: S.AgentProcess, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict, dict]:
+    """Send a request head announcing a body that is never sent; the agent must answer from the head
+    alone (§8: route, method and Content-Length come before the body). Returns (status, headers, json)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    _, data = agent.raw_exchange(agent.client_context(), head.encode("latin-1"), timeout=8)
+    raw_head, _, body = data.partition(b"\r\n\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")
+    assert lines and lines[0].startswith("HTTP/1.1 "), data[:200]
+    status = int(lines[0].split()[1])
+    hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return status, hdrs, json.loads(body) if body else {}
+
+
 def test_order_404_before_everything(agent) -> None:
-    problem(post_raw(agent, "/v1/documents/other", b"x" * 70000, "text/plain"), "not-found")
+    status, hdrs, body = head_only(agent, "POST", "/v1/documents/other",
+                                   {"Content-Type": "text/plain", "Content-Length": "70000"})
+    assert status == 404 and body["type"] == S.PROBLEM_PREFIX + "not-found"
 
 
 def test_order_405_before_413(agent) -> None:
-    problem(agent.request("PUT", SEARCH, data=b"x" * 70000, headers={"Content-Type": "text/plain"}),
-            "method-not-allowed")
+    status, hdrs, body = head_only(agent, "PUT", SEARCH, {"Content-Type": "text/plain", "Content-Length": "70000"})
+    assert status == 405 and body["type"] == S.PROBLEM_PREFIX + "method-not-allowed"
+    assert hdrs.get("allow") == "POST"
+
+
+def test_c09_declared_length_over_limit_is_413_without_reading_the_body(agent) -> None:
+    status, hdrs, body = head_only(agent, "POST", SEARCH, {"Content-Type": "application/json",
+                                                          "Content-Length": "65537"})
+    assert status == 413 and body["type"] == S.PROBLEM_PREFIX + "payload-too-large"
+    assert hdrs.get("cache-control") == "no-store" and hdrs.get("content-type", "").startswith(
+        "application/problem+json")
 
 
 def test_order_422_schema_before_replay(agent) -> None:
@@ -881,3 +912,24 @@ def test_c40_schemathesis_against_documented_schema(agent) -> None:
     env = {k: v for k, v in __import__("os").environ.items() if "CA_BUNDLE" not in k}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+def _raw(agent: S.AgentProcess, req: bytes) -> bytes:
+    _, data = agent.raw_exchange(agent.client_context(), req)
+    return data
+
+
+def test_limits_request_line_of_2048_bytes_is_served(agent) -> None:
+    prefix, suffix = b"GET /v1/health?x=", b" HTTP/1.1"
+    line = prefix + b"a" * (2048 - len(prefix) - len(suffix)) + suffix
+    assert len(line) == 2048
+    assert _raw(agent, line + b"\r\nHost: localhost\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
+
+
+def test_limits_64_header_fields_and_15_kib_block_are_served(agent) -> None:
+    fields = b"".join(b"X-H%d: v\r\n" % i for i in range(62))  # + Host + Connection = 64
+    assert _raw(agent, b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + fields + b"Connection: close\r\n\r\n") \
+        .startswith(b"HTTP/1.1 200")
+    pad = b"X-Pad: " + b"a" * 15000 + b"\r\n"
+    assert _raw(agent, b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + pad + b"Connection: close\r\n\r\n") \
+        .startswith(b"HTTP/1.1 200")

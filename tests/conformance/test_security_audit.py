@@ -40,15 +40,25 @@ def chain(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("chain")
     a = S.AgentProcess(base / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
     a.start()
-    s = a.session()
-    try:
-        body = json.dumps({"request_id": "x"}).encode()  # 422: cheap, audited
-        while len(a.audit_records()) < 1000:
-            for _ in range(100):
+    body = json.dumps({"request_id": "x"}).encode()  # 422: cheap, audited
+
+    def worker(n: int) -> None:
+        s = a.session()
+        try:
+            for _ in range(n):
                 s.post(a.base + "/v1/documents/search", data=body, headers={"Content-Type": "application/json"},
                        timeout=30)
-    finally:
-        s.close()
+        finally:
+            s.close()
+
+    import threading
+
+    while len(a.audit_records()) < 1000:
+        threads = [threading.Thread(target=worker, args=(260,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
     assert a.stop() == 0
     yield a
 
@@ -86,7 +96,7 @@ def _verify_bad(root: Path, expected_seqs: set[int], *extra: str) -> None:
     assert numbers & expected_seqs, (expected_seqs, out)
 
 
-def test_s17_intact_chain_verifies(chain, tmp_path: Path) -> None:
+def _s17_intact_chain_verifies(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     rows = _rows(root)
     assert len(rows) >= 1000
@@ -97,7 +107,7 @@ def test_s17_intact_chain_verifies(chain, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_s17a_one_changed_character(chain, tmp_path: Path) -> None:
+def _s17a_one_changed_character(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     seq, rec = _rows(root)[499]
     changed = rec.replace('"status":422', '"status":423', 1)
@@ -106,14 +116,14 @@ def test_s17a_one_changed_character(chain, tmp_path: Path) -> None:
     _verify_bad(root, {seq})
 
 
-def test_s17b_deleted_middle_record(chain, tmp_path: Path) -> None:
+def _s17b_deleted_middle_record(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     seq, _ = _rows(root)[500]
     _tamper(root, ("DELETE FROM records WHERE seq = ?", (seq,)))
     _verify_bad(root, {seq, seq + 1})
 
 
-def test_s17c_swapped_records(chain, tmp_path: Path) -> None:
+def _s17c_swapped_records(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     rows = _rows(root)
     (s1, r1), (s2, r2) = rows[400], rows[401]
@@ -122,7 +132,7 @@ def test_s17c_swapped_records(chain, tmp_path: Path) -> None:
     _verify_bad(root, {s1, s2})
 
 
-def test_s17d_truncated_behind_an_anchor(chain, tmp_path: Path) -> None:
+def _s17d_truncated_behind_an_anchor(chain, tmp_path: Path) -> None:
     """The anchor here comes from `audit report` (§7.3: "after each audit report")."""
     import datetime as dt
 
@@ -138,12 +148,16 @@ def test_s17d_truncated_behind_an_anchor(chain, tmp_path: Path) -> None:
 
 @pytest.mark.xfail(strict=True, reason="DEVIATION: security.md §7.3 — no anchor is written at shutdown (nor hourly): "
                    "after a clean stop, deleting the newest audit records is not detected by `audit verify` (exit 0)")
-def test_s17d_truncation_after_clean_shutdown_is_detected(chain, tmp_path: Path) -> None:
-    root = _copy(chain, tmp_path / "c")
-    rows = _rows(root)
-    cut = rows[-3][0]
-    _tamper(root, ("DELETE FROM records WHERE seq >= ?", (cut,)))
-    _verify_bad(root, {cut, rows[-1][0], rows[-1][0] + 1, cut - 1})
+def test_s17d_truncation_after_clean_shutdown_is_detected(tmp_path: Path) -> None:
+    a = S.AgentProcess(tmp_path / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a.start()
+    for _ in range(6):
+        a.search(S.search_body())
+    assert a.stop() == 0
+    rows = _rows(a.root)
+    cut = rows[-2][0]
+    _tamper(a.root, ("DELETE FROM records WHERE seq >= ?", (cut,)))
+    _verify_bad(a.root, {cut, rows[-1][0], rows[-1][0] + 1, cut - 1})
 
 
 @pytest.mark.xfail(strict=True, reason="DEVIATION: security.md §7.1 — agent start and stop write no audit record")
@@ -156,7 +170,7 @@ def test_agent_start_and_stop_are_audited(tmp_path: Path) -> None:
     assert any("stop" in x for x in actions), actions
 
 
-def test_s17e_inserted_forged_record(chain, tmp_path: Path) -> None:
+def _s17e_inserted_forged_record(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     rows = _rows(root)
     k = rows[300][0]
@@ -177,13 +191,28 @@ def test_s17e_inserted_forged_record(chain, tmp_path: Path) -> None:
     _verify_bad(root, {k + 1, k + 2})
 
 
-def test_s17_expect_head_not_reached(chain, tmp_path: Path) -> None:
+def _s17_expect_head_not_reached(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     head = json.loads(_rows(root)[-1][1])
     r = _cli(root, "audit", "verify", "--expect-head", f"{head['seq'] + 3}:{'ab' * 32}")
     assert r.returncode == 6, r.stdout + r.stderr
     r = _cli(root, "audit", "verify", "--expect-head", f"{head['seq']}:{'ab' * 32}")
     assert r.returncode == 6, r.stdout + r.stderr
+
+
+def test_s17_chain_of_1000_records_and_every_kind_of_tampering(chain, tmp_path: Path) -> None:
+    """S-17 (a)–(e) and --expect-head, each on its own copy of one 1,000-record installation (one test,
+    so the chain is built once even under xdist)."""
+    cases = [_s17_intact_chain_verifies, _s17a_one_changed_character, _s17b_deleted_middle_record,
+             _s17c_swapped_records, _s17d_truncated_behind_an_anchor, _s17e_inserted_forged_record,
+             _s17_expect_head_not_reached]
+    failures = []
+    for i, case in enumerate(cases):
+        try:
+            case(chain, tmp_path / f"case{i}")
+        except AssertionError as exc:
+            failures.append(f"{case.__name__}: {exc}")
+    assert not failures, "\n".join(failures)
 
 
 # =============================================================================================

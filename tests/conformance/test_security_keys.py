@@ -59,8 +59,9 @@ def _doctor_fails(a: S.AgentProcess, name: str) -> None:
     assert any("FAIL" in line for line in lines) or re.search(rf"FAIL[^\n]*\n?[^\n]*{re.escape(name)}", out), out
 
 
-@pytest.mark.parametrize("rel", ["keys/kek-1.key", "keys/blind-index.key", "keys/signing.key"])
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+@pytest.mark.parametrize("rel,mode", [("keys/kek-1.key", 0o644), ("keys/blind-index.key", 0o644),
+                                      ("keys/signing.key", 0o644), ("keys/kek-1.key", 0o640),
+                                      ("keys/signing.key", 0o604)])
 def test_s20_loose_key_mode_refuses_start_naming_the_file(install, rel: str, mode: int) -> None:
     path = install.root / rel
     os.chmod(path, mode)
