@@ -103,26 +103,76 @@ class Database:
 
     # -- writes ------------------------------------------------------------------------------
     def _run_writer(self) -> None:
+        """Group commit: the writes already waiting are run as one transaction (one fsync), each
+        in its own SAVEPOINT so a failing write rolls back only itself. Callers get their result
+        only after the COMMIT: nothing is acknowledged before it is durable. If SQLite aborts the
+        whole transaction (e.g. database full), that write fails and the others are re-run in a
+        fresh transaction. Writes that must run outside a transaction run alone."""
         conn = self._writer_conn
+        carry = None
         while True:
-            item = self._jobs.get()
+            item = carry if carry is not None else self._jobs.get()
+            carry = None
             if item is None:
                 break
             fn, transaction, future = item
-            if not future.set_running_or_notify_cancel():
+            if not transaction:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(conn))
+                    except BaseException as exc:  # noqa: BLE001
+                        future.set_exception(exc)
                 continue
-            try:
-                if transaction:
+            batch = [item]
+            while len(batch) < 64:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None or not nxt[1]:
+                    carry = nxt
+                    if nxt is None:
+                        self._jobs.put(None)
+                        carry = None
+                    break
+                batch.append(nxt)
+            batch = [b for b in batch if b[2].set_running_or_notify_cancel()]
+            while batch:
+                outcomes: list[tuple[bool, Any]] = []
+                aborted: tuple[int, BaseException] | None = None
+                try:
                     conn.execute("BEGIN IMMEDIATE")
-                result = fn(conn)
-                if transaction:
-                    conn.execute("COMMIT")
-                future.set_result(result)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
-                if transaction and conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                future.set_exception(exc)
+                    for index, (fn, _, _future) in enumerate(batch):
+                        conn.execute("SAVEPOINT job")
+                        try:
+                            result = fn(conn)
+                            conn.execute("RELEASE job")
+                            outcomes.append((True, result))
+                        except BaseException as exc:  # noqa: BLE001
+                            if not conn.in_transaction:  # SQLite rolled the whole batch back (e.g. FULL)
+                                aborted = (index, exc)
+                                break
+                            conn.execute("ROLLBACK TO job")
+                            conn.execute("RELEASE job")
+                            outcomes.append((False, exc))
+                    if aborted is None:
+                        conn.execute("COMMIT")
+                except BaseException as exc:  # noqa: BLE001 - BEGIN/COMMIT failed: the whole batch fails
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    for _, _, future in batch:
+                        future.set_exception(exc)
+                    batch = []
+                    break
+                if aborted is not None:
+                    index, exc = aborted
+                    batch[index][2].set_exception(exc)
+                    batch = batch[:index] + batch[index + 1:]  # the others again, in a new transaction
+                    continue
+                for (_, _, future), out in zip(batch, outcomes, strict=True):
+                    (future.set_result if out[0] else future.set_exception)(out[1])
+                batch = []
         conn.close()
 
     def write(self, fn: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:

@@ -1042,6 +1042,7 @@ def test_acceptance_port_held_by_another_process_is_fail(tmp_path):
 # --------------------------------------------------------------------------- §6 data folder guarantees
 
 
+@pytest.mark.slow
 def test_sigkill_during_ingest_loses_nothing_and_stores_nothing_twice(tmp_path):
     inst = Install.create(tmp_path)
     n = 40

@@ -511,11 +511,11 @@ def test_sentinel_auto(tmp_path):
     with Daemon(inst) as d:
         # the folder sees a sentinel (here one whose file never came)
         (inst.inbox / "prime.json.done").write_bytes(b"")
-        _settle_wait(2.5)
+        _settle_wait(2)
         # from now on files without a sentinel are waited for
         inst.drop("b.json", jdump(fresh_receipt("S-000002")))
         (inst.inbox / "c.json").write_bytes(jdump(fresh_receipt("S-000003")))
-        _settle_wait(4)
+        _settle_wait(3)
         assert (inst.inbox / "b.json").exists(), "auto mode: a file without its sentinel is not read"
         assert (inst.inbox / "c.json").exists(), "auto mode: a file without its sentinel is not read"
         st = inst.status()
@@ -547,7 +547,7 @@ def test_sentinel_written_after_its_file_is_removed_too(tmp_path):
         (inst.inbox / "a.json").write_bytes(jdump(example("receipt")))
         (inst.inbox / "a.json.done").write_bytes(b"")
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="a.json ingested")
-        wait_for(lambda: not (inst.inbox / "a.json.done").exists(), 8, what="sentinel removed with its file")
+        wait_for(lambda: not (inst.inbox / "a.json.done").exists(), 5, what="sentinel removed with its file")
         d.stop()
 
 
@@ -555,7 +555,7 @@ def test_sentinel_required(tmp_path):
     inst = Install.create(tmp_path, watch={"sentinel": "required"})
     with Daemon(inst) as d:
         inst.drop("c.json", jdump(example("receipt")))   # even a renamed-in file waits
-        _settle_wait(4)
+        _settle_wait(3)
         assert (inst.inbox / "c.json").exists()
         st = inst.status()
         assert st["documents"]["versions_total"] == 0
@@ -587,7 +587,7 @@ def test_too_large_file_r001_left_in_place_not_rechecked(tmp_path):
         st = inst.status()
         assert st["ingest"]["files_quarantined"] == 1
         assert st["documents"]["versions_total"] == 0
-        _settle_wait(3.5)   # several scans later: not looked at again
+        _settle_wait(2.5)   # several scans later: not looked at again
         assert len(inst.quarantine()) == 1
         assert inst.status()["ingest"]["files_quarantined"] == 1
         # the entry holds only the reason, never content
@@ -619,7 +619,7 @@ def test_symlink_outside_ignored_inside_followed(tmp_path):
     (outside / "doc.json").write_bytes(jdump(secret))
     with Daemon(inst) as d:
         (inst.inbox / "link.json").symlink_to(outside / "doc.json")
-        _settle_wait(4)
+        _settle_wait(3)
         assert inst.status()["documents"]["versions_total"] == 0
         assert inst.quarantine() == []
         assert (outside / "doc.json").exists()
@@ -818,6 +818,7 @@ def test_minimal_cancellation_each_type(daemon, name):
     assert delta["accepted"] == 1 and delta["cancelled"] == 1, delta
 
 
+@pytest.mark.slow
 def test_keep_mode_leaves_file_and_remembers_it(tmp_path):
     inst = Install.create(tmp_path, watch={"source_mode": "keep"})
     with Daemon(inst) as d:
@@ -1208,6 +1209,7 @@ def test_several_watch_folders(tmp_path):
         d.stop()
 
 
+@pytest.mark.slow
 def test_unknown_extension_logged_once(tmp_path):
     inst = Install.create(tmp_path)
     with Daemon(inst) as d:
@@ -1246,6 +1248,7 @@ def test_files_pending_while_stopped_counts_waiting_files(tmp_path):
     assert st["ingest"]["files_pending"] == 3
 
 
+@pytest.mark.slow
 def test_store_locked_defers_without_consuming(tmp_path):
     import sqlite3
     inst = Install.create(tmp_path)

@@ -468,6 +468,7 @@ def test_s25_65mib_file_r001_without_being_read(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_s26_symlink_outside_never_opened(tmp_path):
     inst = Install.create(tmp_path)
     outside = tmp_path / "outside"
@@ -480,7 +481,7 @@ def test_s26_symlink_outside_never_opened(tmp_path):
         assert wd >= 0
         with Daemon(inst) as d:
             (inst.inbox / "link.json").symlink_to(target)
-            time.sleep(4)
+            time.sleep(3)
             assert not _drain(fd), "the target of an outside symlink was opened"
             assert counters(inst.status())["versions"] == 0
             d.stop()

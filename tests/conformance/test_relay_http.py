@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import socket
-import ssl
 import uuid
 from typing import Any
 
@@ -210,8 +208,9 @@ def test_c08_health_members(agent) -> None:
 
 def test_c08_health_signing_key_id_is_kid_of_keys_public(agent) -> None:
     key, out, _ = agent.public_key()
-    from cryptography.hazmat.primitives import serialization
     import hashlib
+
+    from cryptography.hazmat.primitives import serialization
 
     kid = hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
@@ -897,8 +896,7 @@ def test_c39_no_floats_in_any_response(agent) -> None:
     ok_json(agent.health())
 
 
-def test_c40_schemathesis_against_documented_schema(agent) -> None:
-    import shutil
+def test_c40_schemathesis_against_documented_schema(agent, tmp_path) -> None:
     import subprocess
     from pathlib import Path
 
@@ -910,7 +908,8 @@ def test_c40_schemathesis_against_documented_schema(agent) -> None:
            "--request-cert", str(agent.client_cert), "--request-cert-key", str(agent.client_key), "-n", "30",
            "--seed", "1", "-c", "not_a_server_error,status_code_conformance,content_type_conformance"]
     env = {k: v for k, v in __import__("os").environ.items() if "CA_BUNDLE" not in k}
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env)
+    # run from tmp_path: schemathesis keeps a `.schemathesis/` cache in its working directory
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import uuid
 
 import pytest
 
@@ -76,7 +75,7 @@ def test_c12_concurrent_sends_give_exactly_one_non_409(agent, route: str) -> Non
         sessions = [agent.session() for _ in range(n)]
         data = json.dumps(body, ensure_ascii=False).encode()
 
-        def send(i: int) -> None:
+        def send(i: int, barrier=barrier, sessions=sessions, data=data, lock=lock, statuses=statuses) -> None:
             barrier.wait()
             r = sessions[i].post(agent.base + f"/v1/documents/{route}", data=data,
                                  headers={"Content-Type": "application/json"}, timeout=30)
