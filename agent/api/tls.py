@@ -44,6 +44,9 @@ def build_server_context(server_cert: Path, server_key: Path, client_ca: Path,
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     # X509_STRICT rejects malformed certificates OpenSSL would otherwise tolerate.
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    # The pinned bundle holds the relay-client *issuing* CA, usually an intermediate (enrollment
+    # installs exactly that): it must be a trust anchor by itself, without its root.
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.load_cert_chain(certfile=str(server_cert), keyfile=str(server_key))
     return ctx

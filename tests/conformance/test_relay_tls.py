@@ -529,9 +529,6 @@ def pki_agent(tmp_path_factory: pytest.TempPathFactory):
     a.close()
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: §2.3/§10 — when api.client_ca holds only the relay-client issuing "
-                   "CA (an intermediate, the form enrollment installs), every relay certificate it issued is refused "
-                   "(no X509 partial-chain trust), so no relay can call the agent")
 @pytest.mark.parametrize("chain", ["leaf", "leaf+issuer"])
 def test_leaf_of_pinned_intermediate_issuing_ca_is_served(pki_agent, chain: str) -> None:
     ctx = pki_agent.client_context(pki_agent.chains[f"i1-{chain}"])
