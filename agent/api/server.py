@@ -30,6 +30,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import h11
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
@@ -37,6 +38,7 @@ from uvicorn.server import ServerState
 from agent import metrics
 from agent.api.app import ConnInfo, RelayApp
 from agent.api.backend import Backend, BackendProtocol
+from agent.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from agent.api.tls import build_server_context, client_cert_allowed, peer_identity
 from agent.clock import Clock, SystemClock
 from agent.config import Config, parse_listen
@@ -215,6 +217,24 @@ class _RelayHTTP(H11Protocol):
     def _write_deadline(self) -> None:
         if not self.transport.is_closing() and self.transport.get_write_buffer_size() > 0:
             self.transport.abort()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (garbage request line, no Host …) gets the same kind of answer
+        as every other error on this port — a ``bad-request`` problem document with the §2.4
+        headers — instead of uvicorn's plain-text 400, then the connection is closed."""
+        body = problem_body("bad-request", None)
+        headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode("ascii")),
+                   (b"content-length", str(len(body)).encode("ascii")),
+                   (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
+                   (b"connection", b"close")]
+        try:
+            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
+            self.transport.write(self.conn.send(h11.Data(data=body)))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+            self.transport.flush()  # type: ignore[attr-defined]
+        except h11.LocalProtocolError:
+            pass  # the connection is in no state for a response: just close it
+        self.transport.close()
 
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

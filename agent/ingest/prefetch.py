@@ -62,15 +62,15 @@ def _warm_up() -> int:
     return os.getpid()
 
 
-def _worker_init(lifeline: Any) -> None:
+def _worker_init(lifeline: Any, nice: int) -> None:
     """Worker initializer: lower priority, and exit when the daemon's end of ``lifeline`` closes.
 
     The committing thread is the one serial step of a backfill; when the cores are busy it must
     not wait for look-ahead work, so the workers yield to it (``nice``).
     """
-    if hasattr(os, "nice"):
+    if nice and hasattr(os, "nice"):
         try:
-            os.nice(WORKER_NICE)
+            os.nice(nice)
         except OSError:
             pass
 
@@ -94,6 +94,7 @@ class Prefetcher:
         self.max_bytes = max_bytes
         self.min_backlog = min_backlog
         self.idle_s = idle_s
+        self.nice = WORKER_NICE
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lifeline: Any = None  # our (write) end of the workers' lifeline pipe
         self._lifeline_theirs: Any = None
@@ -135,7 +136,7 @@ class Prefetcher:
             ctx = _context()
             theirs, ours = ctx.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=_worker_init, initargs=(theirs,))
+                max_workers=self.workers, mp_context=ctx, initializer=_worker_init, initargs=(theirs, self.nice))
             self._lifeline = ours
             self._lifeline_theirs = theirs
             self._warm = self._pool.submit(_warm_up)

@@ -153,9 +153,6 @@ def test_c07_no_compression_even_when_asked(agent) -> None:
     ok_json(r)
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: §7/§2.4 — a malformed request head (or missing Host) gets uvicorn's "
-                   "text/plain 400 'Invalid HTTP request received.' without Cache-Control/nosniff, not a problem "
-                   "document or a close")
 def test_malformed_http_request_gets_no_plain_text_answer(agent) -> None:
     """§7: every error response on the public port is a problem document with the §2.4 headers
     (§7.2 allows closing the connection instead). A request head that is not HTTP must therefore
