@@ -29,6 +29,7 @@ import hmac
 import json
 import random
 import sqlite3
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -821,6 +822,20 @@ class Store:
 
     def generation(self) -> int:
         return int(self.kv_get("generation") or 0)
+
+    def healthy(self) -> bool:
+        """Can the store take a durable write right now (replay ids, bindings, ingest)?
+
+        A real write through the writer thread (GET /v1/health is rate-limited per client, and the
+        group commit shares the fsync with other writes): a store made read-only or a full disk
+        shows as ``storage: unavailable`` at once, and as ``ok`` again without a restart.
+        """
+        try:
+            self.db.write(lambda c: c.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES ('health_probe', ?)", (str(int(time.time())),)))
+        except Exception:  # noqa: BLE001 - any failure to write means "unavailable"
+            return False
+        return True
 
     # -- retention -----------------------------------------------------------------------------
     def purge(self, now: dt.datetime, *, dry_run: bool = False, only: Sequence[str] | None = None) -> PurgeResult:

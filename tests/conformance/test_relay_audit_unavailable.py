@@ -176,8 +176,6 @@ def test_storage_unwritable_is_503_storage_unavailable(agent) -> None:
     assert agent.search(S.search_body()).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: §5 — with the replay/binding tables unwritable every search/fetch is "
-                   "503 storage-unavailable, yet GET /v1/health stays 200 with storage \"ok\"")
 def test_health_reports_storage_unavailable_when_store_cannot_be_written(agent) -> None:
     store = agent.data / "store.db"
     wal = agent.data / "store.db-wal"
