@@ -42,6 +42,8 @@ from agent.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from agent.api.tls import build_server_context, client_cert_allowed, peer_identity
 from agent.clock import Clock, SystemClock
 from agent.config import Config, parse_listen
+from agent.errors import ConfigError
+from agent.keys import check_key_file
 
 log = logging.getLogger("agent.api")
 
@@ -428,7 +430,15 @@ class RelayServer:
     # -- internals ----------------------------------------------------------------------
     def _context(self) -> ssl.SSLContext:
         api = self.config.api
-        return build_server_context(api.server_cert, api.server_key, api.client_ca, api.client_crl)
+        # The TLS key gets the same check as every key file (security.md §5, S-20): exit 4 at start.
+        check_key_file(api.server_key)
+        try:
+            return build_server_context(api.server_cert, api.server_key, api.client_ca, api.client_crl)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"TLS file {exc.filename} is missing (api.server_cert / api.client_ca)") from None
+        except ssl.SSLError:
+            raise ConfigError(f"cannot load the TLS certificate, key or client CA "
+                              f"({api.server_cert}, {api.client_ca}): not PEM or key and certificate differ") from None
 
     def _bind(self) -> socket.socket:
         host, port = parse_listen(self.config.api.listen)

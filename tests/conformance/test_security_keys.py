@@ -80,8 +80,6 @@ def test_s20_doctor_fails_for_loose_tls_key(install) -> None:
         os.chmod(path, 0o600)
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: security.md §5/S-20 — `run` starts (ready) with tls/server.key at "
-                   "0644 although it is a key file (0600 in §5's table) and `doctor` FAILs it; expected exit 4")
 def test_s20_loose_tls_key_refuses_start(install) -> None:
     path = install.root / "tls" / "server.key"
     os.chmod(path, 0o644)
