@@ -174,6 +174,7 @@ def status_document(config: Config, store: Any | None, state: dict[str, Any] | N
         "admin": {"listen": ((state or {}).get("admin") or {}).get("listen") if running else config.admin.listen},
         "disk": {"data_dir_free_bytes": free},
         "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config),
+        "relay": (state or {}).get("relay") if running else None,
     }
 
 
@@ -196,7 +197,7 @@ def _count_pending(path: Path) -> int:
 
 def _static_jobs(config: Config) -> list[dict[str, Any]]:
     return [{"name": name, "next_run_at": None, "last_result": None}
-            for name in ("rescan", "purge", "backup", "cert_expiry")]
+            for name in ("rescan", "purge", "backup", "cert_expiry", "cert_renewal", "hourly")]
 
 
 # -- admin listener -------------------------------------------------------------------------------------
@@ -213,9 +214,16 @@ class _AdminHandler(BaseHTTPRequestHandler):
         elif path in ("/status", "/status.json"):
             body = json.dumps(self.daemon_ref.status(), ensure_ascii=False).encode("utf-8")
             self._send(200, body, "application/json")
-        elif path == "/":
-            self._send(200, b'<!doctype html><title>silson-agent</title><a href="/status">status</a> '
-                            b'<a href="/metrics">metrics</a>', "text/html; charset=utf-8")
+        elif path in ("/", "/status.html"):
+            from agent.ops.statuspage import render_status_html
+
+            body = render_status_html(self.daemon_ref.status()).encode("utf-8")
+            self._send(200, body, "text/html; charset=utf-8")
+        elif path == "/openapi.json":  # the relay API's contract, to local admins only (never the public port)
+            from agent.api.openapi import openapi_json
+
+            doc = openapi_json()
+            self._send(200, doc if isinstance(doc, bytes) else doc.encode("utf-8"), "application/json")
         else:
             self._send(404, b"not found", "text/plain")
 
@@ -376,6 +384,7 @@ class Daemon:
         self.api_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self.notes: list[str] = []
+        self.heartbeat: Any = None
 
     # -- start ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -402,6 +411,7 @@ class Daemon:
             self._start_api()
         self._start_admin()
         self._start_scheduler()
+        self._start_heartbeat()
         self.write_state(running=True)
         line = f"ready: api={_fmt(self.api_address) or 'off'} admin={_fmt(self.admin_address)}"
         log.info(line)
@@ -433,6 +443,7 @@ class Daemon:
         except Exception:
             signer = None
         self.audit = AuditLog.open(self.config, signer=signer, clock=self.clock)
+        self._audit_system("system.agent.start")
         try:
             from agent.audit.config_change import record_config_hash
         except ImportError:
@@ -441,6 +452,34 @@ class Daemon:
             record_config_hash(self.config, self.audit)
         except Exception:
             log.warning("config hash could not be recorded", exc_info=True)
+
+    def _audit_system(self, action: str) -> None:
+        """Agent start and stop are audited (security.md §7.1); an unwritable log is a warning here
+        (requests fail closed on their own), never a reason not to start or stop."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": action,
+                               "result": "success"})
+        except Exception:
+            log.warning("audit record could not be written", extra={"action": action})
+
+    def _start_heartbeat(self) -> None:
+        from agent.ops.heartbeat import Heartbeat
+
+        self.heartbeat = Heartbeat(self.config, store=self.store, audit=self.audit, keyring=self.keyring,
+                                   clock=self.clock, status_provider=self.status)
+        self.heartbeat.start()  # no thread when relay.url is empty (offline installation)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the renewed certificate/key without dropping the port or open connections."""
+        if self.api is not None:
+            try:
+                self.api.reload_tls()
+                log.info("tls reloaded")
+            except Exception as exc:
+                log.error("tls reload failed; keeping the current certificate",
+                          extra={"error_class": type(exc).__name__})
 
     def _profiles(self) -> list[Any]:
         from agent.commands._common import load_named_profile
@@ -511,6 +550,11 @@ class Daemon:
                           id="backup")
         scheduler.add_job(self.jobs.wrap("cert_expiry", self._job_cert_expiry), IntervalTrigger(hours=12),
                           id="cert_expiry", next_run_time=dt.datetime.now(dt.UTC))
+        scheduler.add_job(self.jobs.wrap("cert_renewal", self._job_cert_renewal), IntervalTrigger(hours=24),
+                          id="cert_renewal", next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+        # Hourly: audit anchor (security.md §7.3), replay ids > 24 h and expired bindings (relay-api §4, B7).
+        scheduler.add_job(self.jobs.wrap("hourly", self._job_hourly), IntervalTrigger(hours=1), id="hourly",
+                          next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
         scheduler.start()
         self.jobs.scheduler = scheduler
 
@@ -521,6 +565,21 @@ class Daemon:
 
     def _job_purge(self) -> None:
         purge_job(self.store, self.audit, self.clock.now())
+        if self.audit is not None:
+            self.audit.prune(self.clock.now())  # audit records past retention.audit_keep (§7.4)
+
+    def _job_hourly(self) -> None:
+        now = self.clock.now()
+        self.store.replay_prune(now)
+        self.store.binding_prune(now)
+        if self.audit is not None:
+            self.audit.write_anchor()
+
+    def _job_cert_renewal(self) -> None:
+        from agent.ops.enroll import renew_if_due
+
+        if renew_if_due(self.config, self.store, self.keyring, self.clock) and self.api is not None:
+            self.api.reload_tls()
 
     def _job_backup(self) -> None:
         backup_job(self.config, self.store, self.audit, self.clock.now())
@@ -551,6 +610,7 @@ class Daemon:
             "ingest": snap,
             "jobs": self.jobs.snapshot(),
             "notes": self.notes,
+            "relay": self.heartbeat.state() if self.heartbeat is not None else None,
         }
 
     def write_state(self, *, running: bool) -> None:
@@ -569,6 +629,8 @@ class Daemon:
 
     def stop(self) -> None:
         """Finish the file in hand, stop listeners and jobs, close the store cleanly."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self.ingest is not None:
             self.ingest.stop()
         if self.jobs.scheduler is not None:
@@ -592,6 +654,11 @@ class Daemon:
                 log.warning("checkpoint at shutdown failed", exc_info=True)
             self.store.close()
         if self.audit is not None:
+            self._audit_system("system.agent.stop")
+            try:
+                self.audit.write_anchor()  # an anchor at shutdown (security.md §7.3)
+            except Exception:
+                log.warning("audit anchor at shutdown failed", exc_info=True)
             try:
                 self.audit.close()
             except Exception:
@@ -605,6 +672,10 @@ def run_daemon(config: Config, *, stderr: IO[str] | None = None, debug: bool = F
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     for sig in previous:
         signal.signal(sig, daemon.request_stop)
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is not None:  # certificate renewal by hand: reload TLS without a restart
+        previous[hup] = signal.getsignal(hup)
+        signal.signal(hup, lambda *_: daemon.reload_tls())
     try:
         try:
             daemon.start()
