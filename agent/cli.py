@@ -47,15 +47,20 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="agent.toml to use (default: lookup order of cli.md §1)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Sub-commands repeat the options with SUPPRESS defaults, so `--config P <command>` and
+    # `<command> --config P` both work (a sub-parser default would otherwise overwrite the first).
+    default: object = None if top else argparse.SUPPRESS
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="agent.toml to use (default: lookup order of cli.md §1)")
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="show tracebacks and debug logging")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="silson-agent", description="실손보험 청구 전산화 edge agent")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    _common(parser)
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

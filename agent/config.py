@@ -326,6 +326,11 @@ def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> C
             values.setdefault(key, _convert(setting, setting.default, f"watch[{index}].{key}", file, base_dir))
         watches.append(WatchConfig(**values))
 
+    fingerprints = sections["api"]["allowed_client_fingerprints"]
+    if any(not re.fullmatch(r"[0-9a-fA-F]{64}", fp) for fp in fingerprints):
+        raise ConfigError(f"configuration error: {_where(file, 'api.allowed_client_fingerprints')}: "
+                          "expected SHA-256 fingerprints (64 hex digits)")
+    sections["api"]["allowed_client_fingerprints"] = tuple(fp.lower() for fp in fingerprints)
     code = sections["agent"]["institution_code"]
     if not re.fullmatch(r"[0-9]{8}", code):
         raise ConfigError(f"configuration error: {_where(file, 'agent.institution_code')}: expected 8 digits")

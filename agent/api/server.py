@@ -432,10 +432,11 @@ class RelayServer:
         api = self.config.api
         # The TLS key gets the same check as every key file (security.md §5, S-20): exit 4 at start.
         check_key_file(api.server_key)
+        for path in (api.server_cert, api.client_ca, api.client_crl):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"TLS file {path} is missing (api.server_cert, api.client_ca or api.client_crl)")
         try:
             return build_server_context(api.server_cert, api.server_key, api.client_ca, api.client_crl)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"TLS file {exc.filename} is missing (api.server_cert / api.client_ca)") from None
         except ssl.SSLError:
             raise ConfigError(f"cannot load the TLS certificate, key or client CA "
                               f"({api.server_cert}, {api.client_ca}): not PEM or key and certificate differ") from None
