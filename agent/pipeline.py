@@ -15,6 +15,7 @@ from typing import Any
 
 from agent.documents.problems import Problem, problem
 from agent.documents.validate import Validation, validate_document
+from agent.documents.versions import StoredVersion, decide_version, merge_cancellation
 from agent.formats import read_export
 
 
@@ -67,4 +68,35 @@ def validate_export(data: bytes, *, file_name: str, received_at: dt.datetime, pr
         validation = validate_document(record.document, received_at=received_at,
                                        default_valid_days=default_valid_days)
         records.append(ValidatedRecord(record.index, validation))
+    # The records of one file are committed together, in version order per key (as the store does:
+    # §9.2 "version order is the only ordering"), so that is the order they are checked in.
+    history: dict[tuple[Any, Any, Any], tuple[list[StoredVersion], dict[str, Any]]] = {}
+    valid = [r.validation for r in records if r.validation.ok and r.validation.document is not None]
+    for validation in sorted(valid, key=_version_of):
+        _versions_within_file(validation, history)
     return FileCheck(file_name, sha, len(data), result.format, result.encoding, list(result.problems), records)
+
+
+def _version_of(validation: Validation) -> int:
+    version = (validation.document or {}).get("version")
+    return version if isinstance(version, int) else 0
+
+
+def _versions_within_file(validation: Validation, history: dict[tuple[Any, Any, Any],
+                          tuple[list[StoredVersion], dict[str, Any]]]) -> None:
+    """§9.2 among the records of one file, in file order, as ingest will commit them: the same key
+    and version with other content (R-010), a late lower version (R-010) or an identity change
+    (R-014) makes the file invalid even before anything is stored. Problems are appended to the
+    record's validation so ``check`` reports them like every other rule."""
+    doc = validation.document
+    assert doc is not None
+    key = ((doc.get("institution") or {}).get("ykiho"), doc.get("document_type"), doc.get("document_no"))
+    stored, current = history.get(key, ([], {}))
+    decision = decide_version(doc, validation.content_hash, stored, current or None)
+    for p in decision.problems:
+        if p.is_error:
+            validation.problems.append(p)
+            validation.errors.append(p)
+    if decision.action == "new":
+        merged = merge_cancellation(current, doc) if doc.get("status") == "cancelled" and current else doc
+        history[key] = (stored + [StoredVersion(doc["version"], validation.content_hash, doc["status"])], merged)

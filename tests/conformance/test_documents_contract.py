@@ -689,8 +689,6 @@ def _check_rules(tmp_path: Path, docs: list[dict]) -> tuple[int, set[str]]:
     return r.returncode, rules_of(r)
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: cli.md §3/documents.md §9.2: `check` passes a file holding the "
-                   "same key and version twice with different content (R-010), which ingest always quarantines")
 def test_check_reports_conflict_inside_one_file(tmp_path):
     b = copy.deepcopy(R)
     b["remarks"] = "다른 내용"
@@ -698,8 +696,6 @@ def test_check_reports_conflict_inside_one_file(tmp_path):
     assert code == 3 and "R-010" in rules
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: documents.md §9.5: `check` passes a file whose second version of a "
-                   "key changes patient.rrn (R-014), which ingest always quarantines")
 def test_check_reports_identity_swap_inside_one_file(tmp_path):
     b = mut(R, ("version", 2), ("patient.rrn", "9203152000003"))
     code, rules = _check_rules(tmp_path, [R, b])
