@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import os
 import sys
@@ -210,6 +211,16 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     except KeyboardInterrupt:
         env.err("interrupted")
         return int(ExitStatus.INTERRUPTED)
+    except OSError as exc:  # the environment, not a bug: a path that cannot be used, a full disk …
+        if debug:
+            traceback.print_exc(file=env.stderr)
+        where = f" {exc.filename}" if exc.filename else ""
+        env.err(f"error: cannot use{where}: {exc.strerror or type(exc).__name__}")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return int(ExitStatus.CONFIG)  # "bad permission" (cli.md §2)
+        if exc.errno in (errno.ENOSPC, errno.EIO, errno.EROFS):
+            return int(ExitStatus.UNAVAILABLE)
+        return int(ExitStatus.USAGE)  # a bad path argument
     except SystemExit as exc:  # argparse --help
         return int(exc.code or 0) if isinstance(exc.code, int) else 0
     except Exception as exc:  # a bug: never print the message (it may carry data), only where it is

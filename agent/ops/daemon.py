@@ -126,7 +126,7 @@ def status_document(config: Config, store: Any | None, state: dict[str, Any] | N
     if store is not None:
         counts = store.counts()
     ingest = dict(counts["ingest"])
-    ingest["files_pending"] = int(live.get("files_pending", 0))
+    ingest["files_pending"] = int(live.get("files_pending", 0))  # stopped: filled in from the folders below
     ingest["files_deferred"] = int(live.get("files_deferred", 0))
     ingest["last_commit_at"] = _seconds(ingest.get("last_commit_at"))
     if store is not None:
@@ -146,6 +146,8 @@ def status_document(config: Config, store: Any | None, state: dict[str, Any] | N
             entry = {"path": str(w.path), "reachable": reachable, "pending": _count_pending(w.path) if reachable else 0,
                      "observer": "polling" if w.polling else "native"}
         watch.append(entry)
+    if not running:  # what a stopped daemon would find waiting (cli.md §3.1 files_pending)
+        ingest["files_pending"] = sum(int(w.get("pending") or 0) for w in watch)
     api_state = (state or {}).get("api") or {}
     server_cert = Path(config.api.server_cert)
     try:

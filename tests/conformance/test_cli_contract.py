@@ -1099,8 +1099,6 @@ def test_demo_initialises_ingests_and_prints_a_query_command(tmp_path):
     ["synth", "--out", "FILE/sub", "--count", "2"],
     ["backup", "--out", "FILE/x.bak", "--config", "CONFIG"],
 ], ids=["init-under-a-file", "init-on-a-file", "synth", "backup"])
-@pytest.mark.xfail(strict=True, reason="DEVIATION: cli.md §1/§2 a user's path mistake (output folder that cannot be "
-                   "created) exits 1 'internal error ... this is a bug' instead of a user-error code")
 def test_unusable_output_path_is_a_user_error_not_a_bug(tmp_path, argv):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")

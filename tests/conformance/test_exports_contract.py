@@ -1236,8 +1236,6 @@ def test_quarantine_entry_names_the_file_by_content_id(daemon):
     assert '"R-109"' in dumped or "R-109" in dumped
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: cli.md §3.1 with the daemon stopped, ingest.files_pending is 0 "
-                   "while watch[].pending counts the files waiting in the folder")
 def test_files_pending_while_stopped_counts_waiting_files(tmp_path):
     inst = Install.create(tmp_path)
     for i in range(3):
