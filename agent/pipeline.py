@@ -92,11 +92,12 @@ def _versions_within_file(validation: Validation, history: dict[tuple[Any, Any, 
     assert doc is not None
     key = ((doc.get("institution") or {}).get("ykiho"), doc.get("document_type"), doc.get("document_no"))
     stored, current = history.get(key, ([], {}))
-    decision = decide_version(doc, validation.content_hash, stored, current or None)
+    content_hash = validation.content_hash or ""
+    decision = decide_version(doc, content_hash, stored, current or None)
     for p in decision.problems:
         if p.is_error:
             validation.problems.append(p)
             validation.errors.append(p)
     if decision.action == "new":
         merged = merge_cancellation(current, doc) if doc.get("status") == "cancelled" and current else doc
-        history[key] = (stored + [StoredVersion(doc["version"], validation.content_hash, doc["status"])], merged)
+        history[key] = (stored + [StoredVersion(doc["version"], content_hash, doc["status"])], merged)

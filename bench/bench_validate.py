@@ -59,8 +59,8 @@ def run(report: list[str]) -> None:
             name = f"bench.{fmt}"
             check = validate_export(data, file_name=name, received_at=now)
             assert check.ok, [p.rule for p in check.errors][:5]
-            ours = _rate(lambda: validate_export(data, file_name=name, received_at=now), len(items))
-            base = _rate(lambda: _baseline(fmt, data), len(items))
+            ours = _rate(lambda d=data, n=name: validate_export(d, file_name=n, received_at=now), len(items))
+            base = _rate(lambda f=fmt, d=data: _baseline(f, d), len(items))
             report.append(f"| {doc_type} | {fmt} | {len(items)} | {ours:,.0f} | {base:,.0f} | "
                           f"{ours / base:.3f} |")
     report.append("")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import SETTINGS, WATCH_SETTINGS, build_config, load_config, parse_duration, settings_markdown
+from agent.config import (
+    SETTINGS,
+    WATCH_SETTINGS,
+    build_config,
+    load_config,
+    parse_duration,
+    settings_markdown,
+)
 from agent.errors import ConfigError, ExitStatus
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"

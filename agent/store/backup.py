@@ -139,7 +139,7 @@ def _encrypt_members(members: list[tuple[str, Path]], out_path: Path, kek_id: st
               "wrap_nonce": wrap_nonce.hex(), "wrapped_dek": wrapped.hex(), "chunk_size": CHUNK_SIZE,
               "members": info, "generation": generation, "store_id": store_id}
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(header_bytes).digest()
+    header_digest = hashlib.sha256(header_bytes).digest()
     aead = AESGCM(dek)
     ensure_dir(out_path.parent)
     tmp = out_path.with_name(f".{secrets.token_hex(8)}.tmp")
@@ -150,7 +150,7 @@ def _encrypt_members(members: list[tuple[str, Path]], out_path: Path, kek_id: st
             index = 0
             for is_last, block in _lookahead(_stream(members)):
                 nonce = os.urandom(12)
-                ct = aead.encrypt(nonce, block, _chunk_aad(backup_id, index, is_last, digest))
+                ct = aead.encrypt(nonce, block, _chunk_aad(backup_id, index, is_last, header_digest))
                 out.write(len(ct).to_bytes(4, "big") + nonce + ct)
                 index += 1
             out.flush()
@@ -246,7 +246,8 @@ def decrypt_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> tuple[dict[st
                 backup_id = str(header["backup_id"])
                 kek_id = str(header["kek_id"])
                 wrap_nonce, wrapped = bytes.fromhex(header["wrap_nonce"]), bytes.fromhex(header["wrapped_dek"])
-                members = [{"name": str(m["name"]), "size": int(m["size"]), "sha256": str(m["sha256"])}
+                members: list[dict[str, Any]] = [
+                    {"name": str(m["name"]), "size": int(m["size"]), "sha256": str(m["sha256"])}
                            for m in header["members"]]
                 if any(m["name"] not in ("store.db", AUDIT_FILE) or m["size"] < 0 for m in members):
                     raise ValueError

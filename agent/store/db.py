@@ -166,8 +166,8 @@ class Database:
                     batch = []
                     break
                 if aborted is not None:
-                    index, exc = aborted
-                    batch[index][2].set_exception(exc)
+                    index, failure = aborted
+                    batch[index][2].set_exception(failure)
                     batch = batch[:index] + batch[index + 1:]  # the others again, in a new transaction
                     continue
                 for (_, _, future), out in zip(batch, outcomes, strict=True):

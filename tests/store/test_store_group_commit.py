@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import DiskFullError
 from agent.store.db import Database
 
 
@@ -56,7 +57,7 @@ def test_database_full_fails_only_the_write_that_hit_it(tmp_path: Path) -> None:
         db.write(lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('small', 'x')"))
         pages = db.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0], transaction=False)
         db.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"), transaction=False)
-        with pytest.raises(Exception):
+        with pytest.raises((DiskFullError, sqlite3.Error)):
             db.write(lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('big', ?)", ("x" * 200_000,)))
         db.write(lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('after', 'y')"))
         with db.reader() as conn:
