@@ -35,8 +35,12 @@ def admin_actor(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     sudo_user = environ.get("SUDO_USER")
     if sudo_user and hasattr(os, "geteuid") and os.geteuid() == 0:
         sudo_uid = environ.get("SUDO_UID", "")
-        return {"kind": "admin", "os_user": sudo_user, "uid": int(sudo_uid) if sudo_uid.isdigit() else uid,
-                "host": socket.gethostname()}
+        return {
+            "kind": "admin",
+            "os_user": sudo_user,
+            "uid": int(sudo_uid) if sudo_uid.isdigit() else uid,
+            "host": socket.gethostname(),
+        }
     return {"kind": "admin", "os_user": _account_name(uid), "uid": uid, "host": socket.gethostname()}
 
 
@@ -67,9 +71,16 @@ def admin_source() -> dict[str, Any]:
     return {"local": True, "tty": tty}
 
 
-def audit_admin(config: Config, action: str, *, reason: str | None = None, result: str = "success",
-                extra: Mapping[str, Any] | None = None, log: AuditLog | None = None,
-                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def audit_admin(
+    config: Config,
+    action: str,
+    *,
+    reason: str | None = None,
+    result: str = "success",
+    extra: Mapping[str, Any] | None = None,
+    log: AuditLog | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Durably write one admin record and return it; raises ``AuditUnavailableError`` (exit 5).
 
     ``action`` gets the ``admin.`` prefix when it lacks it (``"backup"`` → ``"admin.backup"``).
@@ -78,8 +89,13 @@ def audit_admin(config: Config, action: str, *, reason: str | None = None, resul
     """
     if not action.startswith(ADMIN_PREFIX):
         action = ADMIN_PREFIX + action
-    event: dict[str, Any] = {"actor": admin_actor(environ), "source": admin_source(), "action": action,
-                             "result": result, "reason": reason}
+    event: dict[str, Any] = {
+        "actor": admin_actor(environ),
+        "source": admin_source(),
+        "action": action,
+        "result": result,
+        "reason": reason,
+    }
     for key, value in (extra or {}).items():
         if key in _FIXED:
             raise ValueError(f"audit_admin: extra may not set {key!r}")

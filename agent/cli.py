@@ -52,10 +52,18 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     # Sub-commands repeat the options with SUPPRESS defaults, so `--config P <command>` and
     # `<command> --config P` both work (a sub-parser default would otherwise overwrite the first).
     default: object = None if top else argparse.SUPPRESS
-    parser.add_argument("--config", metavar="PATH", default=default,
-                        help="agent.toml to use (default: lookup order of cli.md §1)")
-    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="show tracebacks and debug logging")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="agent.toml to use (default: lookup order of cli.md §1)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show tracebacks and debug logging",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=("utf-8", "cp949"))
     p.add_argument("--invalid-rate", type=float, default=0.0)
 
-    for name, text in (("status", "state of the agent"), ("doctor", "check the installation"),
-                       ("acceptance", "the 검수 self-test")):
+    for name, text in (
+        ("status", "state of the agent"),
+        ("doctor", "check the installation"),
+        ("acceptance", "the 검수 self-test"),
+    ):
         p = add(name, text)
         p.add_argument("--json", action="store_true")
 
@@ -173,11 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 # command name -> module in agent.commands (each exposes ``run(args, env) -> int``)
 COMMANDS = {
-    "init": "init", "run": "run", "demo": "demo", "check": "check", "convert": "convert",
-    "schema": "schema", "synth": "synth", "status": "status", "doctor": "doctor",
-    "acceptance": "acceptance", "quarantine": "quarantine", "audit": "audit", "keys": "keys",
-    "backup": "backup", "restore": "restore", "store": "store", "purge": "purge",
-    "enroll": "enroll", "provision": "provision", "service": "service",
+    "init": "init",
+    "run": "run",
+    "demo": "demo",
+    "check": "check",
+    "convert": "convert",
+    "schema": "schema",
+    "synth": "synth",
+    "status": "status",
+    "doctor": "doctor",
+    "acceptance": "acceptance",
+    "quarantine": "quarantine",
+    "audit": "audit",
+    "keys": "keys",
+    "backup": "backup",
+    "restore": "restore",
+    "store": "store",
+    "purge": "purge",
+    "enroll": "enroll",
+    "provision": "provision",
+    "service": "service",
 }
 
 

@@ -31,7 +31,7 @@ def parse_duration(text: str) -> int:
     """Return seconds for ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``, ``"3y"`` (1 y = 365 d)."""
     match = _DURATION_RE.match(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError("a duration is a positive integer and one unit: s, m, h, d or y (e.g. \"30s\")")
+        raise ValueError('a duration is a positive integer and one unit: s, m, h, d or y (e.g. "30s")')
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -50,8 +50,9 @@ class Setting:
 SETTINGS: dict[str, dict[str, Setting]] = {
     "agent": {
         "institution_code": Setting("str", "00000000", "요양기관기호, 8 digits"),
-        "institution_type": Setting("enum", "clinic", "hospital | clinic | pharmacy",
-                                    choices=("hospital", "clinic", "pharmacy")),
+        "institution_type": Setting(
+            "enum", "clinic", "hospital | clinic | pharmacy", choices=("hospital", "clinic", "pharmacy")
+        ),
         "data_dir": Setting("path", "data", "store, encrypted archive, quarantine, state"),
         "log_dir": Setting("path", "logs", "structured JSON-lines logs"),
     },
@@ -62,7 +63,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "client_ca": Setting("path", "tls/relay-ca.crt", "CA bundle client certificates must chain to"),
         "allowed_client_fingerprints": Setting("list[str]", (), "optional SHA-256 of client certs or SPKI"),
         "client_crl": Setting("path?", "", "optional CRL file (PEM) checked for client certificates"),
-        "fhir_base": Setting("str", "https://silson-agent.invalid/fhir", "base of project-local FHIR code systems"),
+        "fhir_base": Setting(
+            "str", "https://silson-agent.invalid/fhir", "base of project-local FHIR code systems"
+        ),
     },
     "api.limits": {
         "max_body_bytes": Setting("int", 65536, "request body limit (413)", minimum=1),
@@ -88,7 +91,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
     },
     "relay": {
         "url": Setting("str", "", "enrollment + heartbeat base URL; empty = offline"),
-        "server_ca": Setting("path", "tls/relay-server-ca.crt", "verifies the relay's HTTPS on outbound calls"),
+        "server_ca": Setting(
+            "path", "tls/relay-server-ca.crt", "verifies the relay's HTTPS on outbound calls"
+        ),
         "heartbeat_interval": Setting("duration", "5m", "heartbeat period"),
     },
     "retention": {
@@ -102,7 +107,9 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         "keep": Setting("int", 7, "number of nightly backups kept", minimum=1),
     },
     "validation": {
-        "default_valid_days": Setting("int", 3, "처방전 사용기간 assumed when absent (W-302, W-507)", minimum=1),
+        "default_valid_days": Setting(
+            "int", 3, "처방전 사용기간 assumed when absent (W-302, W-507)", minimum=1
+        ),
     },
     "keys": {
         "protect": Setting("enum", "file", "file (0600) | dpapi (Windows)", choices=("file", "dpapi")),
@@ -111,18 +118,26 @@ SETTINGS: dict[str, dict[str, Setting]] = {
 
 WATCH_SETTINGS: dict[str, Setting] = {
     "path": Setting("path", "inbox", "the export folder (local disk or mounted share)"),
-    "profile": Setting("str", "standard", "built-in \"standard\" or a profile file (exports.md §3)"),
+    "profile": Setting("str", "standard", 'built-in "standard" or a profile file (exports.md §3)'),
     "recursive": Setting("bool", False, "also watch sub-folders"),
     "polling": Setting("bool", False, "poll instead of OS events (SMB/NFS shares)"),
     "scan_interval": Setting("duration", "30s", "authoritative full rescan period"),
     "settle": Setting("duration", "2s", "unsignalled files must be unchanged this long"),
-    "sentinel": Setting("enum", "auto", "auto | required | off (exports.md §1)", choices=("auto", "required", "off")),
+    "sentinel": Setting(
+        "enum", "auto", "auto | required | off (exports.md §1)", choices=("auto", "required", "off")
+    ),
     "max_file_size": Setting("int", 67108864, "larger files are quarantined with R-001", minimum=1),
     "source_mode": Setting("enum", "move", "move | keep", choices=("move", "keep")),
 }
 
 # Keys of [api.limits] that are timeouts (looser = longer) vs. counts (looser = larger).
-_LIMIT_TIMEOUTS = {"handshake_timeout", "header_timeout", "body_timeout", "keepalive_timeout", "write_timeout"}
+_LIMIT_TIMEOUTS = {
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "keepalive_timeout",
+    "write_timeout",
+}
 _MIN_AUDIT_KEEP = 3 * 365 * 86400
 
 
@@ -276,8 +291,13 @@ def _section_values(name: str, raw: Any, file: Path | None, base: Path) -> dict[
         values[key] = _convert(spec[key], value, f"{name}.{key}", file, base)
     for key, setting in spec.items():
         if key not in values:
-            values[key] = _convert(setting, setting.default if setting.kind != "list[str]" else list(setting.default),
-                                   f"{name}.{key}", file, base)
+            values[key] = _convert(
+                setting,
+                setting.default if setting.kind != "list[str]" else list(setting.default),
+                f"{name}.{key}",
+                file,
+                base,
+            )
     return values
 
 
@@ -292,9 +312,12 @@ def _check_limits(limits: dict[str, Any], file: Path | None) -> None:
         else:
             ok = value <= default * 100
         if not ok:
-            raise ConfigError(f"configuration error: {_where(file, 'api.limits.' + key)}: "
-                              f"out of range (at most 100x the default"
-                              + (", at least 1/10 of it" if key in _LIMIT_TIMEOUTS else "") + ")")
+            raise ConfigError(
+                f"configuration error: {_where(file, 'api.limits.' + key)}: "
+                f"out of range (at most 100x the default"
+                + (", at least 1/10 of it" if key in _LIMIT_TIMEOUTS else "")
+                + ")"
+            )
 
 
 def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> Config:
@@ -303,8 +326,11 @@ def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> C
     for key in raw:
         if key not in known:
             raise ConfigError(f"configuration error: unknown key {_where(file, key)}")
-    sections = {name: _section_values(name, raw.get(name), file, base_dir)
-                for name in SETTINGS if name != "api.limits"}
+    sections = {
+        name: _section_values(name, raw.get(name), file, base_dir)
+        for name in SETTINGS
+        if name != "api.limits"
+    }
     api_raw = raw.get("api") or {}
     limits_raw = api_raw.get("limits") if isinstance(api_raw, dict) else None
     limits = _section_values("api.limits", limits_raw, file, base_dir)
@@ -323,24 +349,32 @@ def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> C
                 raise ConfigError(f"configuration error: unknown key {_where(file, f'watch[{index}].{key}')}")
             values[key] = _convert(WATCH_SETTINGS[key], value, f"watch[{index}].{key}", file, base_dir)
         for key, setting in WATCH_SETTINGS.items():
-            values.setdefault(key, _convert(setting, setting.default, f"watch[{index}].{key}", file, base_dir))
+            values.setdefault(
+                key, _convert(setting, setting.default, f"watch[{index}].{key}", file, base_dir)
+            )
         watches.append(WatchConfig(**values))
 
     fingerprints = sections["api"]["allowed_client_fingerprints"]
     if any(not re.fullmatch(r"[0-9a-fA-F]{64}", fp) for fp in fingerprints):
-        raise ConfigError(f"configuration error: {_where(file, 'api.allowed_client_fingerprints')}: "
-                          "expected SHA-256 fingerprints (64 hex digits)")
+        raise ConfigError(
+            f"configuration error: {_where(file, 'api.allowed_client_fingerprints')}: "
+            "expected SHA-256 fingerprints (64 hex digits)"
+        )
     sections["api"]["allowed_client_fingerprints"] = tuple(fp.lower() for fp in fingerprints)
     code = sections["agent"]["institution_code"]
     if not re.fullmatch(r"[0-9]{8}", code):
         raise ConfigError(f"configuration error: {_where(file, 'agent.institution_code')}: expected 8 digits")
     if sections["retention"]["audit_keep"] < _MIN_AUDIT_KEEP:
-        raise ConfigError(f"configuration error: {_where(file, 'retention.audit_keep')}: "
-                          "must be at least \"3y\" (security.md §7.4)")
+        raise ConfigError(
+            f"configuration error: {_where(file, 'retention.audit_keep')}: "
+            'must be at least "3y" (security.md §7.4)'
+        )
     admin_host, _ = parse_listen(sections["admin"]["listen"])
     if not is_loopback(admin_host) and not sections["admin"]["allow_non_loopback"]:
-        raise ConfigError(f"configuration error: {_where(file, 'admin.listen')}: not a loopback address "
-                          "(set admin.allow_non_loopback = true to force it)")
+        raise ConfigError(
+            f"configuration error: {_where(file, 'admin.listen')}: not a loopback address "
+            "(set admin.allow_non_loopback = true to force it)"
+        )
     return Config(
         source=file,
         base_dir=base_dir,
@@ -371,8 +405,9 @@ def default_config_paths(environ: Mapping[str, str] | None = None) -> list[Path]
     return paths
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None,
-                     environ: Mapping[str, str] | None = None) -> Path:
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
     if explicit is not None:
         path = Path(explicit)
         if not path.is_file():
@@ -387,12 +422,15 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None,
     for path in default_config_paths(environ):
         if path.is_file():
             return path.resolve()
-    raise ConfigError("configuration error: no agent.toml found (give --config PATH, set "
-                      f"{ENV_VAR}, or run in the installation directory)")
+    raise ConfigError(
+        "configuration error: no agent.toml found (give --config PATH, set "
+        f"{ENV_VAR}, or run in the installation directory)"
+    )
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     """Find, read and validate the configuration file (raises ``ConfigError``)."""
     path = find_config_file(explicit, environ)
     try:
@@ -416,10 +454,14 @@ ConfigFactory = Callable[[], Config]
 
 def settings_markdown() -> str:
     """The reference table of every key (docs/configuration.md is checked against this)."""
-    lines = ["# Configuration reference", "",
-             "Generated from `agent/config.py` (`python -m agent.config > docs/configuration.md`); "
-             "a test fails when this page and the code disagree. Durations are `\"30s\"`, `\"5m\"`, "
-             "`\"2h\"`, `\"7d\"`, `\"3y\"` (1 y = 365 d). Relative paths resolve against the config file.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `agent/config.py` (`python -m agent.config > docs/configuration.md`); "
+        'a test fails when this page and the code disagree. Durations are `"30s"`, `"5m"`, '
+        '`"2h"`, `"7d"`, `"3y"` (1 y = 365 d). Relative paths resolve against the config file.',
+        "",
+    ]
 
     def table(prefix: str, spec: dict[str, Setting]) -> None:
         lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])

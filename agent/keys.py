@@ -44,8 +44,10 @@ def check_key_file(path: Path) -> None:
         if st.st_uid != os.geteuid():
             raise ConfigError(f"key file {path} is not owned by the user running the agent")
         if st.st_mode & 0o077:
-            raise ConfigError(f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 "
-                              f"(fix: chmod 600 {path})")
+            raise ConfigError(
+                f"key file {path} has mode {stat.S_IMODE(st.st_mode):04o}; it must be 0600 "
+                f"(fix: chmod 600 {path})"
+            )
 
 
 def _read_secret(path: Path) -> bytes:
@@ -153,8 +155,9 @@ def load_signing_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def write_signing_key(path: Path, key: ec.EllipticCurvePrivateKey, *, replace: bool = False) -> None:
@@ -165,8 +168,11 @@ def generate_keys(keys_dir: Path) -> None:
     """Create the KEK, blind-index and signing keys; refuses to overwrite any existing key."""
     ensure_dir(keys_dir)
     os.chmod(keys_dir, 0o700)
-    existing = [p for p in (keys_dir / "kek-1.key", keys_dir / BLIND_INDEX_FILE, keys_dir / SIGNING_FILE)
-                if p.exists()] + list(kek_files(keys_dir).values())
+    existing = [
+        p
+        for p in (keys_dir / "kek-1.key", keys_dir / BLIND_INDEX_FILE, keys_dir / SIGNING_FILE)
+        if p.exists()
+    ] + list(kek_files(keys_dir).values())
     if existing:
         raise ConfigError(f"refusing to overwrite existing key {existing[0]}")
     write_new(keys_dir / "kek-1.key", secrets.token_bytes(32))

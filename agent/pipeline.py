@@ -56,8 +56,15 @@ class FileCheck:
         return not self.errors
 
 
-def validate_export(data: bytes, *, file_name: str, received_at: dt.datetime, profile: Any = None,
-                    max_file_size: int | None = None, default_valid_days: int = 3) -> FileCheck:
+def validate_export(
+    data: bytes,
+    *,
+    file_name: str,
+    received_at: dt.datetime,
+    profile: Any = None,
+    max_file_size: int | None = None,
+    default_valid_days: int = 3,
+) -> FileCheck:
     """Read and validate one export file held in memory."""
     sha = hashlib.sha256(data).hexdigest()
     if max_file_size is not None and len(data) > max_file_size:
@@ -65,8 +72,9 @@ def validate_export(data: bytes, *, file_name: str, received_at: dt.datetime, pr
     result = read_export(data, file_name=file_name, profile=profile)
     records = []
     for record in result.records:
-        validation = validate_document(record.document, received_at=received_at,
-                                       default_valid_days=default_valid_days)
+        validation = validate_document(
+            record.document, received_at=received_at, default_valid_days=default_valid_days
+        )
         records.append(ValidatedRecord(record.index, validation))
     # The records of one file are committed together, in version order per key (as the store does:
     # §9.2 "version order is the only ordering"), so that is the order they are checked in.
@@ -74,7 +82,9 @@ def validate_export(data: bytes, *, file_name: str, received_at: dt.datetime, pr
     valid = [r.validation for r in records if r.validation.ok and r.validation.document is not None]
     for validation in sorted(valid, key=_version_of):
         _versions_within_file(validation, history)
-    return FileCheck(file_name, sha, len(data), result.format, result.encoding, list(result.problems), records)
+    return FileCheck(
+        file_name, sha, len(data), result.format, result.encoding, list(result.problems), records
+    )
 
 
 def _version_of(validation: Validation) -> int:
@@ -82,8 +92,9 @@ def _version_of(validation: Validation) -> int:
     return version if isinstance(version, int) else 0
 
 
-def _versions_within_file(validation: Validation, history: dict[tuple[Any, Any, Any],
-                          tuple[list[StoredVersion], dict[str, Any]]]) -> None:
+def _versions_within_file(
+    validation: Validation, history: dict[tuple[Any, Any, Any], tuple[list[StoredVersion], dict[str, Any]]]
+) -> None:
     """§9.2 among the records of one file, in file order, as ingest will commit them: the same key
     and version with other content (R-010), a late lower version (R-010) or an identity change
     (R-014) makes the file invalid even before anything is stored. Problems are appended to the

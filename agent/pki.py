@@ -36,8 +36,9 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def make_ca(cn: str, *, days: int = 3650, key: PrivateKey | None = None,
-            not_before: dt.datetime | None = None) -> tuple[PrivateKey, x509.Certificate]:
+def make_ca(
+    cn: str, *, days: int = 3650, key: PrivateKey | None = None, not_before: dt.datetime | None = None
+) -> tuple[PrivateKey, x509.Certificate]:
     key = key or new_key()
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     cert = (
@@ -49,19 +50,41 @@ def make_ca(cn: str, *, days: int = 3650, key: PrivateKey | None = None,
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
 
 
-def make_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, cn: str, *,
-              dns: Sequence[str] = (), ips: Sequence[str] = (), server: bool = False, client: bool = False,
-              days: int = 825, key: PrivateKey | None = None, not_before: dt.datetime | None = None,
-              not_after: dt.datetime | None = None, key_usage: bool = True) -> tuple[PrivateKey, x509.Certificate]:
+def make_cert(
+    ca_key: PrivateKey,
+    ca_cert: x509.Certificate,
+    cn: str,
+    *,
+    dns: Sequence[str] = (),
+    ips: Sequence[str] = (),
+    server: bool = False,
+    client: bool = False,
+    days: int = 825,
+    key: PrivateKey | None = None,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    key_usage: bool = True,
+) -> tuple[PrivateKey, x509.Certificate]:
     """Issue a leaf certificate. ``server``/``client`` set the extended key usages."""
     key = key or new_key()
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -75,14 +98,25 @@ def make_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, cn: str, *,
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
     )
     if key_usage:
         builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False,
-                          key_encipherment=isinstance(key, rsa.RSAPrivateKey), data_encipherment=False,
-                          key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False), critical=True)
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     usages = []
     if server:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
@@ -98,8 +132,9 @@ def make_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, cn: str, *,
 
 
 def key_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def cert_pem(*certs: x509.Certificate) -> bytes:
@@ -119,8 +154,9 @@ def cert_sha256(cert: x509.Certificate) -> str:
 
 
 def spki_sha256(cert: x509.Certificate) -> str:
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return hashlib.sha256(spki).hexdigest()
 
 
@@ -133,8 +169,16 @@ def make_dev_certs(tls_dir: Path, *, institution_code: str = "99000001") -> None
     ensure_dir(tls_dir)
     hostname = socket.gethostname()
     dev_ca_key, dev_ca = make_ca("silson-agent dev CA")
-    server_key, server = make_cert(dev_ca_key, dev_ca, institution_code, dns=["localhost", hostname],
-                                   ips=["127.0.0.1", "::1"], server=True, client=True, days=365)
+    server_key, server = make_cert(
+        dev_ca_key,
+        dev_ca,
+        institution_code,
+        dns=["localhost", hostname],
+        ips=["127.0.0.1", "::1"],
+        server=True,
+        client=True,
+        days=365,
+    )
     relay_ca_key, relay_ca = make_ca("silson-agent dev relay-client CA")
     client_key, client = make_cert(relay_ca_key, relay_ca, "silson24-relay-dev", client=True, days=365)
     _, relay_server_ca = make_ca("silson-agent dev relay-server CA")

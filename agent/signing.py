@@ -25,7 +25,9 @@ def b64url_decode(text: str) -> bytes:
 
 
 def kid_of(public_key: ec.EllipticCurvePublicKey) -> str:
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return hashlib.sha256(spki).hexdigest()
 
 

@@ -39,8 +39,16 @@ def main(argv: list[str]) -> int:
             module.run(report)
         except Exception:  # one broken benchmark must not hide the others' figures
             failed = True
-            report += [f"## {name}", "", "Benchmark failed:", "", "```",
-                       traceback.format_exc(limit=3), "```", ""]
+            report += [
+                f"## {name}",
+                "",
+                "Benchmark failed:",
+                "",
+                "```",
+                traceback.format_exc(limit=3),
+                "```",
+                "",
+            ]
         print(f"bench: {name} done in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
     OUT.write_text("\n".join(report) + "\n", encoding="utf-8")
     print(f"wrote {OUT}", file=sys.stderr)

@@ -80,12 +80,21 @@ def _setup(root: Path) -> dict[str, Any]:
     pki.write_certs(tls / "relay-ca.crt", rca)
     pki.write_certs(tls / "client.crt", ccert)
     pki.write_key(tls / "client.key", ckey)
-    raw = {"agent": {"institution_code": "99000001", "data_dir": str(root / "data"), "log_dir": str(root / "logs")},
-           "api": {"listen": "127.0.0.1:0", "server_cert": str(tls / "server.crt"),
-                   "server_key": str(tls / "server.key"), "client_ca": str(tls / "relay-ca.crt"),
-                   "limits": {"rate_per_s": 0, "health_rate_per_s": 0, "max_connections": 200,
-                              "max_in_flight": 64}},
-           "admin": {"listen": "127.0.0.1:0"}}
+    raw = {
+        "agent": {
+            "institution_code": "99000001",
+            "data_dir": str(root / "data"),
+            "log_dir": str(root / "logs"),
+        },
+        "api": {
+            "listen": "127.0.0.1:0",
+            "server_cert": str(tls / "server.crt"),
+            "server_key": str(tls / "server.key"),
+            "client_ca": str(tls / "relay-ca.crt"),
+            "limits": {"rate_per_s": 0, "health_rate_per_s": 0, "max_connections": 200, "max_in_flight": 64},
+        },
+        "admin": {"listen": "127.0.0.1:0"},
+    }
     config = build_config(raw, None, root)
     generate_keys(config.keys_dir)
     keyring = load_keyring(config.keys_dir, require_signing=True)
@@ -100,17 +109,34 @@ def _setup(root: Path) -> dict[str, Any]:
         canon = canonical_form(copy.deepcopy(doc))
         records.append(StoreRecord(index, canon, content_hash(canon)))
     payload = b"bench-export"
-    store.commit_file(FileFingerprint("/bench/export.json", len(payload), 0, hashlib.sha256(payload).hexdigest()),
-                      records)
+    store.commit_file(
+        FileFingerprint("/bench/export.json", len(payload), 0, hashlib.sha256(payload).hexdigest()), records
+    )
     server = RelayServer(config, store=store, audit=audit, keyring=keyring)
     server.start()
     base = f"https://127.0.0.1:{server.address[1]}"
     with RelayClient(base, tls / "client.crt", tls / "client.key", tls / "server-ca.crt") as client:
-        found = client.search(claim_no=CLAIM["claim_no"], consent_id=CLAIM["consent_id"], name="홍길동",
-                              rrn="900101-1000001", period_from="2025-03-01", period_to="2025-03-31").json()
+        found = client.search(
+            claim_no=CLAIM["claim_no"],
+            consent_id=CLAIM["consent_id"],
+            name="홍길동",
+            rrn="900101-1000001",
+            period_from="2025-03-01",
+            period_to="2025-03-31",
+        ).json()
         ids = [d["id"] for d in found["documents"]][:1]
-        body = client.fetch(claim_no=CLAIM["claim_no"], consent_id=CLAIM["consent_id"], document_ids=ids).content
-    return {"server": server, "store": store, "audit": audit, "base": base, "ids": ids, "body": body, "tls": tls}
+        body = client.fetch(
+            claim_no=CLAIM["claim_no"], consent_id=CLAIM["consent_id"], document_ids=ids
+        ).content
+    return {
+        "server": server,
+        "store": store,
+        "audit": audit,
+        "base": base,
+        "ids": ids,
+        "body": body,
+        "tls": tls,
+    }
 
 
 def _start_nginx(root: Path, tls: Path, body: bytes) -> tuple[subprocess.Popen[bytes] | None, str, str]:
@@ -146,8 +172,9 @@ http {{
   }}
 }}
 """)
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(root)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -159,8 +186,9 @@ http {{
     return proc, f"https://127.0.0.1:{port}", version
 
 
-def _worker(target: str, base: str, tls: str, ids: list[str], threads: int, keepalive: bool, duration: float,
-            out: Any) -> None:
+def _worker(
+    target: str, base: str, tls: str, ids: list[str], threads: int, keepalive: bool, duration: float, out: Any
+) -> None:
     """One client process: ``threads`` concurrent clients for ``duration`` seconds."""
     import requests
 
@@ -174,11 +202,21 @@ def _worker(target: str, base: str, tls: str, ids: list[str], threads: int, keep
     def one(session: requests.Session) -> None:
         t0 = time.perf_counter()
         if target == "agent":
-            body = json.dumps({"request_id": str(uuid.uuid4()), "sent_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                         time.gmtime()),
-                               "relay_id": "bench-relay", "claim": CLAIM, "document_ids": ids}).encode()
-            resp = session.post(base + "/v1/documents/fetch", data=body,
-                                headers={"Content-Type": "application/json"}, timeout=(5, 30))
+            body = json.dumps(
+                {
+                    "request_id": str(uuid.uuid4()),
+                    "sent_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "relay_id": "bench-relay",
+                    "claim": CLAIM,
+                    "document_ids": ids,
+                }
+            ).encode()
+            resp = session.post(
+                base + "/v1/documents/fetch",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=(5, 30),
+            )
         else:
             resp = session.get(base + "/fetch.json", timeout=(5, 30))
         elapsed = time.perf_counter() - t0
@@ -212,14 +250,18 @@ def _worker(target: str, base: str, tls: str, ids: list[str], threads: int, keep
     out.put((latencies, errors[0]))
 
 
-def _measure(target: str, base: str, tls: Path, ids: list[str], clients: int, keepalive: bool) -> dict[str, float]:
+def _measure(
+    target: str, base: str, tls: Path, ids: list[str], clients: int, keepalive: bool
+) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = min(CLIENT_PROCESSES, clients)
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
     started = time.monotonic()
-    children = [ctx.Process(target=_worker, args=(target, base, str(tls), ids, n, keepalive, DURATION_S, queue))
-                for n in shares]
+    children = [
+        ctx.Process(target=_worker, args=(target, base, str(tls), ids, n, keepalive, DURATION_S, queue))
+        for n in shares
+    ]
     for child in children:
         child.start()
     results = [queue.get(timeout=DURATION_S + 120) for _ in children]
@@ -230,9 +272,14 @@ def _measure(target: str, base: str, tls: Path, ids: list[str], clients: int, ke
     errors = sum(e for _, e in results)
     if not latencies:
         return {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": errors, "n": 0}
-    return {"rps": len(latencies) / DURATION_S, "p50": latencies[len(latencies) // 2] * 1000,
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, "errors": errors,
-            "n": len(latencies), "wall": elapsed}
+    return {
+        "rps": len(latencies) / DURATION_S,
+        "p50": latencies[len(latencies) // 2] * 1000,
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "errors": errors,
+        "n": len(latencies),
+        "wall": elapsed,
+    }
 
 
 def _commit_latency_ms(directory: Path, n: int = 20) -> float:
@@ -262,7 +309,9 @@ def _median_cell(runs: list[dict[str, float]]) -> dict[str, float]:
     import statistics
 
     return {key: statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")} | {
-        "errors": sum(r["errors"] for r in runs), "cpu_ms": statistics.median(r.get("cpu_ms", 0.0) for r in runs)}
+        "errors": sum(r["errors"] for r in runs),
+        "cpu_ms": statistics.median(r.get("cpu_ms", 0.0) for r in runs),
+    }
 
 
 def run(report: list[str]) -> None:
@@ -274,14 +323,18 @@ def run(report: list[str]) -> None:
         commit_before = _commit_latency_ms(data_dir)
         report.append("## Relay API fetch vs nginx (mTLS, loopback)")
         report.append("")
-        report.append(f"- {os.cpu_count()} CPUs; {DURATION_S:.0f} s per cell; {CLIENT_PROCESSES} client processes "
-                      f"(Python `requests`); response body {len(setup['body'])} bytes (1 signed document); "
-                      f"agent: POST /v1/documents/fetch with audit record per request; nginx: GET of the "
-                      f"same bytes as a static file ({nginx_version or 'not available'}).")
+        report.append(
+            f"- {os.cpu_count()} CPUs; {DURATION_S:.0f} s per cell; {CLIENT_PROCESSES} client processes "
+            f"(Python `requests`); response body {len(setup['body'])} bytes (1 signed document); "
+            f"agent: POST /v1/documents/fetch with audit record per request; nginx: GET of the "
+            f"same bytes as a static file ({nginx_version or 'not available'})."
+        )
         if ROUNDS > 1:
             report.append(f"- {ROUNDS} rounds per cell, alternating which server goes first; medians shown.")
         report.append("")
-        report.append("| server | connections | clients | req/s | p50 ms | p99 ms | errors | agent CPU ms/req |")
+        report.append(
+            "| server | connections | clients | req/s | p50 ms | p99 ms | errors | agent CPU ms/req |"
+        )
         report.append("|---|---|---|---:|---:|---:|---:|---:|")
         cells: dict[tuple[str, bool, int], dict[str, float]] = {}
         targets = [("agent", setup["base"])] + ([("nginx", nginx_base)] if nginx_proc else [])
@@ -289,7 +342,7 @@ def run(report: list[str]) -> None:
             for clients in CLIENT_COUNTS:
                 runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in targets}
                 for round_no in range(ROUNDS):
-                    for name, base in (targets if round_no % 2 == 0 else list(reversed(targets))):
+                    for name, base in targets if round_no % 2 == 0 else list(reversed(targets)):
                         cpu0 = time.process_time()  # this process hosts the agent's server threads
                         r = _measure(name, base, setup["tls"], setup["ids"], clients, keepalive)
                         if name == "agent" and r["n"]:
@@ -298,24 +351,30 @@ def run(report: list[str]) -> None:
                 for name, _ in targets:
                     r = cells[(name, keepalive, clients)] = _median_cell(runs[name])
                     cpu = f"{r['cpu_ms']:.2f}" if name == "agent" else ""
-                    report.append(f"| {name} | {'keep-alive' if keepalive else 'new handshake'} | {clients} | "
-                                  f"{r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} | {cpu} |")
+                    report.append(
+                        f"| {name} | {'keep-alive' if keepalive else 'new handshake'} | {clients} | "
+                        f"{r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {int(r['errors'])} | {cpu} |"
+                    )
         report.append("")
         agent50, nginx50 = cells.get(("agent", True, 50)), cells.get(("nginx", True, 50))
         if agent50 and nginx50 and nginx50["rps"]:
             ratio = agent50["rps"] / nginx50["rps"]
             p99x = agent50["p99"] / nginx50["p99"] if nginx50["p99"] else float("inf")
-            report.append(f"- Target at 50 keep-alive clients: throughput {ratio:.0%} of nginx (target >= 30 %: "
-                          f"{'met' if ratio >= 0.3 else 'NOT met'}), p99 {p99x:.1f}x nginx (target <= 3x: "
-                          f"{'met' if p99x <= 3 else 'NOT met'}).")
+            report.append(
+                f"- Target at 50 keep-alive clients: throughput {ratio:.0%} of nginx (target >= 30 %: "
+                f"{'met' if ratio >= 0.3 else 'NOT met'}), p99 {p99x:.1f}x nginx (target <= 3x: "
+                f"{'met' if p99x <= 3 else 'NOT met'})."
+            )
         commit_after = _commit_latency_ms(data_dir)
         audit = setup["audit"]
         records = audit.head()[0]
         transactions = getattr(audit, "transactions", None)
-        report.append(f"- Durable SQLite commit in the data directory (median of 20): {commit_before:.2f} ms before, "
-                      f"{commit_after:.2f} ms after the run. Every fetch waits for the store's commit of its "
-                      f"replay record, and the store commits those one at a time, so a slow or shared disk caps "
-                      f"the agent (nginx never waits for the disk).")
+        report.append(
+            f"- Durable SQLite commit in the data directory (median of 20): {commit_before:.2f} ms before, "
+            f"{commit_after:.2f} ms after the run. Every fetch waits for the store's commit of its "
+            f"replay record, and the store commits those one at a time, so a slow or shared disk caps "
+            f"the agent (nginx never waits for the disk)."
+        )
         if transactions:
             report.append(f"- Audit log: {records} records in {transactions} transactions (group commit).")
         report.append("")

@@ -83,8 +83,10 @@ def _baseline(src: Path, db_path: Path, *, per_file: bool) -> tuple[float, float
     for path in sorted(src.iterdir()):
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        rows = [(sha, i, d["document_no"], json.dumps(d)) for i, d in
-                enumerate(json.loads(line) for line in data.splitlines() if line.strip())]
+        rows = [
+            (sha, i, d["document_no"], json.dumps(d))
+            for i, d in enumerate(json.loads(line) for line in data.splitlines() if line.strip())
+        ]
         if per_file:
             conn.execute("BEGIN")
         conn.executemany("INSERT INTO docs VALUES (?,?,?,?)", rows)
@@ -102,8 +104,14 @@ def _start(toml: Path, err: Path, workers: int | None) -> subprocess.Popen[bytes
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if workers is not None:
         env["SILSON_INGEST_WORKERS"] = str(workers)
-    return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(toml)],
-                            stdout=subprocess.DEVNULL, stderr=open(err, "wb"), env=env)  # noqa: SIM115
+    # cwd: the installation, so `-m agent` is this tree's package (PYTHONPATH), not one in the caller's cwd
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(toml)],
+        cwd=str(toml.parent),
+        stdout=subprocess.DEVNULL,
+        stderr=open(err, "wb"),
+        env=env,
+    )  # noqa: SIM115
 
 
 def _stat_fields(pid: int) -> list[bytes]:
@@ -189,8 +197,11 @@ def _backfill(base: Path, corpus: Path, workers: int | None, *, latency: bool) -
         if proc.poll() is not None:
             raise RuntimeError("daemon died during backfill")
     backfill_s = time.perf_counter() - start
-    out: dict[str, float] = {"backfill_s": backfill_s, "rate": DOCS / backfill_s,
-                             "cpu_ms_per_doc": 1000 * _tree_cpu_s(proc.pid) / DOCS}
+    out: dict[str, float] = {
+        "backfill_s": backfill_s,
+        "rate": DOCS / backfill_s,
+        "cpu_ms_per_doc": 1000 * _tree_cpu_s(proc.pid) / DOCS,
+    }
     if latency:
         # Rename a complete file into the watched folder, wait until it is committed.
         latencies = []
@@ -228,8 +239,12 @@ def run(report: list[str]) -> None:
         base = Path(tmp)
         corpus = base / "corpus"
         files = _corpus(corpus)
-        per_file, per_file_cpu = max(_baseline(corpus, base / "baseline.db", per_file=True) for _ in range(REPEAT))
-        one_txn, one_txn_cpu = max(_baseline(corpus, base / "baseline.db", per_file=False) for _ in range(REPEAT))
+        per_file, per_file_cpu = max(
+            _baseline(corpus, base / "baseline.db", per_file=True) for _ in range(REPEAT)
+        )
+        one_txn, one_txn_cpu = max(
+            _baseline(corpus, base / "baseline.db", per_file=False) for _ in range(REPEAT)
+        )
         pooled = _best([_backfill(base / "run", corpus, None, latency=(i == 0)) for i in range(REPEAT)])
         inproc = _best([_backfill(base / "run", corpus, 0, latency=False) for _ in range(REPEAT)])
         latency = pooled if "p50" in pooled else _backfill(base / "run", corpus, None, latency=True)
@@ -239,41 +254,58 @@ def run(report: list[str]) -> None:
 
     report.append("## Ingest")
     report.append("")
-    report.append(f"Backfill of {DOCS:,} documents in {files:,} JSONL files present before the daemon starts "
-                  f"(start-up included); best of {REPEAT} runs each.")
+    report.append(
+        f"Backfill of {DOCS:,} documents in {files:,} JSONL files present before the daemon starts "
+        f"(start-up included); best of {REPEAT} runs each."
+    )
     report.append("")
     report.append("| | docs/s | vs fair baseline | CPU ms per document |")
     report.append("|---|---:|---:|---:|")
-    report.append(f"| agent, look-ahead workers (default, {min(2, cores) if cores > 1 else 0} on {cores} cores) | "
-                  f"**{pooled['rate']:,.0f}** | **{pct(pooled['rate'])}** (target ≥ 50 %) | "
-                  f"{pooled['cpu_ms_per_doc']:.2f} |")
-    report.append(f"| agent, everything in-process (`SILSON_INGEST_WORKERS=0`) | {inproc['rate']:,.0f} | "
-                  f"{pct(inproc['rate'])} | {inproc['cpu_ms_per_doc']:.2f} |")
-    report.append(f"| baseline, one transaction per file (fair) | {per_file:,.0f} | 100 % | {per_file_cpu:.2f} |")
-    report.append(f"| baseline, one transaction for everything | {one_txn:,.0f} | {pct(one_txn)} | "
-                  f"{one_txn_cpu:.2f} |")
+    report.append(
+        f"| agent, look-ahead workers (default, {min(2, cores) if cores > 1 else 0} on {cores} cores) | "
+        f"**{pooled['rate']:,.0f}** | **{pct(pooled['rate'])}** (target ≥ 50 %) | "
+        f"{pooled['cpu_ms_per_doc']:.2f} |"
+    )
+    report.append(
+        f"| agent, everything in-process (`SILSON_INGEST_WORKERS=0`) | {inproc['rate']:,.0f} | "
+        f"{pct(inproc['rate'])} | {inproc['cpu_ms_per_doc']:.2f} |"
+    )
+    report.append(
+        f"| baseline, one transaction per file (fair) | {per_file:,.0f} | 100 % | {per_file_cpu:.2f} |"
+    )
+    report.append(
+        f"| baseline, one transaction for everything | {one_txn:,.0f} | {pct(one_txn)} | {one_txn_cpu:.2f} |"
+    )
     report.append("")
     ceiling = 1000 * cores / pooled["cpu_ms_per_doc"]
-    report.append(f"CPU per document includes the daemon's start-up and, for the agent, every process (daemon "
-                  f"and workers). At {pooled['cpu_ms_per_doc']:.2f} ms per document, {cores} fully used "
-                  f"core(s) cannot ingest more than ~{ceiling:,.0f} docs/s ({pct(ceiling)} of the fair "
-                  "baseline): the ratio is bounded by the CPU cost of validation and of the encrypted store "
-                  "per document, not by waiting.")
+    report.append(
+        f"CPU per document includes the daemon's start-up and, for the agent, every process (daemon "
+        f"and workers). At {pooled['cpu_ms_per_doc']:.2f} ms per document, {cores} fully used "
+        f"core(s) cannot ingest more than ~{ceiling:,.0f} docs/s ({pct(ceiling)} of the fair "
+        "baseline): the ratio is bounded by the CPU cost of validation and of the encrypted store "
+        "per document, not by waiting."
+    )
     report.append("")
-    report.append("The baselines read the bytes, hash them, parse the JSON and insert plain rows into SQLite "
-                  "(WAL, `synchronous=FULL`) — no validation, no encryption, no ledger, archive copy or "
-                  "acknowledgement. The fair one commits once per file, like the agent: a file may be removed "
-                  "from the export folder (acknowledged) only after all its records are durably committed, so "
-                  "one durable commit per file is the price of exactly-once that any ingest pays; the "
-                  "one-transaction baseline skips exactly that and is shown only to make the cost of the "
-                  "per-file fsync on this disk visible.")
+    report.append(
+        "The baselines read the bytes, hash them, parse the JSON and insert plain rows into SQLite "
+        "(WAL, `synchronous=FULL`) — no validation, no encryption, no ledger, archive copy or "
+        "acknowledgement. The fair one commits once per file, like the agent: a file may be removed "
+        "from the export folder (acknowledged) only after all its records are durably committed, so "
+        "one durable commit per file is the price of exactly-once that any ingest pays; the "
+        "one-transaction baseline skips exactly that and is shown only to make the cost of the "
+        "per-file fsync on this disk visible."
+    )
     report.append("")
-    report.append(f"- rename → committed latency over {LATENCY_SAMPLES} files after the backfill: "
-                  f"p50 **{latency['p50']:.0f} ms**, p99 {latency['p99']:.0f} ms (target p50 < 250 ms)")
-    report.append(f"- memory during backfill: daemon peak RSS **{pooled['peak_rss_mb']:.0f} MB** (largest single "
-                  f"process); daemon + look-ahead workers together, peak PSS **{pooled['peak_pss_total_mb']:.0f} MB** "
-                  f"(target < 250 MB; in-process: {inproc['peak_pss_total_mb']:.0f} MB); exit on SIGTERM: "
-                  f"{pooled['exit']}")
+    report.append(
+        f"- rename → committed latency over {LATENCY_SAMPLES} files after the backfill: "
+        f"p50 **{latency['p50']:.0f} ms**, p99 {latency['p99']:.0f} ms (target p50 < 250 ms)"
+    )
+    report.append(
+        f"- memory during backfill: daemon peak RSS **{pooled['peak_rss_mb']:.0f} MB** (largest single "
+        f"process); daemon + look-ahead workers together, peak PSS **{pooled['peak_pss_total_mb']:.0f} MB** "
+        f"(target < 250 MB; in-process: {inproc['peak_pss_total_mb']:.0f} MB); exit on SIGTERM: "
+        f"{pooled['exit']}"
+    )
 
 
 if __name__ == "__main__":

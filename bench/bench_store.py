@@ -34,12 +34,19 @@ MILLION = 1_000_000
 def _doc(i: int) -> dict[str, Any]:
     day = f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}"
     return {
-        "schema_version": "1.0", "document_type": "receipt", "document_no": f"B{i:09d}", "version": 1,
-        "status": "active", "issued_on": day,
+        "schema_version": "1.0",
+        "document_type": "receipt",
+        "document_no": f"B{i:09d}",
+        "version": 1,
+        "status": "active",
+        "issued_on": day,
         "institution": {"ykiho": "99000001", "name": "예시가정의원", "type_code": "31"},
         "patient": {"name": "환자" + str(i % 9973), "rrn": _rrn(i), "patient_reg_no": f"{i:08d}"},
-        "visit_type": "outpatient", "care_period": {"start": day, "end": day},
-        "lines": [{"item": "consultation", "copay": 5400, "insurer": 12600, "full_copay": 0, "non_covered": 0}],
+        "visit_type": "outpatient",
+        "care_period": {"start": day, "end": day},
+        "lines": [
+            {"item": "consultation", "copay": 5400, "insurer": 12600, "full_copay": 0, "non_covered": 0}
+        ],
         "total_charge": 18000,
     }
 
@@ -60,8 +67,10 @@ class _Baseline:
         self.conn = sqlite3.connect(root / "plain.db", isolation_level=None)
         for pragma in ("journal_mode = WAL", "synchronous = FULL", "temp_store = MEMORY"):
             self.conn.execute(f"PRAGMA {pragma}")
-        self.conn.execute("CREATE TABLE documents (doc_id TEXT PRIMARY KEY, document_no TEXT, rrn TEXT, name TEXT, "
-                          "issued_on TEXT, care_start TEXT, care_end TEXT, body TEXT)")
+        self.conn.execute(
+            "CREATE TABLE documents (doc_id TEXT PRIMARY KEY, document_no TEXT, rrn TEXT, name TEXT, "
+            "issued_on TEXT, care_start TEXT, care_end TEXT, body TEXT)"
+        )
         self.conn.execute("CREATE INDEX d_rrn ON documents (rrn)")
 
     def insert(self, start: int, stop: int) -> float:
@@ -71,9 +80,19 @@ class _Baseline:
             d = _doc(i)
             body = json.dumps(d, ensure_ascii=False, sort_keys=True)
             hashlib.sha256(body.encode()).hexdigest()
-            self.conn.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
-                              (f"doc_{i}", d["document_no"], d["patient"]["rrn"], d["patient"]["name"],
-                               d["issued_on"], d["care_period"]["start"], d["care_period"]["end"], body))
+            self.conn.execute(
+                "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    f"doc_{i}",
+                    d["document_no"],
+                    d["patient"]["rrn"],
+                    d["patient"]["name"],
+                    d["issued_on"],
+                    d["care_period"]["start"],
+                    d["care_period"]["end"],
+                    body,
+                ),
+            )
         self.conn.execute("COMMIT")
         return time.perf_counter() - t0
 
@@ -83,15 +102,23 @@ class _Baseline:
         for _ in range(LOOKUPS):
             i = rng.randrange(n)
             t = time.perf_counter()
-            json.loads(self.conn.execute("SELECT body FROM documents WHERE doc_id = ?", (f"doc_{i}",)).fetchone()[0])
+            json.loads(
+                self.conn.execute("SELECT body FROM documents WHERE doc_id = ?", (f"doc_{i}",)).fetchone()[0]
+            )
             point.append(time.perf_counter() - t)
             t = time.perf_counter()
-            rows = self.conn.execute("SELECT doc_id, name FROM documents WHERE rrn = ? AND care_start <= ? "
-                                     "AND care_end >= ?", (_rrn(i), "2025-12-31", "2025-01-01")).fetchall()
+            rows = self.conn.execute(
+                "SELECT doc_id, name FROM documents WHERE rrn = ? AND care_start <= ? AND care_end >= ?",
+                (_rrn(i), "2025-12-31", "2025-01-01"),
+            ).fetchall()
             assert rows
             search.append(time.perf_counter() - t)
-        return {"point_p50": _pct(point, .5), "point_p99": _pct(point, .99),
-                "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
+        return {
+            "point_p50": _pct(point, 0.5),
+            "point_p99": _pct(point, 0.99),
+            "search_p50": _pct(search, 0.5),
+            "search_p99": _pct(search, 0.99),
+        }
 
     def close(self) -> None:
         self.conn.close()
@@ -130,12 +157,17 @@ def _lookups(store: Any, ids: list[str], n: int) -> dict[str, float]:
         assert store.get_current(ids[i]) is not None
         point.append(time.perf_counter() - t)
         t = time.perf_counter()
-        hits = store.search(rrn=_rrn(i), name="환자" + str(i % 9973), period_from="2025-01-01",
-                            period_to="2025-12-31").hits
+        hits = store.search(
+            rrn=_rrn(i), name="환자" + str(i % 9973), period_from="2025-01-01", period_to="2025-12-31"
+        ).hits
         assert hits
         search.append(time.perf_counter() - t)
-    return {"point_p50": _pct(point, .5), "point_p99": _pct(point, .99),
-            "search_p50": _pct(search, .5), "search_p99": _pct(search, .99)}
+    return {
+        "point_p50": _pct(point, 0.5),
+        "point_p99": _pct(point, 0.99),
+        "search_p50": _pct(search, 0.5),
+        "search_p99": _pct(search, 0.99),
+    }
 
 
 class _NullCipher:
@@ -155,7 +187,9 @@ class _NullCipher:
         def seal(kind: str, record_id: str, version: Any, plaintext: bytes, kek_id: str, kek: bytes) -> Any:
             return crypto.Sealed(kek_id, b"", b"", b"", plaintext)
 
-        def open_sealed(kind: str, record_id: str, version: Any, sealed: Any, kek: bytes, *, what: str) -> bytes:
+        def open_sealed(
+            kind: str, record_id: str, version: Any, sealed: Any, kek: bytes, *, what: str
+        ) -> bytes:
             return bytes(sealed.ciphertext)
 
         crypto.seal, crypto.open_sealed = seal, open_sealed  # type: ignore[assignment]
@@ -240,22 +274,32 @@ def _one(report: list[str], n: int) -> None:
     finally:
         os.umask(old)
         shutil.rmtree(root, ignore_errors=True)
-    report.append(f"| {n:,} | encrypted store | {enc['insert_per_s']:,.0f} | {enc['point_p50']:.2f} / "
-                  f"{enc['point_p99']:.2f} | {enc['search_p50']:.2f} / {enc['search_p99']:.2f} |")
+    report.append(
+        f"| {n:,} | encrypted store | {enc['insert_per_s']:,.0f} | {enc['point_p50']:.2f} / "
+        f"{enc['point_p99']:.2f} | {enc['search_p50']:.2f} / {enc['search_p99']:.2f} |"
+    )
     same = base["same_ops"]
-    report.append(f"| {n:,} | same operations, unencrypted (baseline) | {same['insert_per_s']:,.0f} | "
-                  f"{same['point_p50']:.2f} / {same['point_p99']:.2f} | {same['search_p50']:.2f} / "
-                  f"{same['search_p99']:.2f} |")
-    report.append(f"| {n:,} | minimal plain table (one row + RRN index) | {base['insert_per_s']:,.0f} | "
-                  f"{base['point_p50']:.2f} / {base['point_p99']:.2f} | {base['search_p50']:.2f} / "
-                  f"{base['search_p99']:.2f} |")
+    report.append(
+        f"| {n:,} | same operations, unencrypted (baseline) | {same['insert_per_s']:,.0f} | "
+        f"{same['point_p50']:.2f} / {same['point_p99']:.2f} | {same['search_p50']:.2f} / "
+        f"{same['search_p99']:.2f} |"
+    )
+    report.append(
+        f"| {n:,} | minimal plain table (one row + RRN index) | {base['insert_per_s']:,.0f} | "
+        f"{base['point_p50']:.2f} / {base['point_p99']:.2f} | {base['search_p50']:.2f} / "
+        f"{base['search_p99']:.2f} |"
+    )
     ratio = enc["insert_per_s"] / same["insert_per_s"]
     raw = enc["insert_per_s"] / base["insert_per_s"]
-    report.append(f"| {n:,} | ratio encrypted / same operations unencrypted | {ratio:.0%} (target ≥ 50%: "
-                  f"{'met' if ratio >= .5 else 'MISSED'}) | | patient search p99 {enc['search_p99']:.2f} ms "
-                  f"(target < 10 ms: {'met' if enc['search_p99'] < 10 else 'MISSED'}) |")
-    report.append(f"| {n:,} | ratio encrypted / minimal plain table | {raw:.0%} (whole cost of the store: "
-                  f"versions, blind indexes, link columns, encryption) | | |")
+    report.append(
+        f"| {n:,} | ratio encrypted / same operations unencrypted | {ratio:.0%} (target ≥ 50%: "
+        f"{'met' if ratio >= 0.5 else 'MISSED'}) | | patient search p99 {enc['search_p99']:.2f} ms "
+        f"(target < 10 ms: {'met' if enc['search_p99'] < 10 else 'MISSED'}) |"
+    )
+    report.append(
+        f"| {n:,} | ratio encrypted / minimal plain table | {raw:.0%} (whole cost of the store: "
+        f"versions, blind indexes, link columns, encryption) | | |"
+    )
 
 
 def _million(report: list[str], n: int) -> None:
@@ -266,9 +310,11 @@ def _million(report: list[str], n: int) -> None:
     finally:
         os.umask(old)
         shutil.rmtree(root, ignore_errors=True)
-    report.append(f"| {n:,} | encrypted store, bulk-loaded (see below) | — (loaded in {enc['load_s']:,.0f} s) | "
-                  f"{enc['point_p50']:.2f} / {enc['point_p99']:.2f} | {enc['search_p50']:.2f} / "
-                  f"{enc['search_p99']:.2f} (target < 10 ms: {'met' if enc['search_p99'] < 10 else 'MISSED'}) |")
+    report.append(
+        f"| {n:,} | encrypted store, bulk-loaded (see below) | — (loaded in {enc['load_s']:,.0f} s) | "
+        f"{enc['point_p50']:.2f} / {enc['point_p99']:.2f} | {enc['search_p50']:.2f} / "
+        f"{enc['search_p99']:.2f} (target < 10 ms: {'met' if enc['search_p99'] < 10 else 'MISSED'}) |"
+    )
 
 
 def run(report: list[str]) -> None:
@@ -276,8 +322,10 @@ def run(report: list[str]) -> None:
     million = os.environ.get("BENCH_STORE_1M") == "1"
     report.append("## Store")
     report.append("")
-    report.append(f"Batches of {BATCH} documents per transaction (synchronous=FULL), store and baseline "
-                  f"alternating batch by batch; {LOOKUPS} random look-ups; latencies in ms (p50 / p99).")
+    report.append(
+        f"Batches of {BATCH} documents per transaction (synchronous=FULL), store and baseline "
+        f"alternating batch by batch; {LOOKUPS} random look-ups; latencies in ms (p50 / p99)."
+    )
     report.append("")
     report.append("| documents | variant | insert docs/s | point read p50/p99 | patient search p50/p99 |")
     report.append("|---|---|---|---|---|")
@@ -286,14 +334,18 @@ def run(report: list[str]) -> None:
         _million(report, MILLION)
     report.append("")
     if million:
-        report.append(f"{MILLION:,} documents: look-up latency only. The store is filled through the ingest code "
-                      f"path (`Store.commit_file`: same schema, indexes, envelope encryption and blind indexes) "
-                      f"in files of {BULK:,} records with `synchronous=OFF` during the load (set back to FULL, "
-                      "WAL checkpointed, before the look-ups); insert throughput is the figure measured above "
-                      f"at {n:,}.")
+        report.append(
+            f"{MILLION:,} documents: look-up latency only. The store is filled through the ingest code "
+            f"path (`Store.commit_file`: same schema, indexes, envelope encryption and blind indexes) "
+            f"in files of {BULK:,} records with `synchronous=OFF` during the load (set back to FULL, "
+            "WAL checkpointed, before the look-ups); insert throughput is the figure measured above "
+            f"at {n:,}."
+        )
     else:
-        report.append(f"{MILLION:,} documents: not run by default (set BENCH_STORE_1M=1: look-up latency on a "
-                      "bulk-loaded store; the load takes about 10 minutes and 2 GB of disk on a 2-core machine).")
+        report.append(
+            f"{MILLION:,} documents: not run by default (set BENCH_STORE_1M=1: look-up latency on a "
+            "bulk-loaded store; the load takes about 10 minutes and 2 GB of disk on a 2-core machine)."
+        )
     report.append("")
 
 

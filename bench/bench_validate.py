@@ -47,11 +47,15 @@ def run(report: list[str]) -> None:
     for doc in docs:
         by_type[doc["document_type"]].append(doc)
     now = dt.datetime.now(dt.UTC)
-    report += ["## Validation throughput (issue 3)", "",
-               "Read + decode + normalise + validate every rule, per document type and serialisation, "
-               "against a standard-library parse of the same bytes.", "",
-               "| type | format | docs | validated docs/s | stdlib parse docs/s | ratio |",
-               "|---|---|---:|---:|---:|---:|"]
+    report += [
+        "## Validation throughput (issue 3)",
+        "",
+        "Read + decode + normalise + validate every rule, per document type and serialisation, "
+        "against a standard-library parse of the same bytes.",
+        "",
+        "| type | format | docs | validated docs/s | stdlib parse docs/s | ratio |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for doc_type, items in sorted(by_type.items()):
         items = items[:300]
         for fmt in FORMATS:
@@ -61,6 +65,7 @@ def run(report: list[str]) -> None:
             assert check.ok, [p.rule for p in check.errors][:5]
             ours = _rate(lambda d=data, n=name: validate_export(d, file_name=n, received_at=now), len(items))
             base = _rate(lambda f=fmt, d=data: _baseline(f, d), len(items))
-            report.append(f"| {doc_type} | {fmt} | {len(items)} | {ours:,.0f} | {base:,.0f} | "
-                          f"{ours / base:.3f} |")
+            report.append(
+                f"| {doc_type} | {fmt} | {len(items)} | {ours:,.0f} | {base:,.0f} | {ours / base:.3f} |"
+            )
     report.append("")

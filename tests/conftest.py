@@ -27,11 +27,17 @@ class CliResult:
         return json.loads(self.stdout)
 
 
-def run_cli(*argv: str, stdin: str = "", cwd: Path | None = None, environ: dict[str, str] | None = None) -> CliResult:
+def run_cli(
+    *argv: str, stdin: str = "", cwd: Path | None = None, environ: dict[str, str] | None = None
+) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
-    env = Environment(stdin=io.StringIO(stdin), stdout=out, stderr=err,
-                      environ=dict(os.environ if environ is None else environ),
-                      cwd=str(cwd or Path.cwd()))
+    env = Environment(
+        stdin=io.StringIO(stdin),
+        stdout=out,
+        stderr=err,
+        environ=dict(os.environ if environ is None else environ),
+        cwd=str(cwd or Path.cwd()),
+    )
     code = main(list(argv), env)
     return CliResult(code, out.getvalue(), err.getvalue())
 
@@ -55,6 +61,7 @@ def installation(tmp_path: Path) -> Path:
     from agent.commands.init import write_installation
 
     root = tmp_path / "inst"
-    write_installation(root, code="99000001", kind="clinic", dev_certs=True,
-                       listen="127.0.0.1:0", admin="127.0.0.1:0")
+    write_installation(
+        root, code="99000001", kind="clinic", dev_certs=True, listen="127.0.0.1:0", admin="127.0.0.1:0"
+    )
     return root

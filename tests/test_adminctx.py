@@ -15,7 +15,9 @@ from agent.errors import AuditUnavailableError, ExitStatus
 from tests.audit.audithelp import load, write_installation
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="sudo sets SUDO_USER for root only")
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="sudo sets SUDO_USER for root only"
+)
 def test_actor_under_sudo_is_the_invoking_user() -> None:
     actor = admin_actor({"SUDO_USER": "clinic-it", "SUDO_UID": "1001", "USER": "root"})
     assert actor == {"kind": "admin", "os_user": "clinic-it", "uid": 1001, "host": socket.gethostname()}
@@ -29,8 +31,9 @@ def test_actor_without_sudo_is_the_real_account_not_a_spoofed_user_variable() ->
 
 def test_audit_admin_writes_a_local_admin_record(tmp_path: Path) -> None:
     config = load(write_installation(tmp_path / "inst", keys=False))
-    record = audit_admin(config, "quarantine.show", reason="profile fix", environ={},
-                         extra={"document_ids": ["q_01TEST"]})
+    record = audit_admin(
+        config, "quarantine.show", reason="profile fix", environ={}, extra={"document_ids": ["q_01TEST"]}
+    )
     assert record["action"] == "admin.quarantine.show"
     assert record["actor"]["os_user"] == pwd.getpwuid(os.getuid()).pw_name
     assert record["source"]["local"] is True and "tty" in record["source"]

@@ -28,8 +28,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400),
-                                          ("3y", 1095 * 86400)])
+@pytest.mark.parametrize(
+    "text,seconds", [("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("3y", 1095 * 86400)]
+)
 def test_durations_parse(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
@@ -52,18 +53,21 @@ def test_defaults_and_relative_paths_resolve_against_config_dir(tmp_path: Path) 
         config.source = None  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("text,key", [
-    ('[agent]\nnosuch = 1\n', "agent.nosuch"),
-    ('[bogus]\n', "bogus"),
-    ('[api]\nlisten = 8443\n', "api.listen"),
-    ('[[watch]]\nsettle = "2 seconds"\n', "watch[0].settle"),
-    ('[[watch]]\npolling = "yes"\n', "watch[0].polling"),
-    ('[api.limits]\nmax_body_bytes = 99999999999\n', "api.limits.max_body_bytes"),
-    ('[api.limits]\nheader_timeout = "100ms"\n', "api.limits.header_timeout"),
-    ('[retention]\naudit_keep = "2y"\n', "retention.audit_keep"),
-    ('[admin]\nlisten = "0.0.0.0:8780"\n', "admin.listen"),
-    ('[agent]\ninstitution_code = "1234"\n', "agent.institution_code"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("[agent]\nnosuch = 1\n", "agent.nosuch"),
+        ("[bogus]\n", "bogus"),
+        ("[api]\nlisten = 8443\n", "api.listen"),
+        ('[[watch]]\nsettle = "2 seconds"\n', "watch[0].settle"),
+        ('[[watch]]\npolling = "yes"\n', "watch[0].polling"),
+        ("[api.limits]\nmax_body_bytes = 99999999999\n", "api.limits.max_body_bytes"),
+        ('[api.limits]\nheader_timeout = "100ms"\n', "api.limits.header_timeout"),
+        ('[retention]\naudit_keep = "2y"\n', "retention.audit_keep"),
+        ('[admin]\nlisten = "0.0.0.0:8780"\n', "admin.listen"),
+        ('[agent]\ninstitution_code = "1234"\n', "agent.institution_code"),
+    ],
+)
 def test_config_errors_name_key_and_file(tmp_path: Path, text: str, key: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -78,7 +82,7 @@ def test_non_loopback_admin_allowed_only_when_forced(tmp_path: Path) -> None:
 
 
 def test_rate_zero_turns_limiting_off(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, '[api.limits]\nrate_per_s = 0\n')).limits.rate_per_s == 0
+    assert load_config(write(tmp_path, "[api.limits]\nrate_per_s = 0\n")).limits.rate_per_s == 0
 
 
 def test_lookup_order_env_then_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,7 +108,9 @@ def test_missing_config_file_is_exit_4(cli, tmp_path: Path) -> None:
 
 def test_docs_list_every_key() -> None:
     text = DOCS.read_text(encoding="utf-8")
-    assert text.strip() == settings_markdown().strip(), "regenerate: python -m agent.config > docs/configuration.md"
+    assert text.strip() == settings_markdown().strip(), (
+        "regenerate: python -m agent.config > docs/configuration.md"
+    )
     for section, spec in SETTINGS.items():
         for key in spec:
             assert f"`{section}.{key}`" in text

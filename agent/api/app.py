@@ -64,8 +64,12 @@ class ConnInfo:
         return self.peer.cert_sha256 if self.peer is not None else self.ip
 
     def conn_peer(self) -> ConnPeer:
-        return ConnPeer(self.peer.cert_sha256 if self.peer else None, self.peer.subject if self.peer else None,
-                        self.ip, self.port)
+        return ConnPeer(
+            self.peer.cert_sha256 if self.peer else None,
+            self.peer.subject if self.peer else None,
+            self.ip,
+            self.port,
+        )
 
 
 class _Disconnected(Exception):
@@ -73,9 +77,15 @@ class _Disconnected(Exception):
 
 
 class RelayApp:
-    def __init__(self, config: Config, backend: BackendProtocol, clock: Clock, *,
-                 ingest_status: Callable[[], str] | None = None,
-                 handler_hook: Callable[[str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        backend: BackendProtocol,
+        clock: Clock,
+        *,
+        ingest_status: Callable[[], str] | None = None,
+        handler_hook: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         limits = config.limits
         self.config = config
         self.clock = clock
@@ -91,14 +101,19 @@ class RelayApp:
         # Test hook (C-32): awaited inside the in-flight window, so a test can hold requests.
         self.handler_hook = handler_hook
         self.in_flight = 0
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(WORKERS, self.max_in_flight + 2),
-                                                          thread_name_prefix="relay-api")
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(WORKERS, self.max_in_flight + 2), thread_name_prefix="relay-api"
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http":
             return
         conn: ConnInfo = scope["state"]["conn"]
@@ -125,8 +140,9 @@ class RelayApp:
         metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
         await self._send(send, response, conn)
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                        conn: ConnInfo) -> Response | None:
+    async def _dispatch(
+        self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], conn: ConnInfo
+    ) -> Response | None:
         loop = asyncio.get_running_loop()
         path, method = scope["path"], scope["method"]
         # Step 3: route and method. A query string is not part of any route.
@@ -144,8 +160,9 @@ class RelayApp:
         retry = bucket.take(conn.client_key, self.clock.monotonic())
         if retry:
             if action is not None:
-                await loop.run_in_executor(self.pool, self.backend.count_rate_limited, conn.client_key,
-                                           today_kst(self.clock.now()))
+                await loop.run_in_executor(
+                    self.pool, self.backend.count_rate_limited, conn.client_key, today_kst(self.clock.now())
+                )
             return problem_response("rate-limited", None, retry_after=retry)
         if self.handler_hook is not None:
             await self.handler_hook(path)
@@ -166,8 +183,9 @@ class RelayApp:
             early = ProblemError("unsupported-media-type")
         return await self._audited(action, conn, early, body)
 
-    async def _audited(self, action: str, conn: ConnInfo, early: ProblemError | None,
-                       body: bytes | None) -> Response:
+    async def _audited(
+        self, action: str, conn: ConnInfo, early: ProblemError | None, body: bytes | None
+    ) -> Response:
         """Steps 6–12: a worker thread prepares the response and queues its audit record; the
         loop is woken once, when the record is durable (or could not be written)."""
         loop = asyncio.get_running_loop()
@@ -203,7 +221,9 @@ class RelayApp:
         prepared, error = await outcome
         return self.handlers.audited(prepared, error)
 
-    async def _read_body(self, receive: Callable[[], Awaitable[dict[str, Any]]], conn: ConnInfo) -> bytes | None:
+    async def _read_body(
+        self, receive: Callable[[], Awaitable[dict[str, Any]]], conn: ConnInfo
+    ) -> bytes | None:
         """The body within ``body_timeout`` (else close, §9); ``None`` when over the size limit."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout
@@ -231,10 +251,13 @@ class RelayApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _send(self, send: Callable[[dict[str, Any]], Awaitable[None]], response: Response,
-                    conn: ConnInfo) -> None:
-        headers = [(b"content-type", response.content_type.encode("ascii")),
-                   (b"content-length", str(len(response.body)).encode("ascii"))] + _BASE_HEADERS
+    async def _send(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], response: Response, conn: ConnInfo
+    ) -> None:
+        headers = [
+            (b"content-type", response.content_type.encode("ascii")),
+            (b"content-length", str(len(response.body)).encode("ascii")),
+        ] + _BASE_HEADERS
         headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in response.headers]
         if response.close:
             headers.append((b"connection", b"close"))

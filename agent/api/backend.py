@@ -51,11 +51,25 @@ class BackendProtocol(Protocol):
     def relay_ids(self) -> frozenset[str] | None: ...
     def subject_ref(self, rrn13: str) -> str: ...
     def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool: ...
-    def search(self, rrn13: str, name: str, period_from: dt.date, period_to: dt.date,
-               types: tuple[str, ...], limit: int) -> SearchOutcome: ...
+    def search(
+        self,
+        rrn13: str,
+        name: str,
+        period_from: dt.date,
+        period_to: dt.date,
+        types: tuple[str, ...],
+        limit: int,
+    ) -> SearchOutcome: ...
     def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None: ...
-    def binding_extend(self, claim_no: str, consent_id: str, subject_ref: str, ids: Iterable[str],
-                       expires_at: float, now: dt.datetime) -> bool: ...
+    def binding_extend(
+        self,
+        claim_no: str,
+        consent_id: str,
+        subject_ref: str,
+        ids: Iterable[str],
+        expires_at: float,
+        now: dt.datetime,
+    ) -> bool: ...
     def get_current(self, doc_id: str) -> dict[str, Any] | None: ...
     def audit_append(self, event: dict[str, Any]) -> None: ...
     def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]: ...
@@ -125,25 +139,57 @@ class Backend:
     def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool:
         return bool(self._call(self.store.replay_check_and_insert, request_id, now))
 
-    def search(self, rrn13: str, name: str, period_from: dt.date, period_to: dt.date,
-               types: tuple[str, ...], limit: int) -> SearchOutcome:
+    def search(
+        self,
+        rrn13: str,
+        name: str,
+        period_from: dt.date,
+        period_to: dt.date,
+        types: tuple[str, ...],
+        limit: int,
+    ) -> SearchOutcome:
         # ``limit``: the store stops decrypting once more than ``limit`` hits are found (→ 422).
-        result = self._call(self.store.search, rrn=rrn13, name=name, period_from=period_from,
-                            period_to=period_to, document_types=types, limit=limit)
+        result = self._call(
+            self.store.search,
+            rrn=rrn13,
+            name=name,
+            period_from=period_from,
+            period_to=period_to,
+            document_types=types,
+            limit=limit,
+        )
         return SearchOutcome([hit.as_json() for hit in result.hits], result.withheld_count)
 
     def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None:
         found = self._call(self.store.binding_get, claim_no, now)
         if found is None or found.expires_at <= now.timestamp():
             return None
-        return Binding(found.claim_no, found.consent_id, found.subject_ref, frozenset(found.allowed_ids),
-                       float(found.expires_at))
+        return Binding(
+            found.claim_no,
+            found.consent_id,
+            found.subject_ref,
+            frozenset(found.allowed_ids),
+            float(found.expires_at),
+        )
 
-    def binding_extend(self, claim_no: str, consent_id: str, subject_ref: str, ids: Iterable[str],
-                       expires_at: float, now: dt.datetime) -> bool:
+    def binding_extend(
+        self,
+        claim_no: str,
+        consent_id: str,
+        subject_ref: str,
+        ids: Iterable[str],
+        expires_at: float,
+        now: dt.datetime,
+    ) -> bool:
         """B1/B2 atomically; returns True when B3 applies (another subject/consent won a race)."""
-        update = self._call(self.store.binding_upsert, claim_no, consent_id=consent_id, subject_ref=subject_ref,
-                            add_ids=list(ids), now=now)
+        update = self._call(
+            self.store.binding_upsert,
+            claim_no,
+            consent_id=consent_id,
+            subject_ref=subject_ref,
+            add_ids=list(ids),
+            now=now,
+        )
         return bool(update.conflict)
 
     def get_current(self, doc_id: str) -> dict[str, Any] | None:

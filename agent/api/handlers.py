@@ -87,11 +87,23 @@ def json_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def problem_response(name: str, request_id: str | None, *, errors: Any = None, retry_after: int | None = None,
-                     close: bool = False) -> Response:
+def problem_response(
+    name: str,
+    request_id: str | None,
+    *,
+    errors: Any = None,
+    retry_after: int | None = None,
+    close: bool = False,
+) -> Response:
     headers = [("retry-after", str(retry_after))] if retry_after is not None else []
-    return Response(PROBLEMS[name][0], problem_body(name, request_id, errors), PROBLEM_MEDIA_TYPE, headers,
-                    problem=name, close=close)
+    return Response(
+        PROBLEMS[name][0],
+        problem_body(name, request_id, errors),
+        PROBLEM_MEDIA_TYPE,
+        headers,
+        problem=name,
+        close=close,
+    )
 
 
 @dataclasses.dataclass
@@ -112,8 +124,12 @@ class _AuditContext:
     def event(self, response: Response) -> dict[str, Any]:
         result = "success" if response.status < 400 else "denied" if response.status < 500 else "error"
         event: dict[str, Any] = {
-            "actor": {"kind": "relay", "relay_id": self.relay_id, "cert_sha256": self.peer.cert_sha256,
-                      "cert_subject": self.peer.cert_subject},
+            "actor": {
+                "kind": "relay",
+                "relay_id": self.relay_id,
+                "cert_sha256": self.peer.cert_sha256,
+                "cert_subject": self.peer.cert_subject,
+            },
             "source": {"ip": self.peer.ip, "port": self.peer.port},
             "action": self.action,
             "request_id": self.request_id,
@@ -152,9 +168,15 @@ class Handlers:
         else:
             status = "ok"
         body = {
-            "status": status, "agent_version": __version__, "api_version": "v1", "api_revision": API_REVISION,
-            "institution_code": self.institution_code, "server_time": utc_iso(self.clock.now()),
-            "clock_tolerance_s": CLOCK_TOLERANCE_S, "storage": storage, "audit_log": audit,
+            "status": status,
+            "agent_version": __version__,
+            "api_version": "v1",
+            "api_revision": API_REVISION,
+            "institution_code": self.institution_code,
+            "server_time": utc_iso(self.clock.now()),
+            "clock_tolerance_s": CLOCK_TOLERANCE_S,
+            "storage": storage,
+            "audit_log": audit,
             "ingest": "degraded" if ingest == "degraded" else "ok",
             "signing_key_id": self.backend.signing_kid(),
         }
@@ -162,7 +184,9 @@ class Handlers:
         return Response(503 if status == "unavailable" else 200, json_bytes(body), headers=headers)
 
     # -- search / fetch --------------------------------------------------------------------
-    def process(self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None) -> Response:
+    def process(
+        self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None
+    ) -> Response:
         """Steps 6–12 for one request in the calling thread (blocks until the audit commit)."""
         prepared = self.prepare(action, peer, early, body)
         try:
@@ -178,10 +202,16 @@ class Handlers:
             return prepared.response
         if not isinstance(audit_error, AuditUnavailableError):
             log.error("audit append failed: %s", type(audit_error).__name__)
-        return problem_response("audit-unavailable", prepared.request_id, retry_after=AUDIT_RETRY_AFTER,
-                                close=prepared.response.close)
+        return problem_response(
+            "audit-unavailable",
+            prepared.request_id,
+            retry_after=AUDIT_RETRY_AFTER,
+            close=prepared.response.close,
+        )
 
-    def prepare(self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None) -> Prepared:
+    def prepare(
+        self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None
+    ) -> Prepared:
         """Steps 6–11 for one request; ``early`` is a problem the HTTP layer already decided.
 
         Never raises: every outcome is a response plus the audit event describing it.
@@ -202,11 +232,18 @@ class Handlers:
                 response = self._fetch(validate_fetch(data, max_ids=int(self.limits.max_fetch_ids)), ctx)
         except ProblemError as problem:
             ctx.reason = ctx.reason or problem.reason
-            response = problem_response(problem.name, ctx.request_id, errors=problem.errors,
-                                        retry_after=problem.retry_after, close=close)
+            response = problem_response(
+                problem.name,
+                ctx.request_id,
+                errors=problem.errors,
+                retry_after=problem.retry_after,
+                close=close,
+            )
         except StorageUnavailable:
             ctx.reason = ctx.reason or "storage"
-            response = problem_response("storage-unavailable", ctx.request_id, retry_after=STORAGE_RETRY_AFTER)
+            response = problem_response(
+                "storage-unavailable", ctx.request_id, retry_after=STORAGE_RETRY_AFTER
+            )
         except IntegrityError:
             # A stored record failed authenticated decryption: nothing is released (S-22).
             ctx.reason = "integrity"
@@ -215,8 +252,13 @@ class Handlers:
             tb = exc.__traceback__
             while tb is not None and tb.tb_next is not None:
                 tb = tb.tb_next
-            log.error("internal error in %s: %s at %s:%s", action, type(exc).__name__,
-                      tb.tb_frame.f_code.co_filename if tb else "?", tb.tb_lineno if tb else "?")
+            log.error(
+                "internal error in %s: %s at %s:%s",
+                action,
+                type(exc).__name__,
+                tb.tb_frame.f_code.co_filename if tb else "?",
+                tb.tb_lineno if tb else "?",
+            )
             ctx.reason = ctx.reason or "internal"
             response = problem_response("internal-error", ctx.request_id)
         return Prepared(response, ctx.event(response), ctx.request_id)
@@ -251,10 +293,18 @@ class Handlers:
         ctx.subject_ref = subject_ref
         now = self.clock.now()
         binding = self.backend.binding_get(env.claim_no, now)
-        if binding is not None and (binding.subject_ref != subject_ref or binding.consent_id != env.consent_id):
+        if binding is not None and (
+            binding.subject_ref != subject_ref or binding.consent_id != env.consent_id
+        ):
             raise ProblemError("claim-conflict")  # B3: binding unchanged, nothing listed
-        result = self.backend.search(req.rrn13, req.patient_name, req.period_from, req.period_to,
-                                     req.document_types, int(self.limits.max_search_results))
+        result = self.backend.search(
+            req.rrn13,
+            req.patient_name,
+            req.period_from,
+            req.period_to,
+            req.document_types,
+            int(self.limits.max_search_results),
+        )
         hits = sorted(result.hits, key=lambda h: (h["issued_on"], h["id"]))
         withheld = result.withheld_count
         ctx.withheld_count = withheld
@@ -267,14 +317,21 @@ class Handlers:
             raise ProblemError("too-many-results")
         ids = [h["id"] for h in hits]
         ctx.document_ids = ids
-        conflict = self.backend.binding_extend(env.claim_no, env.consent_id, subject_ref, ids,
-                                               now.timestamp() + BINDING_LIFETIME_S, now)
+        conflict = self.backend.binding_extend(
+            env.claim_no, env.consent_id, subject_ref, ids, now.timestamp() + BINDING_LIFETIME_S, now
+        )
         if conflict:  # a concurrent search bound the claim to someone else meanwhile
             ctx.document_ids = []
             ctx.result_count = 0
             raise ProblemError("claim-conflict")
-        body = {"request_id": env.request_id, "claim_no": env.claim_no, "institution_code": self.institution_code,
-                "generated_at": utc_iso(self.clock.now()), "count": len(hits), "documents": hits}
+        body = {
+            "request_id": env.request_id,
+            "claim_no": env.claim_no,
+            "institution_code": self.institution_code,
+            "generated_at": utc_iso(self.clock.now()),
+            "count": len(hits),
+            "documents": hits,
+        }
         return Response(200, json_bytes(body))
 
     def _fetch(self, req: FetchRequest, ctx: _AuditContext) -> Response:
@@ -300,18 +357,31 @@ class Handlers:
             total += len(content)
             if total > max_bytes:
                 raise ProblemError("response-too-large")
-            rendered.append((doc_id, str(doc.get("document_type")), int(doc.get("version", 0)), media_type, content))
+            rendered.append(
+                (doc_id, str(doc.get("document_type")), int(doc.get("version", 0)), media_type, content)
+            )
         signer_kid = self.backend.signing_kid()
         for doc_id, doc_type, version, media_type, content in rendered:
-            entries.append({
-                "id": doc_id, "type": doc_type, "version": version, "media_type": media_type,
-                "content_base64": base64.b64encode(content).decode("ascii"),
-                "content_sha256": hashlib.sha256(content).hexdigest(),
-                "signature": {"alg": "ES256", "kid": signer_kid, "value": self.backend.sign(content)},
-            })
-        body = {"request_id": env.request_id, "claim_no": env.claim_no, "institution_code": self.institution_code,
-                "format": req.format, "generated_at": utc_iso(self.clock.now()), "count": len(entries),
-                "documents": entries}
+            entries.append(
+                {
+                    "id": doc_id,
+                    "type": doc_type,
+                    "version": version,
+                    "media_type": media_type,
+                    "content_base64": base64.b64encode(content).decode("ascii"),
+                    "content_sha256": hashlib.sha256(content).hexdigest(),
+                    "signature": {"alg": "ES256", "kid": signer_kid, "value": self.backend.sign(content)},
+                }
+            )
+        body = {
+            "request_id": env.request_id,
+            "claim_no": env.claim_no,
+            "institution_code": self.institution_code,
+            "format": req.format,
+            "generated_at": utc_iso(self.clock.now()),
+            "count": len(entries),
+            "documents": entries,
+        }
         for _, doc_type, _, _, _ in rendered:
             if doc_type in metrics.DOCUMENT_TYPES:
                 metrics.DOCUMENTS_RELEASED.labels(document_type=doc_type, format=req.format).inc()

@@ -37,7 +37,10 @@ class TokenBucket:
             return max(1, math.ceil((1.0 - tokens) / self.rate))
 
     def _prune(self, now: float) -> None:
-        full = [k for k, (tokens, last) in self._buckets.items()
-                if tokens + (now - last) * self.rate >= self.burst]
+        full = [
+            k
+            for k, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self.rate >= self.burst
+        ]
         for key in full:
             del self._buckets[key]

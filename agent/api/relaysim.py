@@ -32,8 +32,16 @@ def now_rfc3339(moment: dt.datetime | None = None) -> str:
 class RelayClient:
     """A relay node talking to one agent over mutual TLS (keep-alive session)."""
 
-    def __init__(self, base_url: str, client_cert: str | Path, client_key: str | Path, ca_bundle: str | Path, *,
-                 relay_id: str = "silson24-relay-01", timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client_cert: str | Path,
+        client_key: str | Path,
+        ca_bundle: str | Path,
+        *,
+        relay_id: str = "silson24-relay-01",
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.relay_id = relay_id
         self.timeout = timeout
@@ -52,11 +60,15 @@ class RelayClient:
         self.close()
 
     def envelope(self, *, request_id: str | None = None, sent_at: str | None = None) -> dict[str, Any]:
-        return {"request_id": request_id or str(uuid.uuid4()), "sent_at": sent_at or now_rfc3339(),
-                "relay_id": self.relay_id}
+        return {
+            "request_id": request_id or str(uuid.uuid4()),
+            "sent_at": sent_at or now_rfc3339(),
+            "relay_id": self.relay_id,
+        }
 
-    def post(self, path: str, body: dict[str, Any] | bytes, *, headers: dict[str, str] | None = None
-             ) -> requests.Response:
+    def post(
+        self, path: str, body: dict[str, Any] | bytes, *, headers: dict[str, str] | None = None
+    ) -> requests.Response:
         hdrs = {"Content-Type": "application/json"}
         hdrs.update(headers or {})
         import json
@@ -67,22 +79,45 @@ class RelayClient:
     def health(self) -> requests.Response:
         return self.session.get(self.base_url + "/v1/health", timeout=self.timeout)
 
-    def search(self, *, claim_no: str, consent_id: str, name: str, rrn: str, period_from: str, period_to: str,
-               document_types: list[str] | None = None, request_id: str | None = None,
-               sent_at: str | None = None, relay_id: str | None = None) -> requests.Response:
+    def search(
+        self,
+        *,
+        claim_no: str,
+        consent_id: str,
+        name: str,
+        rrn: str,
+        period_from: str,
+        period_to: str,
+        document_types: list[str] | None = None,
+        request_id: str | None = None,
+        sent_at: str | None = None,
+        relay_id: str | None = None,
+    ) -> requests.Response:
         body = self.envelope(request_id=request_id, sent_at=sent_at)
         if relay_id:
             body["relay_id"] = relay_id
-        body.update({"claim": {"claim_no": claim_no, "consent_id": consent_id},
-                     "patient": {"name": name, "rrn": rrn},
-                     "period": {"from": period_from, "to": period_to}})
+        body.update(
+            {
+                "claim": {"claim_no": claim_no, "consent_id": consent_id},
+                "patient": {"name": name, "rrn": rrn},
+                "period": {"from": period_from, "to": period_to},
+            }
+        )
         if document_types is not None:
             body["document_types"] = document_types
         return self.post("/v1/documents/search", body)
 
-    def fetch(self, *, claim_no: str, consent_id: str, document_ids: list[str], format: str | None = None,
-              request_id: str | None = None, sent_at: str | None = None, relay_id: str | None = None
-              ) -> requests.Response:
+    def fetch(
+        self,
+        *,
+        claim_no: str,
+        consent_id: str,
+        document_ids: list[str],
+        format: str | None = None,
+        request_id: str | None = None,
+        sent_at: str | None = None,
+        relay_id: str | None = None,
+    ) -> requests.Response:
         body = self.envelope(request_id=request_id, sent_at=sent_at)
         if relay_id:
             body["relay_id"] = relay_id
@@ -100,7 +135,9 @@ def verify_document(entry: dict[str, Any], public_key: ec.EllipticCurvePublicKey
     sig = entry["signature"]
     if sig.get("alg") != "ES256":
         raise ValueError("unexpected signature algorithm")
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     if hashlib.sha256(spki).hexdigest() != sig.get("kid"):
         raise ValueError("kid does not match the public key")
     value = sig["value"]

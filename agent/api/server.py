@@ -52,9 +52,11 @@ MAX_HEADER_BLOCK = 16 * 1024
 MAX_HEADER_FIELDS = 64
 _COALESCE_MAX = 256 * 1024  # responses up to this size leave as one write
 
-_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                  b"content-length: 5\r\nretry-after: 1\r\ncache-control: no-store\r\n"
-                  b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\nbusy\n")
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 5\r\nretry-after: 1\r\ncache-control: no-store\r\n"
+    b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\nbusy\n"
+)
 
 
 class _Pending(asyncio.Protocol):
@@ -196,7 +198,7 @@ class _RelayHTTP(H11Protocol):
         """False when the head breaks the request-line / header-block limits (§9: close)."""
         buf = self._head_buf + data
         end = buf.find(b"\r\n\r\n")
-        head = buf if end < 0 else buf[:end + 2]
+        head = buf if end < 0 else buf[: end + 2]
         line_end = head.find(b"\r\n")
         if (line_end < 0 and len(head) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
             return False
@@ -225,12 +227,17 @@ class _RelayHTTP(H11Protocol):
         as every other error on this port — a ``bad-request`` problem document with the §2.4
         headers — instead of uvicorn's plain-text 400, then the connection is closed."""
         body = problem_body("bad-request", None)
-        headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode("ascii")),
-                   (b"content-length", str(len(body)).encode("ascii")),
-                   (b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode("ascii")),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"connection", b"close"),
+        ]
         try:
-            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
+            self.transport.write(
+                self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request"))
+            )
             self.transport.write(self.conn.send(h11.Data(data=body)))
             self.transport.write(self.conn.send(h11.EndOfMessage()))
             self.transport.flush()  # type: ignore[attr-defined]
@@ -246,8 +253,9 @@ class _RelayHTTP(H11Protocol):
 class _Listener:
     """Everything that lives on the server's event loop."""
 
-    def __init__(self, config: Config, app: RelayApp, loop: asyncio.AbstractEventLoop,
-                 ctx: ssl.SSLContext) -> None:
+    def __init__(
+        self, config: Config, app: RelayApp, loop: asyncio.AbstractEventLoop, ctx: ssl.SSLContext
+    ) -> None:
         limits = config.limits
         self.loop = loop
         self.ctx = ctx
@@ -260,10 +268,18 @@ class _Listener:
         # uvicorn's protocol needs a loaded Config; everything it would add is switched off:
         # no proxy headers (a client could spoof its audited address), no Server header, no
         # lifespan, no websockets, no access log (it would log paths and addresses at INFO).
-        self.uv_config = UvicornConfig(app=app, proxy_headers=False, server_header=False, date_header=False,
-                                       lifespan="off", ws="none", log_config=None, access_log=False,
-                                       timeout_keep_alive=int(limits.keepalive_timeout),
-                                       h11_max_incomplete_event_size=MAX_HEADER_BLOCK + MAX_REQUEST_LINE)
+        self.uv_config = UvicornConfig(
+            app=app,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            lifespan="off",
+            ws="none",
+            log_config=None,
+            access_log=False,
+            timeout_keep_alive=int(limits.keepalive_timeout),
+            h11_max_incomplete_event_size=MAX_HEADER_BLOCK + MAX_REQUEST_LINE,
+        )
         self.uv_config.load()
         self.server_state = ServerState()
         self.handshaking: collections.OrderedDict[int, asyncio.BaseTransport] = collections.OrderedDict()
@@ -293,8 +309,13 @@ class _Listener:
     async def _handshake(self, key: int, raw: asyncio.BaseTransport) -> None:
         pending = _Pending()
         try:
-            tls = await self.loop.start_tls(raw, pending, self.ctx, server_side=True,  # type: ignore[arg-type]
-                                            ssl_handshake_timeout=self.handshake_timeout)
+            tls = await self.loop.start_tls(
+                raw,  # type: ignore[arg-type]
+                pending,
+                self.ctx,
+                server_side=True,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError, RuntimeError):
             metrics.TLS_HANDSHAKE_FAILURES.inc()
             raw.abort()  # type: ignore[attr-defined]
@@ -366,15 +387,26 @@ class _Accept(asyncio.Protocol):
 class RelayServer:
     """The relay-facing server. ``start()`` runs it in its own thread; ``stop()`` ends it."""
 
-    def __init__(self, config: Config, *, store: Any, audit: Any, keyring: Any, clock: Clock | None = None,
-                 ingest_status: Callable[[], str] | None = None,
-                 handler_hook: Callable[[str], Awaitable[None]] | None = None,
-                 sock: socket.socket | None = None, backend: BackendProtocol | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Any,
+        audit: Any,
+        keyring: Any,
+        clock: Clock | None = None,
+        ingest_status: Callable[[], str] | None = None,
+        handler_hook: Callable[[str], Awaitable[None]] | None = None,
+        sock: socket.socket | None = None,
+        backend: BackendProtocol | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         # ``backend`` replaces the store adapter (unit tests of the HTTP layer only).
         self.backend = backend or Backend(config, store=store, audit=audit, keyring=keyring, clock=self.clock)
-        self.app = RelayApp(config, self.backend, self.clock, ingest_status=ingest_status, handler_hook=handler_hook)
+        self.app = RelayApp(
+            config, self.backend, self.clock, ingest_status=ingest_status, handler_hook=handler_hook
+        )
         self._sock = sock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -434,12 +466,16 @@ class RelayServer:
         check_key_file(api.server_key)
         for path in (api.server_cert, api.client_ca, api.client_crl):
             if path is not None and not path.is_file():
-                raise ConfigError(f"TLS file {path} is missing (api.server_cert, api.client_ca or api.client_crl)")
+                raise ConfigError(
+                    f"TLS file {path} is missing (api.server_cert, api.client_ca or api.client_crl)"
+                )
         try:
             return build_server_context(api.server_cert, api.server_key, api.client_ca, api.client_crl)
         except ssl.SSLError:
-            raise ConfigError(f"cannot load the TLS certificate, key or client CA "
-                              f"({api.server_cert}, {api.client_ca}): not PEM or key and certificate differ") from None
+            raise ConfigError(
+                f"cannot load the TLS certificate, key or client CA "
+                f"({api.server_cert}, {api.client_ca}): not PEM or key and certificate differ"
+            ) from None
 
     def _bind(self) -> socket.socket:
         host, port = parse_listen(self.config.api.listen)

@@ -17,18 +17,21 @@ from cryptography.hazmat.primitives import serialization
 
 # TLS 1.2 suites of §2.2 (Mozilla "intermediate" without DHE). TLS 1.3 suites are OpenSSL's
 # defaults (AES-128-GCM, AES-256-GCM, CHACHA20-POLY1305), which is exactly the §2.2 list.
-TLS12_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "ECDHE-RSA-CHACHA20-POLY1305",
-])
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
 
 
-def build_server_context(server_cert: Path, server_key: Path, client_ca: Path,
-                         client_crl: Path | None = None) -> ssl.SSLContext:
+def build_server_context(
+    server_cert: Path, server_key: Path, client_ca: Path, client_crl: Path | None = None
+) -> ssl.SSLContext:
     """A server context requiring a client certificate chained to ``client_ca`` only."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -63,17 +66,22 @@ class PeerIdentity:
 
 def peer_identity(der: bytes) -> PeerIdentity:
     cert = x509.load_der_x509_certificate(der)
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-    return PeerIdentity(cert_sha256=hashlib.sha256(der).hexdigest(), spki_sha256=hashlib.sha256(spki).hexdigest(),
-                        subject=cert.subject.rfc4514_string())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return PeerIdentity(
+        cert_sha256=hashlib.sha256(der).hexdigest(),
+        spki_sha256=hashlib.sha256(spki).hexdigest(),
+        subject=cert.subject.rfc4514_string(),
+    )
 
 
 def client_cert_allowed(der: bytes, allowed: frozenset[str]) -> bool:
     """§2.3: an empty list allows every chained certificate; else cert or SPKI SHA-256 must match."""
     cert = x509.load_der_x509_certificate(der)
-    return has_client_auth(cert) and (not allowed or bool(
-        {hashlib.sha256(der).hexdigest(), peer_identity(der).spki_sha256} & allowed))
+    return has_client_auth(cert) and (
+        not allowed or bool({hashlib.sha256(der).hexdigest(), peer_identity(der).spki_sha256} & allowed)
+    )
 
 
 def has_client_auth(cert: x509.Certificate) -> bool:
@@ -85,7 +93,10 @@ def has_client_auth(cert: x509.Certificate) -> bool:
     """
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        if x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH not in eku and x509.oid.ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        if (
+            x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH not in eku
+            and x509.oid.ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku
+        ):
             return False
     except x509.ExtensionNotFound:
         pass

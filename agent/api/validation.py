@@ -99,8 +99,16 @@ def parse_timestamp(value: str) -> dt.datetime | None:
         frac = match.group(5) or ""
         micros = int((frac[1:] + "000000")[:6]) if frac else 0
         date = dt.date.fromisoformat(match.group(1))
-        return dt.datetime(date.year, date.month, date.day, int(match.group(2)), int(match.group(3)),
-                           int(match.group(4)), micros, tzinfo=dt.UTC)
+        return dt.datetime(
+            date.year,
+            date.month,
+            date.day,
+            int(match.group(2)),
+            int(match.group(3)),
+            int(match.group(4)),
+            micros,
+            tzinfo=dt.UTC,
+        )
     except ValueError:
         return None
 
@@ -116,8 +124,18 @@ def _parse_date(value: str) -> dt.date | None:
 
 def rrn_valid_date(rrn13: str) -> bool:
     """The first six digits form a real date in the century implied by the 7th digit (§6.2)."""
-    century = {"9": 1800, "0": 1800, "1": 1900, "2": 1900, "5": 1900, "6": 1900,
-               "3": 2000, "4": 2000, "7": 2000, "8": 2000}[rrn13[6]]
+    century = {
+        "9": 1800,
+        "0": 1800,
+        "1": 1900,
+        "2": 1900,
+        "5": 1900,
+        "6": 1900,
+        "3": 2000,
+        "4": 2000,
+        "7": 2000,
+        "8": 2000,
+    }[rrn13[6]]
     try:
         dt.date(century + int(rrn13[0:2]), int(rrn13[2:4]), int(rrn13[4:6]))
     except ValueError:
@@ -200,8 +218,9 @@ _SEARCH_MEMBERS = ("request_id", "sent_at", "relay_id", "claim", "patient", "per
 _FETCH_MEMBERS = ("request_id", "sent_at", "relay_id", "claim", "document_ids", "format")
 
 
-def _envelope(c: _Checker, body: dict[str, Any]) -> tuple[str | None, dt.datetime | None, str | None,
-                                                            str | None, str | None]:
+def _envelope(
+    c: _Checker, body: dict[str, Any]
+) -> tuple[str | None, dt.datetime | None, str | None, str | None, str | None]:
     raw_id = c.string(body, "request_id", "/request_id")
     request_id = None
     if raw_id is not None:
@@ -309,8 +328,14 @@ def validate_search(body: dict[str, Any]) -> SearchRequest:
     _fail(c)
     assert request_id and sent_at and relay_id and claim_no and consent_id and name and rrn13
     assert period_from and period_to
-    return SearchRequest(Envelope(request_id, sent_at, relay_id, claim_no, consent_id), name, rrn13,
-                         period_from, period_to, types)
+    return SearchRequest(
+        Envelope(request_id, sent_at, relay_id, claim_no, consent_id),
+        name,
+        rrn13,
+        period_from,
+        period_to,
+        types,
+    )
 
 
 def validate_fetch(body: dict[str, Any], *, max_ids: int) -> FetchRequest:

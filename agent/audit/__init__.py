@@ -11,5 +11,13 @@ from agent.audit.chain import ZERO_HASH, VerifyResult, canonical_text, parse_exp
 from agent.audit.config_change import record_config_hash
 from agent.audit.log import DB_FILE, AuditLog
 
-__all__ = ["DB_FILE", "ZERO_HASH", "AuditLog", "VerifyResult", "canonical_text", "parse_expect_head",
-           "record_config_hash", "record_hash"]
+__all__ = [
+    "DB_FILE",
+    "ZERO_HASH",
+    "AuditLog",
+    "VerifyResult",
+    "canonical_text",
+    "parse_expect_head",
+    "record_config_hash",
+    "record_hash",
+]

@@ -39,13 +39,20 @@ def signed_part(seq: int, digest: str, time: str, kid: str | None) -> bytes:
     return canonical_text({"seq": seq, "hash": digest, "time": time, "kid": kid}).encode("utf-8")
 
 
-def append_anchor(path: Path, seq: int, digest: str, now: dt.datetime, signer: Signer | None) -> dict[str, Any]:
+def append_anchor(
+    path: Path, seq: int, digest: str, now: dt.datetime, signer: Signer | None
+) -> dict[str, Any]:
     """Append one anchor line and fsync it (and the directory when the file is new)."""
     time = utc_iso(now)
     kid = signer.kid if signer else None
-    line: dict[str, Any] = {"seq": seq, "hash": digest, "time": time, "kid": kid,
-                            "public_key": public_pem(signer.public_key) if signer else None,
-                            "sig": signer.sign(signed_part(seq, digest, time, kid)) if signer else None}
+    line: dict[str, Any] = {
+        "seq": seq,
+        "hash": digest,
+        "time": time,
+        "kid": kid,
+        "public_key": public_pem(signer.public_key) if signer else None,
+        "sig": signer.sign(signed_part(seq, digest, time, kid)) if signer else None,
+    }
     created = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -105,8 +112,9 @@ def _parse_line(raw: bytes) -> dict[str, Any] | None:
     return entry
 
 
-def _signature_ok(entry: dict[str, Any], trusted: ec.EllipticCurvePublicKey | None,
-                  trusted_kid: str | None) -> bool | None:
+def _signature_ok(
+    entry: dict[str, Any], trusted: ec.EllipticCurvePublicKey | None, trusted_kid: str | None
+) -> bool | None:
     sig, kid = entry.get("sig"), entry.get("kid")
     if sig is None and kid is None:
         return None  # written without a signing key

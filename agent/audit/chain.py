@@ -100,8 +100,10 @@ def normalise_event(event: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(event.get("action"), str) or not event["action"]:
         raise ValueError("an audit event needs an action")
     # Fresh copies of the mutable defaults (they are flat: ``[]``), so records never share them.
-    record: dict[str, Any] = {key: default.copy() if isinstance(default, list | dict) else default
-                              for key, default in STANDARD_DEFAULTS.items()}
+    record: dict[str, Any] = {
+        key: default.copy() if isinstance(default, list | dict) else default
+        for key, default in STANDARD_DEFAULTS.items()
+    }
     if event["action"] == SEARCH_ACTION:
         record.update(SEARCH_DEFAULTS)
     for key, value in event.items():
@@ -210,9 +212,13 @@ def parse_expect_head(text: str) -> tuple[int, str]:
     return int(seq_text), digest.lower()
 
 
-def verify_chain(rows: Iterable[Row], *, start: tuple[int, str] = (0, ZERO_HASH),
-                 anchors: Iterable[AnchorRef] = (),
-                 expect_head: tuple[int, str] | None = None) -> VerifyResult:
+def verify_chain(
+    rows: Iterable[Row],
+    *,
+    start: tuple[int, str] = (0, ZERO_HASH),
+    anchors: Iterable[AnchorRef] = (),
+    expect_head: tuple[int, str] | None = None,
+) -> VerifyResult:
     """Check ``rows`` (in storage order) as the chain continuing after ``start``.
 
     ``start`` is the pruning point: the last pruned ``(seq, hash)``, or ``(0, 64 zeros)``.
@@ -247,7 +253,9 @@ def verify_chain(rows: Iterable[Row], *, start: tuple[int, str] = (0, ZERO_HASH)
                 return fail(expected, "reordered", f"record {expected} is out of order")
             return fail(expected, "missing", f"record {expected} is missing")
         if row.seq != seq or not _columns_agree(row.columns, record):
-            return fail(expected, "modified", f"record {expected}: stored index columns disagree with the record")
+            return fail(
+                expected, "modified", f"record {expected}: stored index columns disagree with the record"
+            )
         if record["prev_hash"] != prev:
             return fail(expected, "broken_link", f"record {expected} does not link to record {expected - 1}")
         if record.get("action") == PRUNED_ACTION:
@@ -260,23 +268,34 @@ def verify_chain(rows: Iterable[Row], *, start: tuple[int, str] = (0, ZERO_HASH)
         expected += 1
 
     if start[0] > 0 and last_pruned != start:
-        return fail(start[0] + 1, "prune_point",
-                    "the pruning point does not match the last system.audit.pruned record")
+        return fail(
+            start[0] + 1,
+            "prune_point",
+            "the pruning point does not match the last system.audit.pruned record",
+        )
     for anchor in anchors:
         if anchor.signature_ok is False:
-            return fail(anchor.seq, "anchor_signature", f"the anchor for record {anchor.seq} is not validly signed")
+            return fail(
+                anchor.seq, "anchor_signature", f"the anchor for record {anchor.seq} is not validly signed"
+            )
         if anchor.seq < start[0]:
             continue  # pruned away: nothing left to compare with
         if anchor.seq > head[0]:
-            return fail(head[0] + 1, "truncated",
-                        f"the chain ends at {head[0]} but an anchor names record {anchor.seq}")
+            return fail(
+                head[0] + 1,
+                "truncated",
+                f"the chain ends at {head[0]} but an anchor names record {anchor.seq}",
+            )
         if seen_hashes.get(anchor.seq) != anchor.hash:
             return fail(anchor.seq, "anchor_mismatch", f"record {anchor.seq} differs from its anchor")
     if expect_head is not None:
         seq, digest = expect_head
         if seq > head[0]:
-            return fail(head[0] + 1, "expect_head",
-                        f"the chain ends at {head[0]} and does not reach the expected head {seq}")
+            return fail(
+                head[0] + 1,
+                "expect_head",
+                f"the chain ends at {head[0]} and does not reach the expected head {seq}",
+            )
         if seq >= start[0] and seen_hashes.get(seq) != digest:
             return fail(seq, "expect_head", f"record {seq} differs from the expected head")
     return VerifyResult(True, None, None, head, count, "intact")

@@ -53,17 +53,19 @@ def record_config_hash(config: Config, log: AuditLog | None = None) -> dict[str,
             return None
         st = os.stat(config.source)
         mtime = dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
-        return audit.append({
-            "actor": {"kind": "system"},
-            "source": {"local": True, "tty": None},
-            "action": CONFIG_ACTION,
-            "result": "success",
-            "old_hash": old_hash,
-            "new_hash": new_hash,
-            "file_owner": _owner_name(st.st_uid) if os.name != "nt" else None,
-            "file_owner_uid": st.st_uid if os.name != "nt" else None,
-            "file_mtime": utc_iso(mtime),
-        })
+        return audit.append(
+            {
+                "actor": {"kind": "system"},
+                "source": {"local": True, "tty": None},
+                "action": CONFIG_ACTION,
+                "result": "success",
+                "old_hash": old_hash,
+                "new_hash": new_hash,
+                "file_owner": _owner_name(st.st_uid) if os.name != "nt" else None,
+                "file_owner_uid": st.st_uid if os.name != "nt" else None,
+                "file_mtime": utc_iso(mtime),
+            }
+        )
     finally:
         if own_log:
             audit.close()

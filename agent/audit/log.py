@@ -92,10 +92,14 @@ CREATE TABLE IF NOT EXISTS rate_limited (
     PRIMARY KEY (day, client)
 );
 """
-_NO_UPDATE = ("CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records "
-              "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END")
-_NO_DELETE = ("CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records "
-              "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END")
+_NO_UPDATE = (
+    "CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records "
+    "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"
+)
+_NO_DELETE = (
+    "CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records "
+    "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"
+)
 _INSERT = "INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -107,9 +111,15 @@ _Pending = tuple[list[dict[str, Any]], "concurrent.futures.Future[Any]", bool]
 class AuditLog:
     """The hash-chained access log. Thread-safe; open once per process and share."""
 
-    def __init__(self, data_dir: Path, *, keys_dir: Path | None = None,
-                 audit_keep: int = DEFAULT_AUDIT_KEEP, signer: Signer | None = None,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        keys_dir: Path | None = None,
+        audit_keep: int = DEFAULT_AUDIT_KEEP,
+        signer: Signer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_FILE
         self.anchor_path = self.data_dir / ANCHOR_FILE
@@ -129,14 +139,24 @@ class AuditLog:
         self.transactions = 0  # write transactions committed by this object (tests, benchmarks)
 
     @classmethod
-    def open(cls, config_or_data_dir: Config | Path | str, *, signer: Signer | None = None,
-             clock: Clock | None = None) -> AuditLog:
+    def open(
+        cls,
+        config_or_data_dir: Config | Path | str,
+        *,
+        signer: Signer | None = None,
+        clock: Clock | None = None,
+    ) -> AuditLog:
         """Open (creating when absent) the audit log. Never fails for unwritable storage:
         that shows in ``healthy()`` and in the ``AuditUnavailableError`` of each write."""
         if isinstance(config_or_data_dir, Config):
             config = config_or_data_dir
-            log = cls(config.data_dir, keys_dir=config.keys_dir,
-                      audit_keep=config.retention.audit_keep, signer=signer, clock=clock)
+            log = cls(
+                config.data_dir,
+                keys_dir=config.keys_dir,
+                audit_keep=config.retention.audit_keep,
+                signer=signer,
+                clock=clock,
+            )
         else:
             log = cls(Path(config_or_data_dir), signer=signer, clock=clock)
         with log._lock, contextlib.suppress(AuditUnavailableError):
@@ -177,7 +197,9 @@ class AuditLog:
         """
         return self._submit([event], single=True)
 
-    def submit_many(self, events: Iterable[Mapping[str, Any]]) -> concurrent.futures.Future[list[dict[str, Any]]]:
+    def submit_many(
+        self, events: Iterable[Mapping[str, Any]]
+    ) -> concurrent.futures.Future[list[dict[str, Any]]]:
         """``submit`` for several records in one transaction (all or none)."""
         return self._submit(events, single=False)
 
@@ -236,8 +258,9 @@ class AuditLog:
         for (_, future, single), records in zip(batch, results, strict=True):
             future.set_result(records[0] if single else records)
 
-    def _append_batch(self, conn: sqlite3.Connection,
-                      batch: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    def _append_batch(
+        self, conn: sqlite3.Connection, batch: list[list[dict[str, Any]]]
+    ) -> list[list[dict[str, Any]]]:
         """Chain the normalised events of every append of ``batch``, in order, inside the open
         transaction; returns each append's records."""
         seq, prev = _head(conn)  # re-read inside the write transaction: another process may append
@@ -250,8 +273,15 @@ class AuditLog:
                 seq += 1
                 record = chain_record(event, seq=seq, prev_hash=prev, now=now)
                 subject = record.get("subject_ref")
-                rows.append((seq, record["ts_utc"], record["action"], subject if isinstance(subject, str) else None,
-                             canonical_text(record)))
+                rows.append(
+                    (
+                        seq,
+                        record["ts_utc"],
+                        record["action"],
+                        subject if isinstance(subject, str) else None,
+                        canonical_text(record),
+                    )
+                )
                 prev = record["hash"]
                 records.append(record)
             out.append(records)
@@ -263,8 +293,11 @@ class AuditLog:
         now = utc_iso(self.clock.now())
 
         def probe(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('probe', ?) "
-                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (now,))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (now,),
+            )
 
         with self._lock:
             try:
@@ -280,9 +313,11 @@ class AuditLog:
         day_text = day.isoformat() if isinstance(day, dt.date) else str(day)
 
         def bump(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO rate_limited (day, client, count) VALUES (?, ?, ?) "
-                         "ON CONFLICT(day, client) DO UPDATE SET count = count + excluded.count",
-                         (day_text, client, n))
+            conn.execute(
+                "INSERT INTO rate_limited (day, client, count) VALUES (?, ?, ?) "
+                "ON CONFLICT(day, client) DO UPDATE SET count = count + excluded.count",
+                (day_text, client, n),
+            )
 
         with self._lock:
             self._write(bump)
@@ -316,8 +351,14 @@ class AuditLog:
             conn.execute(_NO_DELETE)
             _set_meta(conn, "prune_seq", str(last[0]))
             _set_meta(conn, "prune_hash", last[1])
-            event = {"actor": {"kind": "system"}, "action": PRUNED_ACTION, "result": "success",
-                     "last_pruned_seq": last[0], "last_pruned_hash": last[1], "pruned_count": count}
+            event = {
+                "actor": {"kind": "system"},
+                "action": PRUNED_ACTION,
+                "result": "success",
+                "last_pruned_seq": last[0],
+                "last_pruned_hash": last[1],
+                "pruned_count": count,
+            }
             return self._append_in(conn, [event])[0]
 
         with self._lock:
@@ -348,43 +389,59 @@ class AuditLog:
             conn.text_factory = bytes
             conn.execute("BEGIN")  # one snapshot for the whole pass
             start = _prune_point(conn)
-            rows = (Row(seq, text, {"ts_utc": _text(ts), "action": _text(action), "subject_ref": _text(ref)})
-                    for seq, ts, action, ref, text in
-                    conn.execute("SELECT seq, ts_utc, action, subject_ref, record FROM records ORDER BY seq"))
+            rows = (
+                Row(seq, text, {"ts_utc": _text(ts), "action": _text(action), "subject_ref": _text(ref)})
+                for seq, ts, action, ref, text in conn.execute(
+                    "SELECT seq, ts_utc, action, subject_ref, record FROM records ORDER BY seq"
+                )
+            )
             result = verify_chain(rows, start=start, anchors=anchor_file.anchors, expect_head=expect_head)
             conn.execute("COMMIT")
         if result.ok and anchor_file.bad_lines:
-            return VerifyResult(False, None, "anchor_file", result.head, result.records,
-                                f"line {anchor_file.bad_lines[0]} of {ANCHOR_FILE} is malformed")
+            return VerifyResult(
+                False,
+                None,
+                "anchor_file",
+                result.head,
+                result.records,
+                f"line {anchor_file.bad_lines[0]} of {ANCHOR_FILE} is malformed",
+            )
         return result
 
     def records_between(self, start: dt.datetime, end: dt.datetime) -> Iterator[dict[str, Any]]:
         """Records with ``start <= ts_utc < end`` in chain order."""
         with self._reader() as conn:
-            cursor = conn.execute("SELECT record FROM records WHERE ts_utc >= ? AND ts_utc < ? ORDER BY seq",
-                                  (utc_iso(start), utc_iso(end)))
+            cursor = conn.execute(
+                "SELECT record FROM records WHERE ts_utc >= ? AND ts_utc < ? ORDER BY seq",
+                (utc_iso(start), utc_iso(end)),
+            )
             for (text,) in cursor:
                 yield json.loads(text)
 
     def subject_records(self, subject_ref: str) -> list[dict[str, Any]]:
         """Every record concerning one data subject (by blind index), in chain order."""
         with self._reader() as conn:
-            rows = conn.execute("SELECT record FROM records WHERE subject_ref = ? ORDER BY seq",
-                                (subject_ref,)).fetchall()
+            rows = conn.execute(
+                "SELECT record FROM records WHERE subject_ref = ? ORDER BY seq", (subject_ref,)
+            ).fetchall()
         records = [json.loads(text) for (text,) in rows]
         return [r for r in records if r.get("subject_ref") == subject_ref]
 
     def last_record(self, action: str) -> dict[str, Any] | None:
         with self._reader() as conn:
-            row = conn.execute("SELECT record FROM records WHERE action = ? ORDER BY seq DESC LIMIT 1",
-                               (action,)).fetchone()
+            row = conn.execute(
+                "SELECT record FROM records WHERE action = ? ORDER BY seq DESC LIMIT 1", (action,)
+            ).fetchone()
         return json.loads(row[0]) if row else None
 
     def rate_limited_counts(self, month: str) -> list[dict[str, Any]]:
         """The ``429`` counters of one month: ``[{day, client, count}]``."""
         with self._reader() as conn:
-            rows = conn.execute("SELECT day, client, count FROM rate_limited WHERE substr(day, 1, 7) = ? "
-                                "ORDER BY day, client", (month,)).fetchall()
+            rows = conn.execute(
+                "SELECT day, client, count FROM rate_limited WHERE substr(day, 1, 7) = ? "
+                "ORDER BY day, client",
+                (month,),
+            ).fetchall()
         return [{"day": day, "client": client, "count": count} for day, client, count in rows]
 
     def report(self, month: str) -> dict[str, Any]:
@@ -394,8 +451,9 @@ class AuditLog:
         start, end = month_bounds(month)
         records = [r for r in self.records_between(start, end) if str(r.get("ts_local", ""))[:7] == month]
         verification = self.verify()
-        return build_report(month, records, self.rate_limited_counts(month), verification,
-                            generated_at=self.clock.now())
+        return build_report(
+            month, records, self.rate_limited_counts(month), verification, generated_at=self.clock.now()
+        )
 
     def review_overdue(self, now: dt.datetime | None = None) -> bool:
         """True after the 10th day of a month when no report covers the previous month.
@@ -411,8 +469,9 @@ class AuditLog:
             first = conn.execute("SELECT ts_utc FROM records ORDER BY seq LIMIT 1").fetchone()
             if first is None or first[0] >= utc_iso(month_start):
                 return False
-            for (text,) in conn.execute("SELECT record FROM records WHERE action = ? ORDER BY seq DESC",
-                                        (REPORT_ACTION,)):
+            for (text,) in conn.execute(
+                "SELECT record FROM records WHERE action = ? ORDER BY seq DESC", (REPORT_ACTION,)
+            ):
                 if json.loads(text).get("month") == previous:
                     return False
         return True
@@ -486,8 +545,9 @@ class AuditLog:
             if not self.path.exists():
                 # Create it 0600 ourselves: SQLite would use the umask, and tests may not set one.
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss (§6.3)
@@ -519,8 +579,13 @@ class AuditLog:
         if not self.path.exists():
             with self._lock:
                 self._writer()
-        conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
-                               timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path.resolve().as_uri() + "?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         try:
             yield conn
         finally:
@@ -549,8 +614,10 @@ def _head(conn: sqlite3.Connection) -> tuple[int, str]:
 
 
 def _prune_point(conn: sqlite3.Connection) -> tuple[int, str]:
-    values = {_text(k): _text(v) for k, v in
-              conn.execute("SELECT key, value FROM meta WHERE key IN ('prune_seq', 'prune_hash')")}
+    values = {
+        _text(k): _text(v)
+        for k, v in conn.execute("SELECT key, value FROM meta WHERE key IN ('prune_seq', 'prune_hash')")
+    }
     seq, digest = values.get("prune_seq"), values.get("prune_hash")
     if seq is None or digest is None or not seq.isdigit():
         return 0, ZERO_HASH
@@ -558,8 +625,10 @@ def _prune_point(conn: sqlite3.Connection) -> tuple[int, str]:
 
 
 def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                 (key, value))
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
 
 
 def _text(value: Any) -> Any:

@@ -62,27 +62,47 @@ def _is_off_hours(ts_local: str) -> bool:
 def _short_action(action: str) -> str:
     for prefix in ("admin.", "system."):
         if action.startswith(prefix):
-            return action[len(prefix):]
+            return action[len(prefix) :]
     return action
 
 
 def _event_line(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {"seq": record.get("seq"), "ts_local": record.get("ts_local"), "action": record.get("action"),
-            "relay_id": _actor_field(record, "relay_id"), "result": record.get("result"),
-            "status": record.get("status"), "problem_type": record.get("problem_type"),
-            "reason": record.get("reason"), "claim_no": record.get("claim_no"),
-            "subject_ref": record.get("subject_ref")}
+    return {
+        "seq": record.get("seq"),
+        "ts_local": record.get("ts_local"),
+        "action": record.get("action"),
+        "relay_id": _actor_field(record, "relay_id"),
+        "result": record.get("result"),
+        "status": record.get("status"),
+        "problem_type": record.get("problem_type"),
+        "reason": record.get("reason"),
+        "claim_no": record.get("claim_no"),
+        "subject_ref": record.get("subject_ref"),
+    }
 
 
 def _admin_line(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {"seq": record.get("seq"), "ts_local": record.get("ts_local"), "action": record.get("action"),
-            "actor_kind": _kind(record), "os_user": _actor_field(record, "os_user"),
-            "uid": _actor_field(record, "uid"), "host": _actor_field(record, "host"),
-            "result": record.get("result"), "reason": record.get("reason")}
+    return {
+        "seq": record.get("seq"),
+        "ts_local": record.get("ts_local"),
+        "action": record.get("action"),
+        "actor_kind": _kind(record),
+        "os_user": _actor_field(record, "os_user"),
+        "uid": _actor_field(record, "uid"),
+        "host": _actor_field(record, "host"),
+        "result": record.get("result"),
+        "reason": record.get("reason"),
+    }
 
 
-def build_report(month: str, records: Iterable[Mapping[str, Any]], rate_limited: Iterable[Mapping[str, Any]],
-                 verification: VerifyResult, *, generated_at: dt.datetime) -> dict[str, Any]:
+def build_report(
+    month: str,
+    records: Iterable[Mapping[str, Any]],
+    rate_limited: Iterable[Mapping[str, Any]],
+    verification: VerifyResult,
+    *,
+    generated_at: dt.datetime,
+) -> dict[str, Any]:
     start, end = month_bounds(month)
     by_action_result: Counter[tuple[str, str]] = Counter()
     relays: dict[tuple[Any, Any, Any], Counter[str]] = defaultdict(Counter)
@@ -109,8 +129,11 @@ def build_report(month: str, records: Iterable[Mapping[str, Any]], rate_limited:
         by_action_result[(action, result)] += 1
         relay_request = action in (SEARCH, FETCH)
         if kind == "relay" or relay_request:
-            key = (_actor_field(record, "relay_id"), _actor_field(record, "cert_sha256"),
-                   _actor_field(record, "cert_subject"))
+            key = (
+                _actor_field(record, "relay_id"),
+                _actor_field(record, "cert_sha256"),
+                _actor_field(record, "cert_subject"),
+            )
             relays[key]["requests"] += 1
             relays[key][action] += 1
             relays[key][f"result:{result}"] += 1
@@ -154,54 +177,85 @@ def build_report(month: str, records: Iterable[Mapping[str, Any]], rate_limited:
         "generated_at": utc_iso(generated_at),
         "records": total,
         "by_action": dict(sorted(by_action.items())),
-        "by_action_result": [{"action": a, "result": r, "count": c}
-                             for (a, r), c in sorted(by_action_result.items())],
-        "by_relay": [{"relay_id": rid, "cert_sha256": fp, "cert_subject": subj,
-                      "requests": counts["requests"], "searches": counts[SEARCH], "fetches": counts[FETCH],
-                      "denied": counts["result:denied"], "errors": counts["result:error"]}
-                     for (rid, fp, subj), counts in sorted(relays.items(), key=lambda kv: tuple(map(str, kv[0])))],
+        "by_action_result": [
+            {"action": a, "result": r, "count": c} for (a, r), c in sorted(by_action_result.items())
+        ],
+        "by_relay": [
+            {
+                "relay_id": rid,
+                "cert_sha256": fp,
+                "cert_subject": subj,
+                "requests": counts["requests"],
+                "searches": counts[SEARCH],
+                "fetches": counts[FETCH],
+                "denied": counts["result:denied"],
+                "errors": counts["result:error"],
+            }
+            for (rid, fp, subj), counts in sorted(relays.items(), key=lambda kv: tuple(map(str, kv[0])))
+        ],
         "distinct_subjects": len(subjects),
-        "top_subjects": [{"subject_ref": ref, "fetches": n, "documents": documents_per_subject[ref]}
-                         for ref, n in sorted(fetches_per_subject.items(), key=lambda kv: (-kv[1], kv[0]))
-                         [:TOP_SUBJECTS]],
+        "top_subjects": [
+            {"subject_ref": ref, "fetches": n, "documents": documents_per_subject[ref]}
+            for ref, n in sorted(fetches_per_subject.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_SUBJECTS]
+        ],
         "off_hours": {"window": "22:00-07:00", "count": len(off_hours), "requests": off_hours},
         "name_mismatch": {"count": len(mismatches), "events": mismatches},
         "denied_by_problem_type": dict(sorted(denied.items())),
-        "claims_over_20_documents": [{"claim_no": claim, "documents": len(ids)}
-                                     for claim, ids in sorted(claim_documents.items())
-                                     if len(ids) > CLAIM_DOCUMENT_THRESHOLD],
-        "rate_limited": {"total": sum(rate_by_client.values()),
-                         "by_client": [{"client": c, "count": n} for c, n in sorted(rate_by_client.items())],
-                         "by_day": rate_rows},
+        "claims_over_20_documents": [
+            {"claim_no": claim, "documents": len(ids)}
+            for claim, ids in sorted(claim_documents.items())
+            if len(ids) > CLAIM_DOCUMENT_THRESHOLD
+        ],
+        "rate_limited": {
+            "total": sum(rate_by_client.values()),
+            "by_client": [{"client": c, "count": n} for c, n in sorted(rate_by_client.items())],
+            "by_day": rate_rows,
+        },
         "admin_actions": {"count": len(admin_actions), "actions": admin_actions},
         "reason_review": reason_review,
         "selftest": {"count": sum(selftest.values()), "by_action": dict(sorted(selftest.items()))},
-        "chain": {"ok": verification.ok, "first_bad_seq": verification.first_bad_seq,
-                  "kind": verification.kind, "message": verification.message,
-                  "records_verified": verification.records,
-                  "head": {"seq": verification.head[0], "hash": verification.head[1]}},
+        "chain": {
+            "ok": verification.ok,
+            "first_bad_seq": verification.first_bad_seq,
+            "kind": verification.kind,
+            "message": verification.message,
+            "records_verified": verification.records,
+            "head": {"seq": verification.head[0], "hash": verification.head[1]},
+        },
         "head": {"seq": verification.head[0], "hash": verification.head[1]},
     }
 
 
 def render_text(report: Mapping[str, Any]) -> str:
     """A plain-text version for a terminal."""
-    lines = [f"Audit review {report['month']} (Asia/Seoul), generated {report['generated_at']}",
-             f"records: {report['records']}  distinct subjects: {report['distinct_subjects']}", "",
-             "Totals per action and result:"]
+    lines = [
+        f"Audit review {report['month']} (Asia/Seoul), generated {report['generated_at']}",
+        f"records: {report['records']}  distinct subjects: {report['distinct_subjects']}",
+        "",
+        "Totals per action and result:",
+    ]
     lines += [f"  {r['action']:<32} {r['result']:<8} {r['count']}" for r in report["by_action_result"]]
     lines += ["", "Per relay and certificate:"]
-    lines += [f"  {r['relay_id']} {r['cert_sha256'] or '-'} requests={r['requests']} searches={r['searches']} "
-              f"fetches={r['fetches']} denied={r['denied']}" for r in report["by_relay"]]
+    lines += [
+        f"  {r['relay_id']} {r['cert_sha256'] or '-'} requests={r['requests']} searches={r['searches']} "
+        f"fetches={r['fetches']} denied={r['denied']}"
+        for r in report["by_relay"]
+    ]
     lines += ["", "Top subjects by fetches:"]
-    lines += [f"  {r['subject_ref']} fetches={r['fetches']} documents={r['documents']}"
-              for r in report["top_subjects"]]
+    lines += [
+        f"  {r['subject_ref']} fetches={r['fetches']} documents={r['documents']}"
+        for r in report["top_subjects"]
+    ]
     lines += ["", f"Off-hours requests (22:00-07:00): {report['off_hours']['count']}"]
-    lines += [f"  #{r['seq']} {r['ts_local']} {r['action']} {r['relay_id']} {r['result']}"
-              for r in report["off_hours"]["requests"]]
+    lines += [
+        f"  #{r['seq']} {r['ts_local']} {r['action']} {r['relay_id']} {r['result']}"
+        for r in report["off_hours"]["requests"]
+    ]
     lines += ["", f"name_mismatch events: {report['name_mismatch']['count']}"]
-    lines += [f"  #{r['seq']} {r['ts_local']} {r['reason']} claim={r['claim_no']}"
-              for r in report["name_mismatch"]["events"]]
+    lines += [
+        f"  #{r['seq']} {r['ts_local']} {r['reason']} claim={r['claim_no']}"
+        for r in report["name_mismatch"]["events"]
+    ]
     lines += ["", "Denied by problem type:"]
     lines += [f"  {k}: {v}" for k, v in report["denied_by_problem_type"].items()]
     lines += ["", "Claims with more than 20 documents fetched:"]
@@ -209,11 +263,15 @@ def render_text(report: Mapping[str, Any]) -> str:
     lines += ["", f"429 rate-limited: {report['rate_limited']['total']}"]
     lines += [f"  {r['client']}: {r['count']}" for r in report["rate_limited"]["by_client"]]
     lines += ["", f"Admin actions: {report['admin_actions']['count']}"]
-    lines += [f"  #{r['seq']} {r['ts_local']} {r['action']} by {r['os_user']} {r['result']}"
-              for r in report["admin_actions"]["actions"]]
+    lines += [
+        f"  #{r['seq']} {r['ts_local']} {r['action']} by {r['os_user']} {r['result']}"
+        for r in report["admin_actions"]["actions"]
+    ]
     lines += ["", "Backups, restores and quarantine views (download-reason check):"]
-    lines += [f"  #{r['seq']} {r['ts_local']} {r['action']} by {r['os_user']} reason={r['reason']!r} "
-              f"[{r['flag']}]" for r in report["reason_review"]]
+    lines += [
+        f"  #{r['seq']} {r['ts_local']} {r['action']} by {r['os_user']} reason={r['reason']!r} [{r['flag']}]"
+        for r in report["reason_review"]
+    ]
     lines += ["", f"Self-test records: {report['selftest']['count']}"]
     chain = report["chain"]
     state = "intact" if chain["ok"] else f"BROKEN at seq {chain['first_bad_seq']} ({chain['kind']})"
@@ -221,8 +279,22 @@ def render_text(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CSV_HEADER = ("section", "key", "value", "seq", "ts_local", "action", "actor", "result", "status",
-              "problem_type", "claim_no", "subject_ref", "reason", "flag")
+CSV_HEADER = (
+    "section",
+    "key",
+    "value",
+    "seq",
+    "ts_local",
+    "action",
+    "actor",
+    "result",
+    "status",
+    "problem_type",
+    "claim_no",
+    "subject_ref",
+    "reason",
+    "flag",
+)
 
 
 def render_csv(report: Mapping[str, Any]) -> str:
@@ -233,9 +305,24 @@ def render_csv(report: Mapping[str, Any]) -> str:
         rows.append([section, key, value] + [None] * (len(CSV_HEADER) - 3))
 
     def event(section: str, line: Mapping[str, Any], actor: Any, flag: Any = None) -> None:
-        rows.append([section, None, None, line.get("seq"), line.get("ts_local"), line.get("action"), actor,
-                     line.get("result"), line.get("status"), line.get("problem_type"), line.get("claim_no"),
-                     line.get("subject_ref"), line.get("reason"), flag])
+        rows.append(
+            [
+                section,
+                None,
+                None,
+                line.get("seq"),
+                line.get("ts_local"),
+                line.get("action"),
+                actor,
+                line.get("result"),
+                line.get("status"),
+                line.get("problem_type"),
+                line.get("claim_no"),
+                line.get("subject_ref"),
+                line.get("reason"),
+                flag,
+            ]
+        )
 
     summary("month", "month", report["month"])
     summary("records", "total", report["records"])

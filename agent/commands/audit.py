@@ -64,14 +64,21 @@ def _subject(args: argparse.Namespace, env: Environment) -> int:
     config = config_from_args(args, env)
     line = env.stdin.readline().strip()
     if not _RRN_RE.match(line):
-        raise UsageError("silson-agent audit subject: standard input is not a 13-digit resident "
-                         "registration number (YYMMDD-NNNNNNN)")
+        raise UsageError(
+            "silson-agent audit subject: standard input is not a 13-digit resident "
+            "registration number (YYMMDD-NNNNNNN)"
+        )
     subject_ref = load_keyring(config.keys_dir).rrn_index(line.replace("-", ""))
     del line  # keep the number's lifetime as short as Python allows
     with AuditLog.open(config) as log:
         records = log.subject_records(subject_ref)
-        audit_admin(config, "audit.subject", log=log, environ=env.environ,
-                    extra={"subject_ref": subject_ref, "result_count": len(records)})
+        audit_admin(
+            config,
+            "audit.subject",
+            log=log,
+            environ=env.environ,
+            extra={"subject_ref": subject_ref, "result_count": len(records)},
+        )
     env.err(f"{len(records)} audit records for subject_ref {subject_ref}")
     for record in records:
         env.stdout.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
@@ -88,9 +95,17 @@ def _report(args: argparse.Namespace, env: Environment) -> int:
     with AuditLog.open(config) as log:
         report = log.report(args.month)
         # The review is itself an audit event (§7.5), written before anything is shown.
-        audit_admin(config, "audit.report", log=log, environ=env.environ,
-                    extra={"month": args.month, "report_records": report["records"],
-                           "chain_ok": report["chain"]["ok"]})
+        audit_admin(
+            config,
+            "audit.report",
+            log=log,
+            environ=env.environ,
+            extra={
+                "month": args.month,
+                "report_records": report["records"],
+                "chain_ok": report["chain"]["ok"],
+            },
+        )
         try:
             log.write_anchor()  # §7.3: an anchor after each audit report
         except OSError as exc:

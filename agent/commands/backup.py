@@ -44,8 +44,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         info = store.backup(out)
     finally:
         store.close()
-    env.err(f"backup written: {out} ({info['chunks']} chunks, store generation {info['generation']}, "
-            f"key {info['kek_id']})")
+    env.err(
+        f"backup written: {out} ({info['chunks']} chunks, store generation {info['generation']}, "
+        f"key {info['kek_id']})"
+    )
     return int(ExitStatus.OK)
 
 

@@ -20,13 +20,19 @@ from agent.pipeline import FileCheck, validate_export
 DEFAULT_MAX_FILE_SIZE = 64 * 1024 * 1024
 
 
-def check_path(path: Path, *, profile: object, now: dt.datetime, max_size: int,
-               default_valid_days: int) -> FileCheck:
+def check_path(
+    path: Path, *, profile: object, now: dt.datetime, max_size: int, default_valid_days: int
+) -> FileCheck:
     size = path.stat().st_size
     if size > max_size:  # decided from stat, never read (exports.md §1)
         return FileCheck(path.name, "", size, None, None, [problem("R-001", "")], [])
-    return validate_export(path.read_bytes(), file_name=path.name, received_at=now, profile=profile,
-                           default_valid_days=default_valid_days)
+    return validate_export(
+        path.read_bytes(),
+        file_name=path.name,
+        received_at=now,
+        profile=profile,
+        default_valid_days=default_valid_days,
+    )
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
@@ -43,20 +49,38 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             path = Path(env.cwd) / path
         if not path.is_file():
             env.err(f"{name}: no such file")
-            reports.append({"file": name, "ok": False, "records": 0,
-                            "problems": [{"record": None, "rule": None, "path": "",
-                                          "message": "no such file"}]})
+            reports.append(
+                {
+                    "file": name,
+                    "ok": False,
+                    "records": 0,
+                    "problems": [{"record": None, "rule": None, "path": "", "message": "no such file"}],
+                }
+            )
             all_ok = False
             continue
         result = check_path(path, profile=profile, now=now, max_size=max_size, default_valid_days=valid_days)
         all_ok &= result.ok
         problems = result.problems
-        reports.append({
-            "file": name, "ok": result.ok, "records": len(result.records), "format": result.format,
-            "encoding": result.encoding,
-            "problems": [{"record": p.record, "rule": p.rule, "path": p.path, "message": p.message,
-                          "severity": "error" if p.is_error else "warning"} for p in problems],
-        })
+        reports.append(
+            {
+                "file": name,
+                "ok": result.ok,
+                "records": len(result.records),
+                "format": result.format,
+                "encoding": result.encoding,
+                "problems": [
+                    {
+                        "record": p.record,
+                        "rule": p.rule,
+                        "path": p.path,
+                        "message": p.message,
+                        "severity": "error" if p.is_error else "warning",
+                    }
+                    for p in problems
+                ],
+            }
+        )
         if not args.json:
             for p in problems:
                 record = "-" if p.record is None else str(p.record)

@@ -36,9 +36,13 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     if not path.is_file():
         raise UsageError(f"{args.file}: no such file")
     now = dt.datetime.now(dt.UTC)
-    result = check_path(path, profile=profile, now=now,
-                        max_size=config.watch[0].max_file_size if config else DEFAULT_MAX_FILE_SIZE,
-                        default_valid_days=config.validation.default_valid_days if config else 3)
+    result = check_path(
+        path,
+        profile=profile,
+        now=now,
+        max_size=config.watch[0].max_file_size if config else DEFAULT_MAX_FILE_SIZE,
+        default_valid_days=config.validation.default_valid_days if config else 3,
+    )
     if not result.ok:
         for p in result.problems:
             record = "-" if p.record is None else str(p.record)
@@ -51,7 +55,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         base = config.api.fhir_base if config else "https://silson-agent.invalid/fhir"
         bundles = [render_bundle(d, doc_id=_doc_id_for(d), fhir_base=base) for d in docs]
         # bundle_bytes writes fractional FHIR decimals exactly (never as binary floats)
-        env.stdout.write(bundle_bytes(bundles[0] if len(bundles) == 1 else bundles, indent=2).decode("utf-8") + "\n")
+        env.stdout.write(
+            bundle_bytes(bundles[0] if len(bundles) == 1 else bundles, indent=2).decode("utf-8") + "\n"
+        )
         return ExitStatus.OK
     value = docs[0] if len(docs) == 1 else docs
     env.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True) + "\n")

@@ -31,17 +31,24 @@ def _pick_patient(docs: list[dict]) -> dict:
             rrn, name = doc["patient"]["rrn"], doc["patient"]["name"]
             mine = [d for d in docs if d.get("patient", {}).get("rrn") == rrn]
             dates = sorted(d["issued_on"] for d in mine) + sorted(
-                d["care_period"]["start"] for d in mine if d.get("care_period"))
+                d["care_period"]["start"] for d in mine if d.get("care_period")
+            )
             start = dt.date.fromisoformat(min(dates)) - dt.timedelta(days=1)
             end = dt.date.fromisoformat(max(dates)) + dt.timedelta(days=1)
-            return {"name": name, "rrn": f"{rrn[:6]}-{rrn[6:]}", "from": start.isoformat(), "to": end.isoformat()}
+            return {
+                "name": name,
+                "rrn": f"{rrn[:6]}-{rrn[6:]}",
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+            }
     raise RuntimeError("synthetic corpus holds no receipt")
 
 
 def prepare(root: Path, count: int, env: Environment) -> None:
     if not (root / "agent.toml").exists():
-        write_installation(root, code="99000001", kind="clinic", dev_certs=True, listen=DEMO_LISTEN,
-                           admin=DEMO_ADMIN)
+        write_installation(
+            root, code="99000001", kind="clinic", dev_certs=True, listen=DEMO_LISTEN, admin=DEMO_ADMIN
+        )
         env.err(f"demo: initialised {root} (dev certificates, keys 0600)")
     if not (root / PATIENT_FILE).exists():
         from agent.synth import write_corpus
@@ -72,9 +79,13 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     env.err("Query the agent as the relay would (search + fetch over mTLS, signatures verified):")
     env.err(f"  {python} -m agent.ops.demoquery --dir {shlex.quote(str(root))}")
     env.err("or just its health over mTLS with curl:")
-    env.err(f"  curl --cacert {root}/tls/dev-ca.crt --cert {root}/tls/relay-client.crt "
-            f"--key {root}/tls/relay-client.key https://localhost:8443/v1/health")
-    env.err(f"Status: {python} -m agent status --config {root}/agent.toml   Metrics: http://{DEMO_ADMIN}/metrics")
+    env.err(
+        f"  curl --cacert {root}/tls/dev-ca.crt --cert {root}/tls/relay-client.crt "
+        f"--key {root}/tls/relay-client.key https://localhost:8443/v1/health"
+    )
+    env.err(
+        f"Status: {python} -m agent status --config {root}/agent.toml   Metrics: http://{DEMO_ADMIN}/metrics"
+    )
     env.err("")
     if args.no_run:
         return ExitStatus.OK

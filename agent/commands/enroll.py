@@ -20,16 +20,25 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
     config = config_from_args(args, env)
     token = read_token(args.token, env.stdin)
-    result = enroll(config, token=token, relay_url=args.relay, endpoint=getattr(args, "endpoint", None),
-                    environ=env.environ)
+    result = enroll(
+        config,
+        token=token,
+        relay_url=args.relay,
+        endpoint=getattr(args, "endpoint", None),
+        environ=env.environ,
+    )
     env.out(f"agent_id: {result.agent_id}")
-    env.err(f"enrolled as {result.agent_id} (endpoint {result.endpoint.host}:{result.endpoint.port}); "
-            f"relay ids: {', '.join(result.relay_ids)}; server certificate valid until "
-            f"{result.certificate_expires_at}; signing key {result.signing_key_id}"
-            + (" (new)" if result.created_signing_key else ""))
+    env.err(
+        f"enrolled as {result.agent_id} (endpoint {result.endpoint.host}:{result.endpoint.port}); "
+        f"relay ids: {', '.join(result.relay_ids)}; server certificate valid until "
+        f"{result.certificate_expires_at}; signing key {result.signing_key_id}"
+        + (" (new)" if result.created_signing_key else "")
+    )
     if result.clock_skew_s is not None and abs(result.clock_skew_s) > 60:
-        env.err(f"warning: this machine's clock differs from the relay's by {result.clock_skew_s} s; "
-                "relay requests are refused beyond 300 s — fix the time synchronisation")
+        env.err(
+            f"warning: this machine's clock differs from the relay's by {result.clock_skew_s} s; "
+            "relay requests are refused beyond 300 s — fix the time synchronisation"
+        )
     if not config.relay.url:
         env.err("note: relay.url is empty in agent.toml; set it to the relay URL to enable heartbeats")
     return int(ExitStatus.OK)

@@ -51,14 +51,25 @@ audit_keep = "3y"
 """
 
 
-def write_installation(directory: Path, *, code: str, kind: str, dev_certs: bool,
-                       listen: str = "0.0.0.0:8443", admin: str = "127.0.0.1:8780") -> None:
+def write_installation(
+    directory: Path,
+    *,
+    code: str,
+    kind: str,
+    dev_certs: bool,
+    listen: str = "0.0.0.0:8443",
+    admin: str = "127.0.0.1:8780",
+) -> None:
     if not (len(code) == 8 and code.isdigit()):
         raise UsageError("--institution-code must be 8 digits (요양기관기호)")
     ensure_dir(directory)
     keys_dir = directory / "keys"
-    if keys.kek_files(keys_dir) or (keys_dir / keys.BLIND_INDEX_FILE).exists() \
-            or (keys_dir / keys.SIGNING_FILE).exists() or (directory / "tls" / "server.key").exists():
+    if (
+        keys.kek_files(keys_dir)
+        or (keys_dir / keys.BLIND_INDEX_FILE).exists()
+        or (keys_dir / keys.SIGNING_FILE).exists()
+        or (directory / "tls" / "server.key").exists()
+    ):
         raise ConfigError(f"refusing to overwrite existing keys in {directory}")
     for sub in ("inbox", "data", "logs", "tls"):
         ensure_dir(directory / sub)
@@ -69,18 +80,27 @@ def write_installation(directory: Path, *, code: str, kind: str, dev_certs: bool
         pki.make_dev_certs(directory / "tls", institution_code=code)
     config_path = directory / "agent.toml"
     if not config_path.exists():
-        atomic_write(config_path, CONFIG_TEMPLATE.format(code=code, kind=kind, listen=listen,
-                                                         admin=admin).encode("utf-8"), 0o600)
+        atomic_write(
+            config_path,
+            CONFIG_TEMPLATE.format(code=code, kind=kind, listen=listen, admin=admin).encode("utf-8"),
+            0o600,
+        )
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     directory = Path(args.dir)
     if not directory.is_absolute():
         directory = Path(env.cwd) / directory
-    write_installation(directory, code=args.institution_code or "99000001",
-                       kind=args.institution_type or "clinic", dev_certs=args.dev_certs)
+    write_installation(
+        directory,
+        code=args.institution_code or "99000001",
+        kind=args.institution_type or "clinic",
+        dev_certs=args.dev_certs,
+    )
     env.err(f"initialised {directory}")
     if not args.dev_certs:
-        env.err("next: copy the relay program's CA bundle to tls/relay-server-ca.crt, then run "
-                "`silson-agent enroll --token -`")
+        env.err(
+            "next: copy the relay program's CA bundle to tls/relay-server-ca.crt, then run "
+            "`silson-agent enroll --token -`"
+        )
     return ExitStatus.OK

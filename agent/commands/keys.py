@@ -42,21 +42,30 @@ def _rotate(config: object, env: Environment) -> int:
         audit_admin(config, "keys.rotate", log=log, environ=env.environ)  # type: ignore[arg-type]
         store = Store.open(config)  # type: ignore[arg-type]
         try:
-            result = store.rotate_kek(retire=False, progress=lambda done, total: env.err(
-                f"re-wrapped {done}/{total} data keys"))
-            unused = [k for k in store.keyring.keks if k != result.new_kek_id
-                      and store.kek_usage().get(k, 0) == 0]
+            result = store.rotate_kek(
+                retire=False, progress=lambda done, total: env.err(f"re-wrapped {done}/{total} data keys")
+            )
+            unused = [
+                k for k in store.keyring.keks if k != result.new_kek_id and store.kek_usage().get(k, 0) == 0
+            ]
             if unused:
                 # Audited before the key files are destroyed (crypto-shredding is irreversible).
-                audit_admin(config, "keys.retire", log=log, environ=env.environ,  # type: ignore[arg-type]
-                            extra={"kek_ids": sorted(unused)})
+                audit_admin(
+                    config,  # type: ignore[arg-type]
+                    "keys.retire",
+                    log=log,
+                    environ=env.environ,  # type: ignore[arg-type]
+                    extra={"kek_ids": sorted(unused)},
+                )
             retired, kept = store.retire_unused_keks()
         finally:
             store.close()
     finally:
         log.close()
-    env.err(f"new key-encryption key {result.new_kek_id} is current; {result.rewrapped} data keys re-wrapped; "
-            f"retired: {', '.join(retired) or 'none'}; kept (still used by a backup): {', '.join(kept) or 'none'}")
+    env.err(
+        f"new key-encryption key {result.new_kek_id} is current; {result.rewrapped} data keys re-wrapped; "
+        f"retired: {', '.join(retired) or 'none'}; kept (still used by a backup): {', '.join(kept) or 'none'}"
+    )
     return int(ExitStatus.OK)
 
 
@@ -74,8 +83,12 @@ def _rotate_signing(config: object, env: Environment) -> int:
     old_kid = kid_of(old.public_key())
     new = ec.generate_private_key(ec.SECP256R1())
     new_kid = kid_of(new.public_key())
-    audit_admin(config, "keys.rotate_signing", environ=env.environ,  # type: ignore[arg-type]
-                extra={"old_kid": old_kid, "new_kid": new_kid})
+    audit_admin(
+        config,  # type: ignore[arg-type]
+        "keys.rotate_signing",
+        environ=env.environ,
+        extra={"old_kid": old_kid, "new_kid": new_kid},
+    )
     retired = keys_dir / f"signing-{old_kid[:16]}.retired.key"
     if not retired.exists():
         write_new(retired, private_key_pem(old), 0o600)
@@ -83,8 +96,10 @@ def _rotate_signing(config: object, env: Environment) -> int:
     write_signing_key(path, new, replace=True)
     os.chmod(path, 0o600)
     env.out(f"kid: {new_kid}")
-    env.err(f"new signing key {new_kid} is current; previous {old_kid} kept for verification "
-            "(announce the new key to the relay)")
+    env.err(
+        f"new signing key {new_kid} is current; previous {old_kid} kept for verification "
+        "(announce the new key to the relay)"
+    )
     return int(ExitStatus.OK)
 
 

@@ -43,7 +43,15 @@ def _audit(config: object, env: Environment, counts: dict[str, int], doc_ids: li
 
     log = AuditLog.open(config)  # type: ignore[arg-type]
     try:
-        log.append({"actor": admin_actor(env.environ), "source": admin_source(), "action": PURGE_ACTION,
-                    "result": "success", "document_ids": doc_ids, "counts": counts})
+        log.append(
+            {
+                "actor": admin_actor(env.environ),
+                "source": admin_source(),
+                "action": PURGE_ACTION,
+                "result": "success",
+                "document_ids": doc_ids,
+                "counts": counts,
+            }
+        )
     finally:
         log.close()

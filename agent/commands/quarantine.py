@@ -17,7 +17,9 @@ from agent.commands._common import config_from_args, load_named_profile, print_j
 from agent.errors import ExitStatus, UsageError
 
 
-def _audit(config: Any, action: str, *, reason: str | None = None, extra: dict[str, Any] | None = None) -> None:
+def _audit(
+    config: Any, action: str, *, reason: str | None = None, extra: dict[str, Any] | None = None
+) -> None:
     from agent.adminctx import audit_admin
 
     audit_admin(config, f"quarantine.{action}", reason=reason, extra=extra)
@@ -32,6 +34,7 @@ def _current_profile(config: Any) -> Any:
         if watch_index not in loaded:
             loaded[watch_index] = load_named_profile(config.watch[watch_index].profile, config)
         return loaded[watch_index]
+
     return profile_for
 
 
@@ -52,8 +55,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                 if not entries:
                     env.out("quarantine is empty")
                 for e in entries:
-                    env.out(f"{e['id']}  {e['created_at']}  file {e['file_id'] or '-'}  "
-                            f"rules {','.join(e['rules']) or '-'}  records {e['records'][:10]}")
+                    env.out(
+                        f"{e['id']}  {e['created_at']}  file {e['file_id'] or '-'}  "
+                        f"rules {','.join(e['rules']) or '-'}  records {e['records'][:10]}"
+                    )
             return ExitStatus.OK
         if action == "show":
             item = store.quarantine_get(args.id)
@@ -61,8 +66,10 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                 raise UsageError(f"no quarantine entry {args.id}")
             _audit(config, "show", reason=args.reason, extra={"quarantine_id": args.id})
             e = entry_json(item.entry)
-            env.err(f"entry {e['id']} ({e['created_at']}), file {e['file_id'] or '-'}: rules "
-                    f"{', '.join(e['rules'])}")
+            env.err(
+                f"entry {e['id']} ({e['created_at']}), file {e['file_id'] or '-'}: rules "
+                f"{', '.join(e['rules'])}"
+            )
             for p in e["problems"]:
                 env.err(f"  record {p.get('record')}: {p.get('rule')} {p.get('path')} {p.get('message')}")
             env.err(f"original name: {item.original_name}")  # local admin only (security.md §8)
@@ -90,9 +97,11 @@ def run(args: argparse.Namespace, env: Environment) -> int:
             for qid in ids:
                 result = retry_entry(config, store, qid, profile_for=profile_for)
                 rules = ",".join(sorted({p.rule for p in result.problems}))
-                env.err(f"{qid}: {result.outcome}" + (f" ({result.versions_stored} records)"
-                                                      if result.versions_stored else "")
-                        + (f" — {rules}" if rules else ""))
+                env.err(
+                    f"{qid}: {result.outcome}"
+                    + (f" ({result.versions_stored} records)" if result.versions_stored else "")
+                    + (f" — {rules}" if rules else "")
+                )
                 failed += result.outcome in ("quarantined", "missing")
             return ExitStatus.INVALID_INPUT if failed else ExitStatus.OK
         if action == "drop":

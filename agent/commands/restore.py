@@ -28,6 +28,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     keyring = load_keyring(config.keys_dir)
     audit_admin(config, "restore", reason=args.reason, environ=env.environ)
     info = restore_backup(path, config.data_dir, keyring, force=bool(args.force))
-    env.err(f"restored {', '.join(info['restored']) or 'nothing'} from backup {info['backup_id']} "
-            f"(generation {info['generation']})")
+    env.err(
+        f"restored {', '.join(info['restored']) or 'nothing'} from backup {info['backup_id']} "
+        f"(generation {info['generation']})"
+    )
     return int(ExitStatus.OK)

@@ -73,10 +73,14 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         f"last commit {ing['last_commit_at'] or '-'}",
     ]
     for i, w in enumerate(doc["watch"]):
-        lines.append(f"watch[{i}] {w['path']}: {'reachable' if w['reachable'] else 'UNREACHABLE'}, "
-                     f"{w['pending']} pending, observer {w['observer']}")
-    lines.append(f"api {doc['api']['listen']}; server certificate expires in "
-                 f"{doc['api']['server_cert_expires_in_days']} days")
+        lines.append(
+            f"watch[{i}] {w['path']}: {'reachable' if w['reachable'] else 'UNREACHABLE'}, "
+            f"{w['pending']} pending, observer {w['observer']}"
+        )
+    lines.append(
+        f"api {doc['api']['listen']}; server certificate expires in "
+        f"{doc['api']['server_cert_expires_in_days']} days"
+    )
     lines.append(f"disk free in data_dir: {doc['disk']['data_dir_free_bytes']} bytes")
     for job in doc["jobs"]:
         lines.append(f"job {job['name']}: next {job['next_run_at'] or '-'}, last {job['last_result'] or '-'}")

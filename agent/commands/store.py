@@ -33,7 +33,9 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     if not report.ok:
         for line in report.errors:
             env.err(line)
-        env.err(f"store verify: FAILED ({len(report.errors)} problem(s), {report.records_checked} records ok)")
+        env.err(
+            f"store verify: FAILED ({len(report.errors)} problem(s), {report.records_checked} records ok)"
+        )
         return int(ExitStatus.INTEGRITY)
     env.err(f"store verify: OK (integrity_check ok, {report.records_checked} records decrypted and verified)")
     return int(ExitStatus.OK)

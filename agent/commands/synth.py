@@ -51,7 +51,11 @@ def _plain_progress(env: Environment) -> Callable[[int, int], None]:
 def run(args: argparse.Namespace, env: Environment) -> int:
     out = _resolve(env, args.out)
     _check_args(args, out)
-    options: dict[str, Any] = {"format": args.format, "encoding": args.encoding, "invalid_rate": args.invalid_rate}
+    options: dict[str, Any] = {
+        "format": args.format,
+        "encoding": args.encoding,
+        "invalid_rate": args.invalid_rate,
+    }
     isatty = getattr(env.stderr, "isatty", None)
     if callable(isatty) and isatty():
         from rich.console import Console

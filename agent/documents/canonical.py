@@ -82,4 +82,3 @@ def content_hash(doc: dict[str, Any]) -> str:
 
 def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-

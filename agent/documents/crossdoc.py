@@ -59,7 +59,9 @@ def link_detail_to_receipt(detail: dict[str, Any], receipt: dict[str, Any]) -> b
     return _detail_fallback_match(detail, receipt)
 
 
-def find_receipt_for_detail(detail: dict[str, Any], receipts: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+def find_receipt_for_detail(
+    detail: dict[str, Any], receipts: Iterable[dict[str, Any]]
+) -> dict[str, Any] | None:
     """The receipt a detail links to (§7.1, first match wins; fallback needs exactly one)."""
     matches = [r for r in receipts if link_detail_to_receipt(detail, r)]
     if detail.get("receipt_no") is not None:
@@ -70,7 +72,10 @@ def find_receipt_for_detail(detail: dict[str, Any], receipts: Iterable[dict[str,
 def link_pharmacy_to_prescription(pharmacy: dict[str, Any], prescription: dict[str, Any]) -> bool:
     """``prescription_issue_no = prescription.document_no`` and the prescribing ykiho, when given,
     equals the prescription's institution ykiho."""
-    if pharmacy.get("document_type") != "pharmacy_receipt" or prescription.get("document_type") != "prescription":
+    if (
+        pharmacy.get("document_type") != "pharmacy_receipt"
+        or prescription.get("document_type") != "prescription"
+    ):
         return False
     if pharmacy.get("prescription_issue_no") != prescription.get("document_no"):
         return False

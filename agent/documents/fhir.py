@@ -173,8 +173,16 @@ def _write_json(value: Any, out: list[str], indent: int | None, level: int) -> N
         raise TypeError(f"unsupported type in FHIR bundle: {type(value).__name__}")
 
 
-def _write_container(items: list[tuple[Any, Any]], open_: str, close: str, out: list[str],
-                     indent: int | None, level: int, *, keyed: bool) -> None:
+def _write_container(
+    items: list[tuple[Any, Any]],
+    open_: str,
+    close: str,
+    out: list[str],
+    indent: int | None,
+    level: int,
+    *,
+    keyed: bool,
+) -> None:
     if not items:
         out.append(open_ + close)
         return
@@ -323,8 +331,11 @@ class _Renderer:
             composition = self.composition(subject=True, authors=authors, section=section)
         self.entries[0] = {
             "fullUrl": self.urn(composition_slot),
-            "resource": {"resourceType": "Composition", "id": self.urn(composition_slot).removeprefix("urn:uuid:"),
-                         **composition},
+            "resource": {
+                "resourceType": "Composition",
+                "id": self.urn(composition_slot).removeprefix("urn:uuid:"),
+                **composition,
+            },
         }
         return {
             "resourceType": "Bundle",
@@ -350,8 +361,15 @@ class _Renderer:
             "meta": {"versionId": str(self.version)},
             "identifier": {"system": self.doc_no_system(), "value": doc["document_no"]},
             "status": "entered-in-error" if self.cancelled else "final",
-            "type": _concept([_coding(self.sys("CodeSystem", "document-type"), self.document_type,
-                                      DOCUMENT_TITLES.get(self.document_type))]),
+            "type": _concept(
+                [
+                    _coding(
+                        self.sys("CodeSystem", "document-type"),
+                        self.document_type,
+                        DOCUMENT_TITLES.get(self.document_type),
+                    )
+                ]
+            ),
         }
         if subject:
             composition["subject"] = self.ref("patient")
@@ -360,10 +378,12 @@ class _Renderer:
         composition["title"] = DOCUMENT_TITLES.get(self.document_type, self.document_type)
         composition["custodian"] = self.ref("organization")
         if section:
-            composition["section"] = [{
-                "title": DOCUMENT_TITLES.get(self.document_type, self.document_type),
-                "entry": [self.ref(slot) for slot in section],
-            }]
+            composition["section"] = [
+                {
+                    "title": DOCUMENT_TITLES.get(self.document_type, self.document_type),
+                    "entry": [self.ref(slot) for slot in section],
+                }
+            ]
         return composition
 
     # --- shared resources -------------------------------------------------------------------
@@ -374,17 +394,24 @@ class _Renderer:
         org: dict[str, Any] = {"resourceType": "Organization"}
         # The tombstone carries only class-O institution data (ykiho, type, name): §9.6 minimisation.
         if inst.get("business_reg_no") and not self.cancelled:
-            identifiers.append({"system": self.sys("sid", "business-reg-no"), "value": inst["business_reg_no"]})
+            identifiers.append(
+                {"system": self.sys("sid", "business-reg-no"), "value": inst["business_reg_no"]}
+            )
         org["identifier"] = identifiers
         if inst.get("type_code"):
-            org["type"] = [_concept([_coding(SYS_ORG_TYPE, inst["type_code"],
-                                             INSTITUTION_TYPE_LABELS.get(inst["type_code"]))])]
+            org["type"] = [
+                _concept(
+                    [_coding(SYS_ORG_TYPE, inst["type_code"], INSTITUTION_TYPE_LABELS.get(inst["type_code"]))]
+                )
+            ]
         if inst.get("name"):
             org["name"] = inst["name"]
         if not self.cancelled:
-            telecom = [{"system": system, "value": inst[field]}
-                       for field, system in (("phone", "phone"), ("fax", "fax"), ("email", "email"))
-                       if inst.get(field)]
+            telecom = [
+                {"system": system, "value": inst[field]}
+                for field, system in (("phone", "phone"), ("fax", "fax"), ("email", "email"))
+                if inst.get(field)
+            ]
             if telecom:
                 org["telecom"] = telecom
             if inst.get("address"):
@@ -396,8 +423,12 @@ class _Renderer:
         patient = self.doc.get("patient") or {}
         resource: dict[str, Any] = {"resourceType": "Patient"}
         if patient.get("patient_reg_no"):
-            resource["identifier"] = [{"system": self.sys("sid", f"patient-reg-no/{self.ykiho}"),
-                                       "value": patient["patient_reg_no"]}]
+            resource["identifier"] = [
+                {
+                    "system": self.sys("sid", f"patient-reg-no/{self.ykiho}"),
+                    "value": patient["patient_reg_no"],
+                }
+            ]
         if patient.get("name"):
             name: dict[str, Any] = {"text": patient["name"]}
             if patient.get("name_is_pseudonym"):
@@ -405,18 +436,30 @@ class _Renderer:
             resource["name"] = [name]
         return resource
 
-    def practitioner(self, name: str | None, license_type: str | None = None,
-                     license_no: str | None = None) -> dict:
+    def practitioner(
+        self, name: str | None, license_type: str | None = None, license_no: str | None = None
+    ) -> dict:
         resource: dict[str, Any] = {"resourceType": "Practitioner"}
         if name:
             resource["name"] = [{"text": name}]
         if license_type:
             qualification: dict[str, Any] = {}
             if license_no:
-                system = SYS_MD_LICENSE if license_type == "physician" else self.sys("sid", f"license/{license_type}")
+                system = (
+                    SYS_MD_LICENSE
+                    if license_type == "physician"
+                    else self.sys("sid", f"license/{license_type}")
+                )
                 qualification["identifier"] = [{"system": system, "value": license_no}]
-            qualification["code"] = _concept([_coding(self.sys("CodeSystem", "license-type"), license_type,
-                                                      LICENSE_TYPE_LABELS.get(license_type))])
+            qualification["code"] = _concept(
+                [
+                    _coding(
+                        self.sys("CodeSystem", "license-type"),
+                        license_type,
+                        LICENSE_TYPE_LABELS.get(license_type),
+                    )
+                ]
+            )
             resource["qualification"] = [qualification]
         return resource
 
@@ -437,32 +480,54 @@ class _Renderer:
             period = {k: doc["care_period"][k] for k in ("start", "end") if doc["care_period"].get(k)}
             ext.append({"url": self.ext_url("care-period"), "valuePeriod": period})
         if doc.get("inpatient_bill_type"):
-            ext.append({"url": self.ext_url("inpatient-bill-type"),
-                        "valueCoding": _coding(self.sys("CodeSystem", "inpatient-bill-type"),
-                                               doc["inpatient_bill_type"])})
+            ext.append(
+                {
+                    "url": self.ext_url("inpatient-bill-type"),
+                    "valueCoding": _coding(
+                        self.sys("CodeSystem", "inpatient-bill-type"), doc["inpatient_bill_type"]
+                    ),
+                }
+            )
         if doc.get("patient_category"):
             category = doc["patient_category"]
             codings = []
             if category in PATIENT_CATEGORY_INSURANCE:
                 codings.append(_coding(SYS_INSURANCE_TYPE, PATIENT_CATEGORY_INSURANCE[category]))
             codings.append(_coding(self.sys("CodeSystem", "patient-category"), category))
-            ext.append({"url": self.ext_url("patient-category"),
-                        "valueCodeableConcept": _concept(codings, doc.get("patient_category_text"))})
+            ext.append(
+                {
+                    "url": self.ext_url("patient-category"),
+                    "valueCodeableConcept": _concept(codings, doc.get("patient_category_text")),
+                }
+            )
         if doc.get("department_code"):
-            ext.append({"url": self.ext_url("department"),
-                        "valueCodeableConcept": _concept([_coding(SYS_DEPARTMENT, doc["department_code"])],
-                                                         doc.get("department_name"))})
+            ext.append(
+                {
+                    "url": self.ext_url("department"),
+                    "valueCodeableConcept": _concept(
+                        [_coding(SYS_DEPARTMENT, doc["department_code"])], doc.get("department_name")
+                    ),
+                }
+            )
         if doc.get("drg_no"):
             ext.append({"url": self.ext_url("drg-no"), "valueString": doc["drg_no"]})
         if doc.get("room"):
             ext.append({"url": self.ext_url("room"), "valueString": doc["room"]})
         if doc.get("receipt_no"):
-            ext.append({"url": self.ext_url("receipt-no"),
-                        "valueIdentifier": {"system": self.doc_no_system("receipt"), "value": doc["receipt_no"]}})
+            ext.append(
+                {
+                    "url": self.ext_url("receipt-no"),
+                    "valueIdentifier": {"system": self.doc_no_system("receipt"), "value": doc["receipt_no"]},
+                }
+            )
         if booleans:
             # An absent optional boolean is read as false by every renderer (documents.md §2.1).
-            ext.append({"url": self.ext_url("night-care"), "valueBoolean": bool(doc.get("night_care", False))})
-            ext.append({"url": self.ext_url("holiday-care"), "valueBoolean": bool(doc.get("holiday_care", False))})
+            ext.append(
+                {"url": self.ext_url("night-care"), "valueBoolean": bool(doc.get("night_care", False))}
+            )
+            ext.append(
+                {"url": self.ext_url("holiday-care"), "valueBoolean": bool(doc.get("holiday_care", False))}
+            )
         return ext
 
     def invoice_base(self, *, issuer: str = "organization") -> dict:
@@ -483,8 +548,11 @@ class _Renderer:
     def paid_components(self) -> list[dict]:
         paid = self.doc.get("paid") or {}
         payer = self.sys("CodeSystem", "payer-column")
-        return [_price_component("informational", paid[k], payer, f"paid.{k}")
-                for k in ("card", "cash_receipt", "cash", "total") if k in paid]
+        return [
+            _price_component("informational", paid[k], payer, f"paid.{k}")
+            for k in ("card", "cash_receipt", "cash", "total")
+            if k in paid
+        ]
 
     def remarks(self, resource: dict) -> None:
         if self.doc.get("remarks"):
@@ -497,16 +565,25 @@ class _Renderer:
         payer = self.sys("CodeSystem", "payer-column")
         invoice = self.invoice_base()
         extensions = self.visit_extensions(booleans=True)
-        invoice = {"resourceType": "Invoice", "extension": extensions,
-                   **{k: v for k, v in invoice.items() if k != "resourceType"}}
+        invoice = {
+            "resourceType": "Invoice",
+            "extension": extensions,
+            **{k: v for k, v in invoice.items() if k != "resourceType"},
+        }
         if doc.get("visit_type"):
             invoice = _insert_after(invoice, "status", "type", self.visit_type_concept(doc["visit_type"]))
-        invoice["lineItem"] = [self.receipt_line_item(n, line) for n, line in enumerate(doc["lines"], start=1)]
+        invoice["lineItem"] = [
+            self.receipt_line_item(n, line) for n, line in enumerate(doc["lines"], start=1)
+        ]
         totals_components = self.column_components(doc.get("totals") or {}, RECEIPT_COLUMNS)
-        summary = [_price_component("informational", doc[k], payer, k)
-                   for k in ("cap_excess", "insurer_charge_total", "prepaid", "amount_due_rounding", "amount_due")
-                   if k in doc]
-        unpaid = [_price_component("informational", doc["unpaid"], payer, "unpaid")] if "unpaid" in doc else []
+        summary = [
+            _price_component("informational", doc[k], payer, k)
+            for k in ("cap_excess", "insurer_charge_total", "prepaid", "amount_due_rounding", "amount_due")
+            if k in doc
+        ]
+        unpaid = (
+            [_price_component("informational", doc["unpaid"], payer, "unpaid")] if "unpaid" in doc else []
+        )
         invoice["totalPriceComponent"] = totals_components + summary + self.paid_components() + unpaid
         invoice["totalNet"] = _money(doc["patient_charge_total"])
         invoice["totalGross"] = _money(doc["total_charge"])
@@ -521,7 +598,8 @@ class _Renderer:
             "sequence": sequence,
             "chargeItemCodeableConcept": _concept(
                 [_coding(self.sys("CodeSystem", "receipt-item"), item, RECEIPT_ITEM_LABELS.get(item))],
-                line.get("label") or RECEIPT_ITEM_LABELS.get(item)),
+                line.get("label") or RECEIPT_ITEM_LABELS.get(item),
+            ),
             "priceComponent": [_price_component("base", row_total)]
             + self.column_components(line, RECEIPT_COLUMNS),
         }
@@ -533,14 +611,23 @@ class _Renderer:
         charge_slots: list[str] = []
         line_items: list[dict] = []
         for sequence, line in enumerate(doc["lines"], start=1):
-            components = [_price_component("base", line["total"])] + self.column_components(line, RECEIPT_COLUMNS)
+            components = [_price_component("base", line["total"])] + self.column_components(
+                line, RECEIPT_COLUMNS
+            )
             if line.get("line_type") == "rounding_adjustment":
                 line_item: dict[str, Any] = {"sequence": sequence}
                 if line.get("item"):
                     line_item["extension"] = [self.receipt_item_extension(line["item"])]
                 line_item["chargeItemCodeableConcept"] = _concept(
-                    [_coding(self.sys("CodeSystem", "receipt-item"), "rounding_adjustment",
-                             RECEIPT_ITEM_LABELS["rounding_adjustment"])], line.get("name"))
+                    [
+                        _coding(
+                            self.sys("CodeSystem", "receipt-item"),
+                            "rounding_adjustment",
+                            RECEIPT_ITEM_LABELS["rounding_adjustment"],
+                        )
+                    ],
+                    line.get("name"),
+                )
             else:
                 slot = f"charge-item-{line['line_no']}"
                 self.add(slot, self.charge_item(line))
@@ -565,8 +652,12 @@ class _Renderer:
         return ["organization"], ["invoice", *charge_slots]
 
     def receipt_item_extension(self, item: str) -> dict:
-        return {"url": self.ext_url("receipt-item"),
-                "valueCoding": _coding(self.sys("CodeSystem", "receipt-item"), item, RECEIPT_ITEM_LABELS.get(item))}
+        return {
+            "url": self.ext_url("receipt-item"),
+            "valueCoding": _coding(
+                self.sys("CodeSystem", "receipt-item"), item, RECEIPT_ITEM_LABELS.get(item)
+            ),
+        }
 
     def charge_item(self, line: Mapping[str, Any]) -> dict:
         extensions = []
@@ -580,8 +671,11 @@ class _Renderer:
         resource: dict[str, Any] = {"resourceType": "ChargeItem"}
         if extensions:
             resource["extension"] = extensions
-        resource |= {"status": "billed", "code": _concept(codings, line.get("name")),
-                     "subject": self.ref("patient")}
+        resource |= {
+            "status": "billed",
+            "code": _concept(codings, line.get("name")),
+            "subject": self.ref("patient"),
+        }
         if line.get("date"):
             resource["occurrenceDateTime"] = line["date"]
         resource["performingOrganization"] = self.ref("organization")
@@ -609,16 +703,22 @@ class _Renderer:
         }.get(code_type or "", self.sys("CodeSystem", f"local-item/{self.ykiho}"))
 
     def copay_rate_extension(self, code: str) -> dict:
-        return {"url": self.ext_url("copay-rate"),
-                "valueCoding": _coding(self.sys("CodeSystem", "copay-rate"), code)}
+        return {
+            "url": self.ext_url("copay-rate"),
+            "valueCoding": _coding(self.sys("CodeSystem", "copay-rate"), code),
+        }
 
     # --- prescription -----------------------------------------------------------------------
 
     def render_prescription(self) -> tuple[list[str], list[str]]:
         doc = self.doc
         prescriber = doc.get("prescriber") or {}
-        self.add("practitioner-prescriber", self.practitioner(
-            prescriber.get("name"), prescriber.get("license_type"), prescriber.get("license_no")))
+        self.add(
+            "practitioner-prescriber",
+            self.practitioner(
+                prescriber.get("name"), prescriber.get("license_type"), prescriber.get("license_no")
+            ),
+        )
         slots = []
         for line in doc["lines"]:
             slot = f"medication-request-{line['line_no']}"
@@ -658,19 +758,29 @@ class _Renderer:
         if line.get("copay_rate_code"):
             extensions.append(self.copay_rate_extension(line["copay_rate_code"]))
         if line.get("kind") == "injection" and doc.get("injection_dispensing"):
-            extensions.append({"url": self.ext_url("injection-dispensing"),
-                               "valueCoding": _coding(self.sys("CodeSystem", "injection-dispensing"),
-                                                      doc["injection_dispensing"])})
+            extensions.append(
+                {
+                    "url": self.ext_url("injection-dispensing"),
+                    "valueCoding": _coding(
+                        self.sys("CodeSystem", "injection-dispensing"), doc["injection_dispensing"]
+                    ),
+                }
+            )
         resource: dict[str, Any] = {"resourceType": "MedicationRequest"}
         if extensions:
             resource["extension"] = extensions
-        resource["identifier"] = [{"system": self.sys("sid", f"prescription-line/{self.ykiho}"),
-                                   "value": f"{doc['document_no']}-{line['line_no']}"}]
+        resource["identifier"] = [
+            {
+                "system": self.sys("sid", f"prescription-line/{self.ykiho}"),
+                "value": f"{doc['document_no']}-{line['line_no']}",
+            }
+        ]
         resource["status"] = "cancelled" if self.cancelled else "active"
         resource["intent"] = "order"
         if line.get("kind"):
-            resource["category"] = [_concept([_coding(self.sys("CodeSystem", "prescription-line-kind"),
-                                                      line["kind"])])]
+            resource["category"] = [
+                _concept([_coding(self.sys("CodeSystem", "prescription-line-kind"), line["kind"])])
+            ]
         codings = []
         if line.get("code"):
             codings.append(_coding(self.drug_system(line.get("code_type")), line["code"]))
@@ -681,12 +791,17 @@ class _Renderer:
         # Withheld diagnosis (질병분류기호 미기재): no reasonCode at all, exactly like "no codes".
         if not doc.get("diagnosis_withheld") and doc.get("diagnosis_codes"):
             resource["reasonCode"] = [_concept([_coding(SYS_KCD, code)]) for code in doc["diagnosis_codes"]]
-        resource["groupIdentifier"] = {"system": self.doc_no_system("prescription"), "value": doc["document_no"]}
+        resource["groupIdentifier"] = {
+            "system": self.doc_no_system("prescription"),
+            "value": doc["document_no"],
+        }
         resource["dosageInstruction"] = [self.dosage(line, text=line.get("usage"))]
         dispense: dict[str, Any] = {}
         if doc.get("valid_days"):
-            dispense["validityPeriod"] = {"start": doc["issued_on"],
-                                          "end": _add_days(doc["issued_on"], doc["valid_days"] - 1)}
+            dispense["validityPeriod"] = {
+                "start": doc["issued_on"],
+                "end": _add_days(doc["issued_on"], doc["valid_days"] - 1),
+            }
         if line.get("days"):
             dispense["expectedSupplyDuration"] = _days(line["days"])
         if dispense:
@@ -709,14 +824,21 @@ class _Renderer:
                 line_item: dict[str, Any] = {
                     "sequence": sequence,
                     "chargeItemCodeableConcept": _concept(
-                        [_coding(SYS_EDI_MEDICATION, line["code"])] if line.get("code") else [], line.get("name")),
+                        [_coding(SYS_EDI_MEDICATION, line["code"])] if line.get("code") else [],
+                        line.get("name"),
+                    ),
                 }
                 # The line's 급여 구분 classifies its price; the amount is there only where printed.
                 if line.get("coverage") or "amount" in line:
                     component: dict[str, Any] = {"type": "base"}
                     if line.get("coverage"):
-                        component["code"] = _concept([_coding(coverage_system, line["coverage"],
-                                                              COVERAGE_LABELS.get(line["coverage"]))])
+                        component["code"] = _concept(
+                            [
+                                _coding(
+                                    coverage_system, line["coverage"], COVERAGE_LABELS.get(line["coverage"])
+                                )
+                            ]
+                        )
                     if "amount" in line:
                         component["amount"] = _money(line["amount"])
                     line_item["priceComponent"] = [component]
@@ -726,12 +848,14 @@ class _Renderer:
                 dispense_slots.append(slot)
         else:
             # No drug list printed: one line item and one dispense stand for the whole receipt.
-            line_items.append({
-                "sequence": 1,
-                "chargeItemCodeableConcept": _concept([], "약제비 총액"),
-                "priceComponent": [_price_component("base", doc["total_charge"])]
-                + self.column_components(doc.get("totals") or {}, PHARMACY_COLUMNS),
-            })
+            line_items.append(
+                {
+                    "sequence": 1,
+                    "chargeItemCodeableConcept": _concept([], "약제비 총액"),
+                    "priceComponent": [_price_component("base", doc["total_charge"])]
+                    + self.column_components(doc.get("totals") or {}, PHARMACY_COLUMNS),
+                }
+            )
             self.add("medication-dispense", self.medication_dispense(None))
             dispense_slots.append("medication-dispense")
         invoice = self.invoice_base()
@@ -742,9 +866,13 @@ class _Renderer:
         fees = doc.get("fee_breakdown") or {}
         invoice["totalPriceComponent"] = (
             self.column_components(doc.get("totals") or {}, PHARMACY_COLUMNS)
-            + [_price_component("informational", fees[k], payer, k)
-               for k in ("dispensing_fee", "drug_cost") if k in fees]
-            + self.paid_components())
+            + [
+                _price_component("informational", fees[k], payer, k)
+                for k in ("dispensing_fee", "drug_cost")
+                if k in fees
+            ]
+            + self.paid_components()
+        )
         invoice["totalNet"] = _money(doc["patient_charge_total"])
         invoice["totalGross"] = _money(doc["total_charge"])
         self.remarks(invoice)
@@ -791,14 +919,27 @@ class _Renderer:
 
 
 _MEDICATION_REQUEST_ORDER = (
-    "resourceType", "extension", "identifier", "status", "intent", "category", "medicationCodeableConcept",
-    "subject", "authoredOn", "requester", "reasonCode", "groupIdentifier", "dosageInstruction",
+    "resourceType",
+    "extension",
+    "identifier",
+    "status",
+    "intent",
+    "category",
+    "medicationCodeableConcept",
+    "subject",
+    "authoredOn",
+    "requester",
+    "reasonCode",
+    "groupIdentifier",
+    "dosageInstruction",
     "dispenseRequest",
 )
 
 
 def _reorder(resource: dict, order: tuple[str, ...]) -> dict:
-    return {k: resource[k] for k in order if k in resource} | {k: v for k, v in resource.items() if k not in order}
+    return {k: resource[k] for k in order if k in resource} | {
+        k: v for k, v in resource.items() if k not in order
+    }
 
 
 def _insert_after(mapping: dict, after: str, key: str, value: Any) -> dict:

@@ -23,7 +23,17 @@ from types import MappingProxyType
 from agent.documents import codes
 
 DOCUMENT_TYPES: tuple[str, ...] = ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")
-KINDS: tuple[str, ...] = ("str", "int", "dec", "bool", "date", "datetime", "object", "array_object", "array_str")
+KINDS: tuple[str, ...] = (
+    "str",
+    "int",
+    "dec",
+    "bool",
+    "date",
+    "datetime",
+    "object",
+    "array_object",
+    "array_str",
+)
 
 MONEY_MAX = 99_999_999_999
 MAX_VERSION = 2**53 - 1
@@ -165,13 +175,32 @@ def _institution(doc_type: str) -> Field:
     return O(
         "institution",
         _obj(
-            S("ykiho", None, True, "요양기관기호", pattern=YKIHO_PATTERN, pattern_rule="R-030",
-              type_rule="R-030", note="ID-1: 8 digits"),
+            S(
+                "ykiho",
+                None,
+                True,
+                "요양기관기호",
+                pattern=YKIHO_PATTERN,
+                pattern_rule="R-030",
+                type_rule="R-030",
+                note="ID-1: 8 digits",
+            ),
             S("name", 100, True, "요양기관 명칭 / 상호"),
-            Field("type_code", "str", False, "요양기관 종별",
-                  note="ID-8 two-digit code; not a string → R-021; unknown or absent → W-022"),
-            Field("business_reg_no", "str", brn_required, "사업자등록번호", type_rule="R-031",
-                  note="ID-3: 10 digits + checksum (R-031)"),
+            Field(
+                "type_code",
+                "str",
+                False,
+                "요양기관 종별",
+                note="ID-8 two-digit code; not a string → R-021; unknown or absent → W-022",
+            ),
+            Field(
+                "business_reg_no",
+                "str",
+                brn_required,
+                "사업자등록번호",
+                type_rule="R-031",
+                note="ID-3: 10 digits + checksum (R-031)",
+            ),
             S("representative", 50, False, "대표자 / 성명", note="personal data; absent → W-112 on receipts"),
             S("address", 200, False, "사업장 소재지"),
             S("phone", 20, False, "전화번호", pattern=PHONE_PATTERN),
@@ -190,10 +219,24 @@ def _patient(doc_type: str) -> Field:
         _obj(
             S("name", 100, True, "환자 성명"),
             B("name_is_pseudonym", False, "가명 기재"),
-            Field("rrn", "str", False, "주민등록번호 / 외국인등록번호", type_rule="R-032",
-                  note="ID-2: 13 digits (R-032); prescription: rrn or rrn_masked required (R-312); others W-020"),
-            S("rrn_masked", None, False, "주민등록번호(일부)", pattern=RRN_MASKED_PATTERN,
-              pattern_rule="R-033", type_rule="R-033", note="never with rrn (R-033); W-021"),
+            Field(
+                "rrn",
+                "str",
+                False,
+                "주민등록번호 / 외국인등록번호",
+                type_rule="R-032",
+                note="ID-2: 13 digits (R-032); prescription: rrn or rrn_masked required (R-312); others W-020",
+            ),
+            S(
+                "rrn_masked",
+                None,
+                False,
+                "주민등록번호(일부)",
+                pattern=RRN_MASKED_PATTERN,
+                pattern_rule="R-033",
+                type_rule="R-033",
+                note="never with rrn (R-033); W-021",
+            ),
             S("patient_reg_no", 20, reg_required, "환자등록번호", pattern=PATIENT_REG_NO_PATTERN),
         ),
         True,
@@ -203,10 +246,25 @@ def _patient(doc_type: str) -> Field:
 
 def _envelope(doc_type: str, document_no: Field | None = None) -> list[Field]:
     return [
-        S("schema_version", None, True, pattern=SCHEMA_VERSION_PATTERN, pattern_rule="R-006",
-          type_rule="R-006", missing_rule="R-006", note='"1.N" (R-006)'),
-        E("document_type", DOCUMENT_TYPES, True, "서류 종류", enum_rule="R-005", type_rule="R-005",
-          missing_rule="R-005"),
+        S(
+            "schema_version",
+            None,
+            True,
+            pattern=SCHEMA_VERSION_PATTERN,
+            pattern_rule="R-006",
+            type_rule="R-006",
+            missing_rule="R-006",
+            note='"1.N" (R-006)',
+        ),
+        E(
+            "document_type",
+            DOCUMENT_TYPES,
+            True,
+            "서류 종류",
+            enum_rule="R-005",
+            type_rule="R-005",
+            missing_rule="R-005",
+        ),
         document_no or S("document_no", 40, True, "영수증번호 / 교부번호", pattern=DOCUMENT_NO_PATTERN),
         I("version", 1, MAX_VERSION, True, "발행 차수", range_rule="R-011", type_rule="R-011"),
         E("status", STATUS, True, "상태", enum_rule="R-012", type_rule="R-012"),
@@ -217,20 +275,32 @@ def _envelope(doc_type: str, document_no: Field | None = None) -> list[Field]:
         _institution(doc_type),
         _patient(doc_type),
         # Agent-managed (§2.5): accepted on input (W-001), then removed and replaced.
-        O("source", _obj(
-            S("file_name", 255, True),
-            S("sha256", None, True, pattern=r"^[0-9a-f]{64}$"),
-            I("record_index", 0, MAX_VERSION, True),
-            S("profile", 64, True),
-            E("format", SOURCE_FORMATS, True),
-            E("encoding", SOURCE_ENCODINGS, True),
-        ), False, "원본 정보", agent=True),
+        O(
+            "source",
+            _obj(
+                S("file_name", 255, True),
+                S("sha256", None, True, pattern=r"^[0-9a-f]{64}$"),
+                I("record_index", 0, MAX_VERSION, True),
+                S("profile", 64, True),
+                E("format", SOURCE_FORMATS, True),
+                E("encoding", SOURCE_ENCODINGS, True),
+            ),
+            False,
+            "원본 정보",
+            agent=True,
+        ),
         Field("received_at", "datetime", False, "수신 시각", agent=True),
         S("content_hash", None, False, pattern=r"^[0-9a-f]{64}$", agent=True),
-        O("validation", _obj(
-            A("warnings", _obj(S("rule", None, True), S("path", None, True))),
-            A("cross_warnings", _obj(S("rule", None, True), S("path", None, True))),
-        ), False, "검증 결과", agent=True),
+        O(
+            "validation",
+            _obj(
+                A("warnings", _obj(S("rule", None, True), S("path", None, True))),
+                A("cross_warnings", _obj(S("rule", None, True), S("path", None, True))),
+            ),
+            False,
+            "검증 결과",
+            agent=True,
+        ),
     ]
 
 
@@ -239,18 +309,28 @@ def _care_period(ko: str = "진료기간") -> Field:
 
 
 def _paid(neg_rule: str) -> Field:
-    return O("paid", _obj(
-        M("card", min_rule=neg_rule), M("cash_receipt", min_rule=neg_rule),
-        M("cash", min_rule=neg_rule), M("total", min_rule=neg_rule),
-    ), True, "납부한 금액")
+    return O(
+        "paid",
+        _obj(
+            M("card", min_rule=neg_rule),
+            M("cash_receipt", min_rule=neg_rule),
+            M("cash", min_rule=neg_rule),
+            M("total", min_rule=neg_rule),
+        ),
+        True,
+        "납부한 금액",
+    )
 
 
 # ---------------------------------------------------------------- receipt (§3)
 
+
 def _receipt_columns(signed: bool, min_rule: str | None = None) -> list[Field]:
     cols = [M(c, True, signed=signed, min_rule=min_rule) for c in CORE_COLUMNS]
-    cols += [M(c, False, signed=signed, min_rule=min_rule, note="legacy_selective only (R-105)")
-             for c in LEGACY_COLUMNS]
+    cols += [
+        M(c, False, signed=signed, min_rule=min_rule, note="legacy_selective only (R-105)")
+        for c in LEGACY_COLUMNS
+    ]
     return cols
 
 
@@ -261,19 +341,35 @@ RECEIPT: tuple[Field, ...] = (
     _care_period(),
     B("night_care", False, "야간 진료"),
     B("holiday_care", False, "공휴일 진료"),
-    S("department_code", None, True, "진료과목", pattern=r"^[0-9]{2}$", pattern_rule="R-104",
-      type_rule="R-104", note="ID-7; unknown → W-104"),
+    S(
+        "department_code",
+        None,
+        True,
+        "진료과목",
+        pattern=r"^[0-9]{2}$",
+        pattern_rule="R-104",
+        type_rule="R-104",
+        note="ID-7; unknown → W-104",
+    ),
     S("department_name", 50, False, "진료과목명"),
     S("drg_no", None, False, "질병군(DRG)번호", pattern=r"^[0-9A-Z]{1,10}$"),
     S("room", 30, False, "병실"),
     E("patient_category", codes.PATIENT_CATEGORIES, True, "환자구분"),
     S("patient_category_text", 30, False, "환자구분(표기)", note="required for patient_category other"),
     E("amount_layout", AMOUNT_LAYOUTS, True, "서식 구분"),
-    A("lines", _obj(
-        E("item", RECEIPT_ITEMS, True, "항목"),
-        S("label", 50, False, "표기", note="required for other_optional (R-106)"),
-        *_receipt_columns(signed=False),
-    ), True, "항목별 금액", min_items=1, max_items=100, empty_rule="R-116"),
+    A(
+        "lines",
+        _obj(
+            E("item", RECEIPT_ITEMS, True, "항목"),
+            S("label", 50, False, "표기", note="required for other_optional (R-106)"),
+            *_receipt_columns(signed=False),
+        ),
+        True,
+        "항목별 금액",
+        min_items=1,
+        max_items=100,
+        empty_rule="R-116",
+    ),
     O("totals", _obj(*_receipt_columns(signed=False)), True, "합계"),
     M("cap_excess", True, "상한액 초과금", min_rule="R-110"),
     M("total_charge", True, "진료비 총액"),
@@ -299,22 +395,30 @@ RECEIPT_DETAIL: tuple[Field, ...] = (
     S("room", 30, False, "병실"),
     E("patient_category", codes.PATIENT_CATEGORIES, False, "환자구분"),
     E("amount_layout", AMOUNT_LAYOUTS, True, "서식 구분"),
-    A("lines", _obj(
-        I("line_no", 1, 20_000, True, "순번"),
-        E("line_type", DETAIL_LINE_TYPES, True, "구분"),
-        E("item", RECEIPT_ITEMS, False, "항목", note="item lines: required (R-208)"),
-        DT("date", False, "일자", note="item lines: required (R-208)"),
-        S("code", 20, False, "코드", pattern=r"^[0-9A-Za-z-]{1,20}$"),
-        E("code_type", DETAIL_CODE_TYPES, False, "코드 구분", note="with code (R-211)"),
-        S("name", 200, True, "명칭"),
-        D("amount", 2, False, "금액 (단가)", minimum=Decimal(0), note="item lines: required (R-208)"),
-        D("dose", 4, False, "1회 투여량", minimum=Decimal(0), min_exclusive=True),
-        D("count", 4, False, "횟수", nonzero=True, note="item lines: required (R-208); ≠ 0"),
-        I("days", 1, 999, False, "일수", note="item lines: required (R-208)"),
-        M("total", True, "총액", signed=True),
-        *_receipt_columns(signed=True),
-        E("copay_rate_code", codes.COPAY_RATE_CODES, False, "본인부담률 구분"),
-    ), True, "세부 내역", min_items=1, max_items=20_000, empty_rule="R-212"),
+    A(
+        "lines",
+        _obj(
+            I("line_no", 1, 20_000, True, "순번"),
+            E("line_type", DETAIL_LINE_TYPES, True, "구분"),
+            E("item", RECEIPT_ITEMS, False, "항목", note="item lines: required (R-208)"),
+            DT("date", False, "일자", note="item lines: required (R-208)"),
+            S("code", 20, False, "코드", pattern=r"^[0-9A-Za-z-]{1,20}$"),
+            E("code_type", DETAIL_CODE_TYPES, False, "코드 구분", note="with code (R-211)"),
+            S("name", 200, True, "명칭"),
+            D("amount", 2, False, "금액 (단가)", minimum=Decimal(0), note="item lines: required (R-208)"),
+            D("dose", 4, False, "1회 투여량", minimum=Decimal(0), min_exclusive=True),
+            D("count", 4, False, "횟수", nonzero=True, note="item lines: required (R-208); ≠ 0"),
+            I("days", 1, 999, False, "일수", note="item lines: required (R-208)"),
+            M("total", True, "총액", signed=True),
+            *_receipt_columns(signed=True),
+            E("copay_rate_code", codes.COPAY_RATE_CODES, False, "본인부담률 구분"),
+        ),
+        True,
+        "세부 내역",
+        min_items=1,
+        max_items=20_000,
+        empty_rule="R-212",
+    ),
     O("totals", _obj(M("total", True, signed=True), *_receipt_columns(signed=True)), True, "합계"),
     S("remarks", 1000, False, "비고", multiline=True),
 )
@@ -322,46 +426,104 @@ RECEIPT_DETAIL: tuple[Field, ...] = (
 # ---------------------------------------------------------------- prescription (§5)
 
 PRESCRIPTION: tuple[Field, ...] = (
-    *_envelope("prescription", S("document_no", None, True, "교부번호", pattern=ISSUE_NO_PATTERN,
-                                 pattern_rule="R-301", type_rule="R-301", note="ID-5 (R-301, R-302)")),
+    *_envelope(
+        "prescription",
+        S(
+            "document_no",
+            None,
+            True,
+            "교부번호",
+            pattern=ISSUE_NO_PATTERN,
+            pattern_rule="R-301",
+            type_rule="R-301",
+            note="ID-5 (R-301, R-302)",
+        ),
+    ),
     E("insurance_type", INSURANCE_TYPES, True, "보험 구분"),
     S("insurance_type_text", 50, False, "기타 내용"),
     B("diagnosis_withheld", True, "질병분류기호 미기재"),
-    Field("diagnosis_codes", "array_str", False, "질병분류기호", max_items=10,
-          pattern=KCD_PATTERN, pattern_rule="R-308", type_rule="R-308",
-          note="KCD (ID-4), normalised; empty when withheld (R-307)"),
-    O("prescriber", _obj(
-        S("name", 50, True, "성명"),
-        E("license_type", codes.LICENSE_TYPES, True, "면허종별", enum_rule="R-310", type_rule="R-310"),
-        S("license_no", 10, True, "면허번호", note="digits expected (W-307)"),
-    ), True, "처방 의료인"),
-    A("lines", _obj(
-        I("line_no", 1, 9_999, True, "줄번호"),
-        E("kind", RX_KINDS, True, "구분"),
-        E("code_type", RX_CODE_TYPES, False, "코드 구분", note="with code (R-305)"),
-        S("code", None, False, "의약품 코드", pattern=r"^[0-9A-Z]{9}$", pattern_rule="R-305",
-          type_rule="R-305", note="absent → W-304"),
-        S("name", 200, True, "처방 의약품 명칭"),
-        D("dose", 4, True, "1회 투약량", minimum=Decimal(0), min_exclusive=True,
-          maximum=Decimal("99999.9999"), range_rule="R-304"),
-        S("dose_unit", 10, False, "단위"),
-        I("daily_count", 1, 99, True, "1일 투여횟수", range_rule="R-304"),
-        I("days", 1, 999, True, "총 투약일수", range_rule="R-304", note="> 180 → W-305"),
-        E("copay_rate_code", codes.COPAY_RATE_CODES, False, "본인부담률 구분코드"),
-        S("usage", 200, False, "용법"),
-    ), True, "처방 의약품", min_items=1, max_items=200, empty_rule="R-303"),
-    E("injection_dispensing", INJECTION_DISPENSING, False, "주사제 처방내역 구분",
-      note="iff any injection line (R-309)"),
+    Field(
+        "diagnosis_codes",
+        "array_str",
+        False,
+        "질병분류기호",
+        max_items=10,
+        pattern=KCD_PATTERN,
+        pattern_rule="R-308",
+        type_rule="R-308",
+        note="KCD (ID-4), normalised; empty when withheld (R-307)",
+    ),
+    O(
+        "prescriber",
+        _obj(
+            S("name", 50, True, "성명"),
+            E("license_type", codes.LICENSE_TYPES, True, "면허종별", enum_rule="R-310", type_rule="R-310"),
+            S("license_no", 10, True, "면허번호", note="digits expected (W-307)"),
+        ),
+        True,
+        "처방 의료인",
+    ),
+    A(
+        "lines",
+        _obj(
+            I("line_no", 1, 9_999, True, "줄번호"),
+            E("kind", RX_KINDS, True, "구분"),
+            E("code_type", RX_CODE_TYPES, False, "코드 구분", note="with code (R-305)"),
+            S(
+                "code",
+                None,
+                False,
+                "의약품 코드",
+                pattern=r"^[0-9A-Z]{9}$",
+                pattern_rule="R-305",
+                type_rule="R-305",
+                note="absent → W-304",
+            ),
+            S("name", 200, True, "처방 의약품 명칭"),
+            D(
+                "dose",
+                4,
+                True,
+                "1회 투약량",
+                minimum=Decimal(0),
+                min_exclusive=True,
+                maximum=Decimal("99999.9999"),
+                range_rule="R-304",
+            ),
+            S("dose_unit", 10, False, "단위"),
+            I("daily_count", 1, 99, True, "1일 투여횟수", range_rule="R-304"),
+            I("days", 1, 999, True, "총 투약일수", range_rule="R-304", note="> 180 → W-305"),
+            E("copay_rate_code", codes.COPAY_RATE_CODES, False, "본인부담률 구분코드"),
+            S("usage", 200, False, "용법"),
+        ),
+        True,
+        "처방 의약품",
+        min_items=1,
+        max_items=200,
+        empty_rule="R-303",
+    ),
+    E(
+        "injection_dispensing",
+        INJECTION_DISPENSING,
+        False,
+        "주사제 처방내역 구분",
+        note="iff any injection line (R-309)",
+    ),
     Field("copay_exemption_code", "str", False, "본인부담 구분기호", note="syntax → W-306"),
     S("dispensing_notes", 500, False, "조제 시 참고사항", multiline=True),
     I("valid_days", 1, 365, False, "사용기간", range_rule="R-311", note="absent → W-302"),
-    O("dispensing", _obj(
-        S("pharmacy_name", 100, False, "약국 명칭"),
-        S("pharmacist_name", 50, False, "조제약사"),
-        S("quantity_text", 100, False, "조제량·조제일수"),
-        DT("dispensed_on", False, "조제 연월일", note="≥ issued_on (R-313)"),
-        S("change_notes", 500, False, "처방 변경·수정·확인·대체 내용", multiline=True),
-    ), False, "의약품 조제내역"),
+    O(
+        "dispensing",
+        _obj(
+            S("pharmacy_name", 100, False, "약국 명칭"),
+            S("pharmacist_name", 50, False, "조제약사"),
+            S("quantity_text", 100, False, "조제량·조제일수"),
+            DT("dispensed_on", False, "조제 연월일", note="≥ issued_on (R-313)"),
+            S("change_notes", 500, False, "처방 변경·수정·확인·대체 내용", multiline=True),
+        ),
+        False,
+        "의약품 조제내역",
+    ),
 )
 
 # ---------------------------------------------------------------- pharmacy receipt (§6)
@@ -372,55 +534,103 @@ PHARMACY_RECEIPT: tuple[Field, ...] = (
     I("days_supplied", 1, 999, True, "투약일수", range_rule="R-405"),
     B("night_care", False, "야간"),
     B("holiday_care", False, "공휴"),
-    S("prescription_issue_no", None, True, "처방전 교부번호", pattern=ISSUE_NO_PATTERN,
-      pattern_rule="R-404", type_rule="R-404", note="ID-5 (R-404, R-409)"),
-    O("prescribing_institution", _obj(
-        S("name", 100, True, "명칭"),
-        S("ykiho", None, False, "요양기관기호", pattern=YKIHO_PATTERN, pattern_rule="R-030",
-          type_rule="R-030"),
-    ), True, "처방전 발행기관"),
+    S(
+        "prescription_issue_no",
+        None,
+        True,
+        "처방전 교부번호",
+        pattern=ISSUE_NO_PATTERN,
+        pattern_rule="R-404",
+        type_rule="R-404",
+        note="ID-5 (R-404, R-409)",
+    ),
+    O(
+        "prescribing_institution",
+        _obj(
+            S("name", 100, True, "명칭"),
+            S(
+                "ykiho",
+                None,
+                False,
+                "요양기관기호",
+                pattern=YKIHO_PATTERN,
+                pattern_rule="R-030",
+                type_rule="R-030",
+            ),
+        ),
+        True,
+        "처방전 발행기관",
+    ),
     S("prescriber_name", 50, False, "처방 의사"),
     S("pharmacist_name", 50, False, "조제약사", note="absent → W-403"),
-    O("totals", _obj(
-        M("copay", True, "본인부담금", min_rule="R-407"),
-        M("insurer", True, "보험자부담금", min_rule="R-407"),
-        M("full_self_pay", True, "비급여(전액본인부담)", min_rule="R-407"),
-    ), True, "요양급여 · 비급여"),
+    O(
+        "totals",
+        _obj(
+            M("copay", True, "본인부담금", min_rule="R-407"),
+            M("insurer", True, "보험자부담금", min_rule="R-407"),
+            M("full_self_pay", True, "비급여(전액본인부담)", min_rule="R-407"),
+        ),
+        True,
+        "요양급여 · 비급여",
+    ),
     M("total_charge", True, "약제비 총액"),
     M("patient_charge_total", True, "수납금액"),
     _paid("R-407"),
     S("cash_receipt_id", 30, False, "신분확인번호"),
     S("cash_receipt_approval_no", 30, False, "현금승인번호"),
-    O("fee_breakdown", _obj(
-        M("dispensing_fee", True, "조제료", min_rule="R-407"),
-        M("drug_cost", True, "약품비", min_rule="R-407"),
-    ), False, "조제료·약품비 내역"),
-    A("lines", _obj(
-        I("line_no", 1, 9_999, True, "순번"),
-        Field("code", "str", False, "약품코드", note="ID-6 drug syntax → W-407"),
-        S("name", 200, True, "약품명"),
-        D("dose", 4, False, "투약량", minimum=Decimal(0), min_exclusive=True),
-        I("daily_count", 1, 99, False, "횟수"),
-        I("days", 1, 999, False, "일수"),
-        E("coverage", COVERAGE, False, "급여 구분"),
-        M("amount", False, "금액", min_rule="R-407"),
-    ), False, "약품 내역", max_items=200),
+    O(
+        "fee_breakdown",
+        _obj(
+            M("dispensing_fee", True, "조제료", min_rule="R-407"),
+            M("drug_cost", True, "약품비", min_rule="R-407"),
+        ),
+        False,
+        "조제료·약품비 내역",
+    ),
+    A(
+        "lines",
+        _obj(
+            I("line_no", 1, 9_999, True, "순번"),
+            Field("code", "str", False, "약품코드", note="ID-6 drug syntax → W-407"),
+            S("name", 200, True, "약품명"),
+            D("dose", 4, False, "투약량", minimum=Decimal(0), min_exclusive=True),
+            I("daily_count", 1, 99, False, "횟수"),
+            I("days", 1, 999, False, "일수"),
+            E("coverage", COVERAGE, False, "급여 구분"),
+            M("amount", False, "금액", min_rule="R-407"),
+        ),
+        False,
+        "약품 내역",
+        max_items=200,
+    ),
     S("remarks", 1000, False, "비고", multiline=True),
 )
 
-FIELDS: Mapping[str, Mapping[str, Field]] = MappingProxyType({
-    "receipt": _obj(*RECEIPT),
-    "receipt_detail": _obj(*RECEIPT_DETAIL),
-    "prescription": _obj(*PRESCRIPTION),
-    "pharmacy_receipt": _obj(*PHARMACY_RECEIPT),
-})
+FIELDS: Mapping[str, Mapping[str, Field]] = MappingProxyType(
+    {
+        "receipt": _obj(*RECEIPT),
+        "receipt_detail": _obj(*RECEIPT_DETAIL),
+        "prescription": _obj(*PRESCRIPTION),
+        "pharmacy_receipt": _obj(*PHARMACY_RECEIPT),
+    }
+)
 
 # With status = cancelled only these are required (§9.4).
-CANCEL_REQUIRED: frozenset[tuple[str, ...]] = frozenset({
-    ("schema_version",), ("document_type",), ("document_no",), ("version",), ("status",),
-    ("issued_on",), ("institution",), ("institution", "ykiho"), ("institution", "name"),
-    ("patient",), ("patient", "name"),
-})
+CANCEL_REQUIRED: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("schema_version",),
+        ("document_type",),
+        ("document_no",),
+        ("version",),
+        ("status",),
+        ("issued_on",),
+        ("institution",),
+        ("institution", "ykiho"),
+        ("institution", "name"),
+        ("patient",),
+        ("patient", "name"),
+    }
+)
 
 
 def _flatten(fields: Mapping[str, Field], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Field]:
@@ -458,6 +668,7 @@ def all_paths(document_type: str) -> list[tuple[str, ...]]:
 
 
 # ---------------------------------------------------------------- documentation
+
 
 def _type_text(f: Field) -> str:
     if f.money:

@@ -105,8 +105,16 @@ def parse_datetime(value: Any) -> dt.datetime | None:
         second = int(m.group(6))
         if second == 60:  # leap second: RFC 3339 allows it; datetime cannot hold it
             second = 59
-        return dt.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4)),
-                           int(m.group(5)), second, micro, tzinfo=tz)
+        return dt.datetime(
+            int(m.group(1)),
+            int(m.group(2)),
+            int(m.group(3)),
+            int(m.group(4)),
+            int(m.group(5)),
+            second,
+            micro,
+            tzinfo=tz,
+        )
     except ValueError:
         return None
 
@@ -120,8 +128,10 @@ def kst_date(moment: dt.datetime) -> dt.date:
 
 def names_equal(a: str, b: str) -> bool:
     """Name comparison of §2.1: NFC, all white space removed, nothing else folded."""
+
     def norm(s: str) -> str:
         return "".join(ch for ch in unicodedata.normalize("NFC", s) if not ch.isspace())
+
     return norm(a) == norm(b)
 
 
@@ -454,7 +464,12 @@ def _common_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any], received_on
     if rrn_present and masked_present:
         ctx.add("R-033", "patient.rrn_masked")
     if ctx.doc_type == "prescription":
-        if not rrn_present and not masked_present and not ctx.cancelled and isinstance(raw.get("patient"), dict):
+        if (
+            not rrn_present
+            and not masked_present
+            and not ctx.cancelled
+            and isinstance(raw.get("patient"), dict)
+        ):
             ctx.add("R-312", "patient.rrn")
     elif not rrn_present and not ctx.cancelled:
         ctx.add("W-020", "patient.rrn")
@@ -527,9 +542,17 @@ def _receipt_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
     dept = c.get("department_code")
     if isinstance(dept, str) and dept not in codes.DEPARTMENTS:
         ctx.add("W-104", "department_code")
-    if c.get("patient_category") == "other" and raw.get("patient_category_text") is None and not ctx.cancelled:
+    if (
+        c.get("patient_category") == "other"
+        and raw.get("patient_category_text") is None
+        and not ctx.cancelled
+    ):
         ctx.add("R-020", "patient_category_text")
-    if raw.get("amount_layout") == "current" and raw.get("insurer_charge_total") is None and not ctx.cancelled:
+    if (
+        raw.get("amount_layout") == "current"
+        and raw.get("insurer_charge_total") is None
+        and not ctx.cancelled
+    ):
         ctx.add("R-020", "insurer_charge_total")
 
     columns = _layout_columns(ctx, raw, "R-105")
@@ -718,7 +741,9 @@ def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
                 dose_value = ln.get("dose")
                 dose = dose_value if isinstance(dose_value, Decimal) else Decimal(1)
                 if rl.get("dose") is None or isinstance(ln.get("dose"), Decimal):
-                    product = _DEC_CTX.multiply(_DEC_CTX.multiply(_DEC_CTX.multiply(amount, dose), count), days)
+                    product = _DEC_CTX.multiply(
+                        _DEC_CTX.multiply(_DEC_CTX.multiply(amount, dose), count), days
+                    )
                     diff = abs(total - round_half_up(product))
                     if diff > 10:
                         ctx.add("R-204", f"{p}.total")
@@ -751,7 +776,9 @@ def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
                 v = money[k]
                 if v is not None and not -9_999 <= v <= 9_999:
                     ctx.add("R-210", f"{p}.{k}")
-            if any(v is not None and abs(v) >= 100 for v in money.values()) or (total is not None and total != 0):
+            if any(v is not None and abs(v) >= 100 for v in money.values()) or (
+                total is not None and total != 0
+            ):
                 ctx.add("W-204", p)
     # RD-3 (R-206)
     totals = c.get("totals") if isinstance(c.get("totals"), dict) else None
@@ -893,8 +920,10 @@ def _pharmacy_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
         amount = rl.get("amount")
         amounts.append(amount if type(amount) is int else None)
     if raw_lines and full is not None and full > 0:
-        if not any(isinstance(rl, dict) and rl.get("coverage") in ("full_copay_100", "non_covered")
-                   for rl in raw_lines):
+        if not any(
+            isinstance(rl, dict) and rl.get("coverage") in ("full_copay_100", "non_covered")
+            for rl in raw_lines
+        ):
             ctx.add("W-406", "lines")
     if raw_lines and total_charge is not None and all(a is not None for a in amounts):
         if sum(amounts) != total_charge:  # type: ignore[arg-type]

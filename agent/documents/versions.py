@@ -66,7 +66,11 @@ def decide_version(
     # A new current version: identity must not change.
     if current is not None:
         for path, a, b in (
-            ("institution.ykiho", _get(incoming, "institution", "ykiho"), _get(current, "institution", "ykiho")),
+            (
+                "institution.ykiho",
+                _get(incoming, "institution", "ykiho"),
+                _get(current, "institution", "ykiho"),
+            ),
             ("document_type", incoming.get("document_type"), current.get("document_type")),
             ("document_no", incoming.get("document_no"), current.get("document_no")),
         ):

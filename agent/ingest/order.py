@@ -153,8 +153,9 @@ class ReadyQueue:
 
     def pending_for(self, watch_index: int) -> int:
         with self.cond:
-            return sum(1 for w, _ in self._queued if w == watch_index) + \
-                sum(1 for w, _ in self._taken if w == watch_index)
+            return sum(1 for w, _ in self._queued if w == watch_index) + sum(
+                1 for w, _ in self._taken if w == watch_index
+            )
 
     def wake(self) -> None:
         with self.cond:

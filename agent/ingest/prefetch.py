@@ -87,8 +87,15 @@ def _worker_init(lifeline: Any, nice: int) -> None:
 class Prefetcher:
     """A lazily started process pool for ``process.prepare``; used by the ingest worker only."""
 
-    def __init__(self, workers: int, *, lookahead: int = DEFAULT_LOOKAHEAD, max_bytes: int = DEFAULT_MAX_BYTES,
-                 min_backlog: int = DEFAULT_MIN_BACKLOG, idle_s: float = DEFAULT_IDLE_S) -> None:
+    def __init__(
+        self,
+        workers: int,
+        *,
+        lookahead: int = DEFAULT_LOOKAHEAD,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        min_backlog: int = DEFAULT_MIN_BACKLOG,
+        idle_s: float = DEFAULT_IDLE_S,
+    ) -> None:
         self.workers = max(0, workers)
         self.lookahead = max(1, lookahead)
         self.max_bytes = max_bytes
@@ -136,7 +143,11 @@ class Prefetcher:
             ctx = _context()
             theirs, ours = ctx.Pipe(duplex=False)
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=_worker_init, initargs=(theirs, self.nice))
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_worker_init,
+                initargs=(theirs, self.nice),
+            )
             self._lifeline = ours
             self._lifeline_theirs = theirs
             self._warm = self._pool.submit(_warm_up)
@@ -147,7 +158,9 @@ class Prefetcher:
             self.workers = 0
             self._pool = None
 
-    def submit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> concurrent.futures.Future[Prepared] | None:
+    def submit(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> concurrent.futures.Future[Prepared] | None:
         """``prepare(*args, **kwargs)`` in a worker; None when the pool is not running (prepare inline)."""
         if self._pool is None:
             return None

@@ -54,13 +54,13 @@ log = logging.getLogger("agent.ingest")
 MAX_REASON_PROBLEMS = 200  # a quarantine reason lists at most this many problems (bounded size)
 
 # Outcomes that are not file outcomes of exports.md §4 but tell the caller what to do next.
-ABANDONED = "abandoned"    # changed while reading / locked: look again later
-GONE = "gone"              # vanished before it could be read
-IGNORED = "ignored"        # symlink escaping the folder
-DEFERRED = "deferred"      # folder unreachable, disk full, store locked: retry with backoff
-TOO_LARGE = "too_large"    # R-001 entry made, file left in place
-RECOVERED = "recovered"    # committed before a crash, now acknowledged
-READ = "read"              # ``Prepared.status``: read (and validated unless the name is unsafe)
+ABANDONED = "abandoned"  # changed while reading / locked: look again later
+GONE = "gone"  # vanished before it could be read
+IGNORED = "ignored"  # symlink escaping the folder
+DEFERRED = "deferred"  # folder unreachable, disk full, store locked: retry with backoff
+TOO_LARGE = "too_large"  # R-001 entry made, file left in place
+RECOVERED = "recovered"  # committed before a crash, now acknowledged
+READ = "read"  # ``Prepared.status``: read (and validated unless the name is unsafe)
 
 # Why a file was deferred. "disk" and "store" hold for every file, so the worker pauses as a
 # whole (and keeps the order); "folder" and "error" concern one folder or one file.
@@ -78,7 +78,7 @@ class ProcessResult:
     records: int = 0
     quarantine_id: str | None = None
     problems: list[Problem] = dataclasses.field(default_factory=list)
-    cause: str | None = None     # for DEFERRED: CAUSE_*
+    cause: str | None = None  # for DEFERRED: CAUSE_*
 
 
 @dataclasses.dataclass
@@ -86,7 +86,7 @@ class Prepared:
     """What ``prepare`` hands to ``FileProcessor.commit`` (picklable: it crosses processes)."""
 
     ready: Ready
-    status: str                    # READ, TOO_LARGE, ABANDONED, GONE, IGNORED or DEFERRED
+    status: str  # READ, TOO_LARGE, ABANDONED, GONE, IGNORED or DEFERRED
     data: bytes = b""
     size: int = 0
     mtime_ns: int = 0
@@ -94,12 +94,23 @@ class Prepared:
     check: FileCheck | None = None  # None when not read, or for an unsafe name (never parsed)
 
 
-def prepare(ready: Ready, root: Path, *, max_size: int, profile: Any, received_at: dt.datetime,
-            default_valid_days: int) -> Prepared:
+def prepare(
+    ready: Ready,
+    root: Path,
+    *,
+    max_size: int,
+    profile: Any,
+    received_at: dt.datetime,
+    default_valid_days: int,
+) -> Prepared:
     """Stage 1: read the file, hash it, decode + parse + validate its records. Writes nothing."""
     try:
-        fb = reading.read_candidate(root, ready.relpath, max_size=max_size,
-                                    expect=None if ready.signalled else (ready.size, ready.mtime_ns))
+        fb = reading.read_candidate(
+            root,
+            ready.relpath,
+            max_size=max_size,
+            expect=None if ready.signalled else (ready.size, ready.mtime_ns),
+        )
     except reading.TooLarge as big:
         return Prepared(ready, TOO_LARGE, size=big.size, mtime_ns=big.mtime_ns)
     except reading.Changed:
@@ -113,16 +124,23 @@ def prepare(ready: Ready, root: Path, *, max_size: int, profile: Any, received_a
     sha = hashlib.sha256(fb.data).hexdigest()
     check = None
     if not ready.unsafe:  # an unsafe name is quarantined (R-023) without looking inside
-        check = validate_export(fb.data, file_name=ready.relpath.rsplit("/", 1)[-1], received_at=received_at,
-                                profile=profile, default_valid_days=default_valid_days)
+        check = validate_export(
+            fb.data,
+            file_name=ready.relpath.rsplit("/", 1)[-1],
+            received_at=received_at,
+            profile=profile,
+            default_valid_days=default_valid_days,
+        )
     return Prepared(ready, READ, fb.data, fb.size, fb.mtime_ns, sha, check)
 
 
 def reason_of(file_id: str, problems: list[Problem]) -> dict[str, Any]:
     """The quarantine reason: rule ids, record indexes, JSON paths, fixed messages — no values."""
     errors = [p for p in problems if p.is_error] or list(problems)
-    listed = [{"record": p.record, "rule": p.rule, "path": p.path, "message": p.message}
-              for p in errors[:MAX_REASON_PROBLEMS]]
+    listed = [
+        {"record": p.record, "rule": p.rule, "path": p.path, "message": p.message}
+        for p in errors[:MAX_REASON_PROBLEMS]
+    ]
     return {
         "file_id": file_id,
         "rules": sorted({p.rule for p in errors}),
@@ -135,8 +153,14 @@ def reason_of(file_id: str, problems: list[Problem]) -> dict[str, Any]:
 class FileProcessor:
     """Commits prepared files one at a time, in order; owned by the ingest worker thread."""
 
-    def __init__(self, config: Config, store: IngestStore, *, clock: Clock | None = None,
-                 profiles: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: IngestStore,
+        *,
+        clock: Clock | None = None,
+        profiles: list[Any] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.clock = clock or SystemClock()
@@ -154,10 +178,15 @@ class FileProcessor:
     def prepare_args(self, ready: Ready) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Arguments of ``prepare`` for this file: the folder's current profile, ``received_at`` now."""
         watch = self.config.watch[ready.watch_index]
-        return ((ready, Path(watch.path)),
-                {"max_size": watch.max_file_size, "profile": self.profiles[ready.watch_index],
-                 "received_at": self.clock.now(),
-                 "default_valid_days": self.config.validation.default_valid_days})
+        return (
+            (ready, Path(watch.path)),
+            {
+                "max_size": watch.max_file_size,
+                "profile": self.profiles[ready.watch_index],
+                "received_at": self.clock.now(),
+                "default_valid_days": self.config.validation.default_valid_days,
+            },
+        )
 
     def prepare(self, ready: Ready) -> Prepared:
         args, kwargs = self.prepare_args(ready)
@@ -180,8 +209,9 @@ class FileProcessor:
             return ProcessResult(ABANDONED, fid)  # changed after it was read: nothing committed
         FILES_SEEN.inc()
         BYTES.inc(len(prep.data))
-        fingerprint = self.store.fingerprint(ready.watch_index, root, ready.relpath, prep.size, prep.mtime_ns,
-                                             prep.sha256)
+        fingerprint = self.store.fingerprint(
+            ready.watch_index, root, ready.relpath, prep.size, prep.mtime_ns, prep.sha256
+        )
         try:
             return self._decide(ready, root, name, prep, fid, fingerprint)
         except DiskFullError:
@@ -200,8 +230,9 @@ class FileProcessor:
         return now is None or now == (prep.size, prep.mtime_ns)
 
     # -- the decision -----------------------------------------------------------------------------
-    def _decide(self, ready: Ready, root: Path, name: str, prep: Prepared, fid: str,
-                fingerprint: Any) -> ProcessResult:
+    def _decide(
+        self, ready: Ready, root: Path, name: str, prep: Prepared, fid: str, fingerprint: Any
+    ) -> ProcessResult:
         watch = self.config.watch[ready.watch_index]
         prior = self.store.ledger_outcome(prep.sha256)
         if prior is not None:
@@ -209,8 +240,9 @@ class FileProcessor:
             # not yet acknowledged) or the same content under another name (a duplicate).
             if self.store.same_file_committed(fingerprint):
                 self._acknowledge(ready, root, fingerprint, watch.source_mode, fid, prep)
-                log.info("file recognised as committed before a restart; acknowledged",
-                         extra={"file_id": fid})
+                log.info(
+                    "file recognised as committed before a restart; acknowledged", extra={"file_id": fid}
+                )
                 return ProcessResult(RECOVERED, fid)
             self.store.record_duplicate(fingerprint)
             FILES.labels("duplicate").inc()
@@ -229,8 +261,9 @@ class FileProcessor:
         if not check.ok:
             return self._quarantine(ready, root, name, prep, fid, fingerprint, check.errors)
 
-        result = self.store.commit(fingerprint, check, file_name=name, content=prep.data,
-                                   profile_name=watch.profile)
+        result = self.store.commit(
+            fingerprint, check, file_name=name, content=prep.data, profile_name=watch.profile
+        )
         if result.outcome == "quarantined":  # R-010 / R-014 found against the stored versions
             return self._quarantine(ready, root, name, prep, fid, fingerprint, result.problems)
         FILES.labels(result.outcome).inc()
@@ -239,21 +272,34 @@ class FileProcessor:
                 RECORDS.labels(doc_type).inc(count)
         INGEST_LAG.observe(max(0.0, time.time() - prep.mtime_ns / 1e9))
         self._acknowledge(ready, root, fingerprint, watch.source_mode, fid, prep)
-        log.info("file ingested", extra={"file_id": fid, "outcome": result.outcome,
-                                         "records": result.versions_stored})
+        log.info(
+            "file ingested",
+            extra={"file_id": fid, "outcome": result.outcome, "records": result.versions_stored},
+        )
         return ProcessResult(result.outcome, fid, result.versions_stored)
 
-    def _quarantine(self, ready: Ready, root: Path, name: str, prep: Prepared, fid: str,
-                    fingerprint: Any, problems: list[Problem]) -> ProcessResult:
+    def _quarantine(
+        self,
+        ready: Ready,
+        root: Path,
+        name: str,
+        prep: Prepared,
+        fid: str,
+        fingerprint: Any,
+        problems: list[Problem],
+    ) -> ProcessResult:
         watch = self.config.watch[ready.watch_index]
         reason = reason_of(fid, problems)
         reason["watch"] = ready.watch_index  # `quarantine retry` re-reads with this folder's profile
-        qid = self.store.quarantine(fingerprint, reason=reason, original_name=ready.relpath,
-                                    content=prep.data)
+        qid = self.store.quarantine(
+            fingerprint, reason=reason, original_name=ready.relpath, content=prep.data
+        )
         FILES.labels("quarantined").inc()
         self._acknowledge(ready, root, fingerprint, watch.source_mode, fid, prep)
-        log.warning("file quarantined", extra={"file_id": fid, "quarantine_id": qid,
-                                               "rules": ",".join(reason["rules"])})
+        log.warning(
+            "file quarantined",
+            extra={"file_id": fid, "quarantine_id": qid, "rules": ",".join(reason["rules"])},
+        )
         return ProcessResult("quarantined", fid, 0, qid, problems)
 
     def _too_large(self, ready: Ready, size: int, mtime_ns: int) -> ProcessResult:
@@ -266,16 +312,20 @@ class FileProcessor:
         fid = self.store.name_id(ready.watch_index, root, ready.relpath)
         reason = reason_of(fid, problems)
         reason["size"] = size
-        qid = self.store.quarantine_too_large(ready.watch_index, root, ready.relpath, size, mtime_ns,
-                                              reason=reason)
+        qid = self.store.quarantine_too_large(
+            ready.watch_index, root, ready.relpath, size, mtime_ns, reason=reason
+        )
         FILES.labels("quarantined").inc()
-        log.warning("file too large: quarantine entry made, file left in place",
-                    extra={"file_id": fid, "quarantine_id": qid, "size": size})
+        log.warning(
+            "file too large: quarantine entry made, file left in place",
+            extra={"file_id": fid, "quarantine_id": qid, "size": size},
+        )
         return ProcessResult(TOO_LARGE, fid, 0, qid, problems)
 
     # -- acknowledgement ----------------------------------------------------------------------------
-    def _acknowledge(self, ready: Ready, root: Path, fingerprint: Any, mode: str, fid: str,
-                     prep: Prepared) -> None:
+    def _acknowledge(
+        self, ready: Ready, root: Path, fingerprint: Any, mode: str, fid: str, prep: Prepared
+    ) -> None:
         """Take the file out of the folder (move) or remember its fingerprint (keep).
 
         Called only after the store committed (or quarantined) the file durably.

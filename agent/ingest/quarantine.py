@@ -28,7 +28,7 @@ from agent.store.models import FileFingerprint, QuarantineEntry
 @dataclasses.dataclass
 class RetryResult:
     qid: str
-    outcome: str                 # accepted | duplicate | superseded | quarantined | requeued | missing
+    outcome: str  # accepted | duplicate | superseded | quarantined | requeued | missing
     versions_stored: int = 0
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
@@ -63,8 +63,9 @@ def _profile_for(config: Config, watch_index: int, profile_for: ProfileFor | Non
     raise ValueError("retry_entry: a folder with a vendor profile needs profile_for")
 
 
-def retry_entry(config: Config, store: Any, qid: str, *, clock: Clock | None = None,
-                profile_for: ProfileFor | None = None) -> RetryResult:
+def retry_entry(
+    config: Config, store: Any, qid: str, *, clock: Clock | None = None, profile_for: ProfileFor | None = None
+) -> RetryResult:
     """Re-process one quarantine entry; remove it only when its content is committed.
 
     ``profile_for(watch_index)`` gives the folder's profile as it is on disk *now* (the caller
@@ -86,18 +87,30 @@ def retry_entry(config: Config, store: Any, qid: str, *, clock: Clock | None = N
     content: bytes = item.content
     name = item.original_name.rsplit("/", 1)[-1] or "file"
     received_at = clock.now()
-    check = validate_export(content, file_name=name, received_at=received_at,
-                            profile=_profile_for(config, watch_index, profile_for),
-                            default_valid_days=config.validation.default_valid_days)
+    check = validate_export(
+        content,
+        file_name=name,
+        received_at=received_at,
+        profile=_profile_for(config, watch_index, profile_for),
+        default_valid_days=config.validation.default_valid_days,
+    )
     if not check.ok:
         return RetryResult(qid, "quarantined", problems=check.errors)
     sha = hashlib.sha256(content).hexdigest()
     root = Path(config.watch[watch_index].path) if watch_index < len(config.watch) else Path(".")
     fingerprint = FileFingerprint(IngestStore._path(root, item.original_name), len(content), 0, sha)
     profile_name = config.watch[watch_index].profile if watch_index < len(config.watch) else "standard"
-    outcome = store.commit_file(fingerprint, check.records, archive=content,
-                                file_meta={"file_name": name, "profile": profile_name,
-                                           "format": check.format, "encoding": check.encoding})
+    outcome = store.commit_file(
+        fingerprint,
+        check.records,
+        archive=content,
+        file_meta={
+            "file_name": name,
+            "profile": profile_name,
+            "format": check.format,
+            "encoding": check.encoding,
+        },
+    )
     if outcome.outcome == "quarantined":
         return RetryResult(qid, "quarantined", problems=list(outcome.problems))
     store.quarantine_remove(qid)

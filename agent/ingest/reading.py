@@ -118,8 +118,9 @@ def open_candidate(root: Path, relpath: str) -> int:
         raise
 
 
-def read_candidate(root: Path, relpath: str, *, max_size: int,
-                   expect: tuple[int, int] | None = None) -> FileBytes:
+def read_candidate(
+    root: Path, relpath: str, *, max_size: int, expect: tuple[int, int] | None = None
+) -> FileBytes:
     """Read the whole file, or raise ``TooLarge`` (decided from fstat, nothing read), ``Changed``…
 
     ``expect`` = (size, mtime_ns) seen by the scan: a file that differs from what settled is not
@@ -146,8 +147,11 @@ def read_candidate(root: Path, relpath: str, *, max_size: int,
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    if (len(data) != before.st_size or after.st_size != before.st_size
-            or after.st_mtime_ns != before.st_mtime_ns):
+    if (
+        len(data) != before.st_size
+        or after.st_size != before.st_size
+        or after.st_mtime_ns != before.st_mtime_ns
+    ):
         raise Changed()
     return FileBytes(data, before.st_size, before.st_mtime_ns)
 

@@ -62,10 +62,10 @@ class FileState:
     size: int
     mtime_ns: int
     ctime_ns: int
-    last_change: float          # monotonic time the stat last changed (or first seen)
-    unchanged_scans: int = 0    # consecutive scans that saw the same stat after the first
-    first_seen: float = 0.0     # monotonic time the name was first seen (bounds how long it holds others)
-    done: bool = False          # handled before and unchanged since (keep mode, R-001 left in place)
+    last_change: float  # monotonic time the stat last changed (or first seen)
+    unchanged_scans: int = 0  # consecutive scans that saw the same stat after the first
+    first_seen: float = 0.0  # monotonic time the name was first seen (bounds how long it holds others)
+    done: bool = False  # handled before and unchanged since (keep mode, R-001 left in place)
     sentinel: str | None = None
     unsafe: bool = False
 
@@ -87,9 +87,9 @@ class Ready:
 class ScanResult:
     reachable: bool
     ready: list[Ready]
-    pending: int                 # settling, held behind an older settling file, or waiting for a sentinel
-    settling: bool               # at least one file may become ready by time alone
-    next_due: float | None       # monotonic time a confirmation scan would be useful
+    pending: int  # settling, held behind an older settling file, or waiting for a sentinel
+    settling: bool  # at least one file may become ready by time alone
+    next_due: float | None  # monotonic time a confirmation scan would be useful
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
@@ -99,13 +99,18 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
 class FolderScanner:
     """Scan state of one watch folder; call ``scan()`` from a single thread."""
 
-    def __init__(self, watch_index: int, watch: WatchConfig, *,
-                 supported: Callable[[str], bool],
-                 is_done: Callable[[int, str, int, int], bool],
-                 sentinel_seen: bool = False,
-                 on_sentinel_seen: Callable[[int], None] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        watch_index: int,
+        watch: WatchConfig,
+        *,
+        supported: Callable[[str], bool],
+        is_done: Callable[[int, str, int, int], bool],
+        sentinel_seen: bool = False,
+        on_sentinel_seen: Callable[[int], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.index = watch_index
         self.watch = watch
         self.root = Path(watch.path)
@@ -233,8 +238,17 @@ class FolderScanner:
         try:
             listing, sentinels, unsafe = self._walk()
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ESTALE,
-                             errno.EIO, errno.ENODEV, errno.EHOSTDOWN, errno.ENOTCONN):
+            if exc.errno in (
+                errno.ENOENT,
+                errno.ENOTDIR,
+                errno.EACCES,
+                errno.EPERM,
+                errno.ESTALE,
+                errno.EIO,
+                errno.ENODEV,
+                errno.EHOSTDOWN,
+                errno.ENOTCONN,
+            ):
                 return self._unreachable()
             raise
         if not self.reachable:
@@ -272,8 +286,9 @@ class FolderScanner:
             state.unsafe = rel in unsafe
             state.sentinel = sentinels.get(rel)
             if state.sentinel is not None:
-                ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, state.sentinel, True,
-                                   state.unsafe))
+                ready.append(
+                    Ready(self.index, rel, st.st_size, st.st_mtime_ns, state.sentinel, True, state.unsafe)
+                )
                 continue
             if signals.get(rel) == (st.st_size, st.st_mtime_ns) and not (need_sentinel and not state.unsafe):
                 ready.append(Ready(self.index, rel, st.st_size, st.st_mtime_ns, None, True, state.unsafe))
@@ -293,8 +308,11 @@ class FolderScanner:
             settling = True
             if now - state.first_seen < hold_max:
                 unready.append((st.st_mtime_ns, rel))
-            wait = max(MIN_CONFIRM_GAP, self.watch.settle - quiet_for) if state.unchanged_scans >= 1 \
+            wait = (
+                max(MIN_CONFIRM_GAP, self.watch.settle - quiet_for)
+                if state.unchanged_scans >= 1
                 else max(MIN_CONFIRM_GAP, min(self.watch.settle - quiet_for, self.watch.scan_interval))
+            )
             due = now + wait
             next_due = due if next_due is None else min(next_due, due)
         oldest = min(unready) if unready else None
@@ -311,8 +329,10 @@ class FolderScanner:
 
     def _unreachable(self) -> ScanResult:
         if self.reachable:
-            log.warning("watch folder unreachable; its files are deferred, not taken as gone",
-                        extra={"watch": self.index})
+            log.warning(
+                "watch folder unreachable; its files are deferred, not taken as gone",
+                extra={"watch": self.index},
+            )
         self.reachable = False
         # Known candidates stay known: an unreachable share is never "empty" (exports.md §4).
         return ScanResult(False, [], len(self.files), False, None)

@@ -50,14 +50,14 @@ from agent.metrics import FOLDERS_UNREACHABLE, INGEST_PAUSED, PENDING
 
 log = logging.getLogger("agent.ingest")
 
-SUPERVISE_EVERY = 2.0        # seconds between observer liveness checks
-PROFILE_CHECK_EVERY = 1.0    # seconds between checks of the profile files for changes
-HINT_DEBOUNCE = 0.2          # a burst of change events causes one scan, not thousands
+SUPERVISE_EVERY = 2.0  # seconds between observer liveness checks
+PROFILE_CHECK_EVERY = 1.0  # seconds between checks of the profile files for changes
+HINT_DEBOUNCE = 0.2  # a burst of change events causes one scan, not thousands
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
-SYNC_EVERY_FILES = 64        # folder fsync after this many acknowledged files in a burst …
-SYNC_EVERY_S = 1.0           # … or this long after the first unsynced unlink
-PROGRESS_LINE_EVERY = 10.0   # seconds between plain progress lines when stderr is not a terminal
+SYNC_EVERY_FILES = 64  # folder fsync after this many acknowledged files in a burst …
+SYNC_EVERY_S = 1.0  # … or this long after the first unsynced unlink
+PROGRESS_LINE_EVERY = 10.0  # seconds between plain progress lines when stderr is not a terminal
 STATE_FILE = "ingest.state.json"
 
 
@@ -84,9 +84,17 @@ class _InHand:
 class IngestService:
     """Composes scanner, observers, queue, look-ahead and processor for every ``[[watch]]`` folder."""
 
-    def __init__(self, config: Config, store: IngestStore, *, clock: Clock | None = None,
-                 profiles: list[Any] | None = None, observe: bool = True,
-                 progress_stream: Any = None, workers: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: IngestStore,
+        *,
+        clock: Clock | None = None,
+        profiles: list[Any] | None = None,
+        observe: bool = True,
+        progress_stream: Any = None,
+        workers: int = 0,
+    ) -> None:
         self.config = config
         self.store = store
         self.clock = clock or SystemClock()
@@ -109,9 +117,14 @@ class IngestService:
         self.current: tuple[int, str] | None = None
         state = self._load_state()
         self.scanners = [
-            FolderScanner(i, w, supported=self._supported_for(i), is_done=self._is_done,
-                          sentinel_seen=bool(state.get("sentinel_seen", {}).get(str(i))),
-                          on_sentinel_seen=self._sentinel_seen)
+            FolderScanner(
+                i,
+                w,
+                supported=self._supported_for(i),
+                is_done=self._is_done,
+                sentinel_seen=bool(state.get("sentinel_seen", {}).get(str(i))),
+                on_sentinel_seen=self._sentinel_seen,
+            )
             for i, w in enumerate(config.watch)
         ]
         self._profile_stats = [self._profile_stat(i) for i in range(len(config.watch))]
@@ -132,8 +145,9 @@ class IngestService:
 
     def _is_done(self, watch_index: int, relpath: str, size: int, mtime_ns: int) -> bool:
         watch = self.config.watch[watch_index]
-        return self.store.known_fingerprint(watch_index, Path(watch.path), relpath, size, mtime_ns,
-                                            move=watch.source_mode == "move")
+        return self.store.known_fingerprint(
+            watch_index, Path(watch.path), relpath, size, mtime_ns, move=watch.source_mode == "move"
+        )
 
     def _state_path(self) -> Path:
         return self.config.data_dir / STATE_FILE
@@ -190,8 +204,10 @@ class IngestService:
             try:
                 fresh = parse_profile_file(Path(path))
             except ProfileError as exc:
-                log.error("changed profile does not load; still using the previous one",
-                          extra={"watch": index, "error": str(exc)})
+                log.error(
+                    "changed profile does not load; still using the previous one",
+                    extra={"watch": index, "error": str(exc)},
+                )
                 return
             self.processor.profiles[index] = fresh
             log.info("profile reloaded", extra={"watch": index, "profile": fresh.name})
@@ -458,8 +474,11 @@ class IngestService:
         self._unsynced += 1
         if self._dirty_since is None:
             self._dirty_since = now
-        if self._unsynced >= SYNC_EVERY_FILES or now - self._dirty_since >= SYNC_EVERY_S \
-                or not self.queue.waiting():
+        if (
+            self._unsynced >= SYNC_EVERY_FILES
+            or now - self._dirty_since >= SYNC_EVERY_S
+            or not self.queue.waiting()
+        ):
             self.processor.sync_dirs()
             self._unsynced = 0
             self._dirty_since = None
@@ -511,8 +530,11 @@ class IngestService:
         return max(waiting, self.queue.pending_for(index))
 
     def deferred_total(self) -> int:
-        return len(self._deferred) + self._paused_files + \
-            sum(len(s.files) for s in self.scanners if not s.reachable)
+        return (
+            len(self._deferred)
+            + self._paused_files
+            + sum(len(s.files) for s in self.scanners if not s.reachable)
+        )
 
     def snapshot(self) -> dict[str, Any]:
         watch = []
@@ -521,11 +543,17 @@ class IngestService:
             alive = None
             if self.supervisor is not None:
                 alive = self.supervisor.observers[i].alive()
-            watch.append({"path": str(scanner.watch.path), "reachable": scanner.reachable,
-                          "pending": self.folder_pending(i), "observer": observer,
-                          "observer_alive": alive,
-                          "sentinel_mode": scanner.watch.sentinel,
-                          "sentinel_seen": scanner.sentinel_seen})
+            watch.append(
+                {
+                    "path": str(scanner.watch.path),
+                    "reachable": scanner.reachable,
+                    "pending": self.folder_pending(i),
+                    "observer": observer,
+                    "observer_alive": alive,
+                    "sentinel_mode": scanner.watch.sentinel,
+                    "sentinel_seen": scanner.sentinel_seen,
+                }
+            )
         p = self.progress
         elapsed = max(1e-6, time.monotonic() - p.started_at)
         return {
@@ -534,9 +562,12 @@ class IngestService:
             "files_deferred": self.deferred_total(),
             "paused": self.paused,
             "last_commit_at": self.last_commit_at,
-            "backfill": {"total": p.backlog_total, "done": p.backlog_done,
-                         "active": p.backlog_done < p.backlog_total,
-                         "files_per_s": round(p.processed / elapsed, 2)},
+            "backfill": {
+                "total": p.backlog_total,
+                "done": p.backlog_done,
+                "active": p.backlog_done < p.backlog_total,
+                "files_per_s": round(p.processed / elapsed, 2),
+            },
         }
 
     # -- progress display ------------------------------------------------------------------------------
@@ -552,8 +583,9 @@ class IngestService:
             self._rich_progress(active)
             return
         now = time.monotonic()
-        if (active and now - self._last_line >= PROGRESS_LINE_EVERY) or (not active and self._last_line >= 0
-                                                                          and p.backlog_total):
+        if (active and now - self._last_line >= PROGRESS_LINE_EVERY) or (
+            not active and self._last_line >= 0 and p.backlog_total
+        ):
             self._last_line = now if active else -1.0
             log.info("backfill progress", extra={"done": p.backlog_done, "total": p.backlog_total})
 

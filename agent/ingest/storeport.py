@@ -41,8 +41,9 @@ class IngestStore:
     def _path(root: Path, relpath: str) -> str:
         return f"{Path(root)}/{relpath}"
 
-    def fingerprint(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int,
-                    sha256: str) -> FileFingerprint:
+    def fingerprint(
+        self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int, sha256: str
+    ) -> FileFingerprint:
         return FileFingerprint(self._path(root, relpath), size, mtime_ns, sha256)
 
     def name_id(self, watch_index: int, root: Path, relpath: str) -> str:
@@ -66,8 +67,9 @@ class IngestStore:
         entry = self.store.ledger_lookup(fp.path, fp.size, fp.mtime_ns)
         return entry is not None and entry.sha256 == fp.sha256 and entry.outcome == QUARANTINED
 
-    def known_fingerprint(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int,
-                          *, move: bool = False) -> bool:
+    def known_fingerprint(
+        self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int, *, move: bool = False
+    ) -> bool:
         """Handled before and unchanged since: never read again (keep mode, R-001 left in place).
 
         In ``move`` mode a file that is still there although its ledger row exists was committed
@@ -100,10 +102,15 @@ class IngestStore:
             self._cache[(watch_index, relpath)] = (fp.size, fp.mtime_ns)
 
     # -- writes --------------------------------------------------------------------------------------------
-    def commit(self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes,
-               profile_name: str) -> CommitResult:
-        meta = {"file_name": file_name, "profile": profile_name, "format": check.format,
-                "encoding": check.encoding}
+    def commit(
+        self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes, profile_name: str
+    ) -> CommitResult:
+        meta = {
+            "file_name": file_name,
+            "profile": profile_name,
+            "format": check.format,
+            "encoding": check.encoding,
+        }
         outcome: FileOutcome = self.store.commit_file(fp, check.records, archive=content, file_meta=meta)
         return CommitResult(outcome.outcome, outcome.versions_stored, list(outcome.problems))
 
@@ -111,18 +118,27 @@ class IngestStore:
         """Same content already committed under another name: a ledger row with outcome duplicate."""
         self.store.commit_file(fp, [], archive=None, file_meta={})
 
-    def quarantine(self, fp: FileFingerprint, *, reason: dict[str, Any], original_name: str,
-                   content: bytes, watch_index: int = 0) -> str:
+    def quarantine(
+        self,
+        fp: FileFingerprint,
+        *,
+        reason: dict[str, Any],
+        original_name: str,
+        content: bytes,
+        watch_index: int = 0,
+    ) -> str:
         return str(self.store.quarantine_add(content, reason, original_name, fingerprint=fp))
 
     def too_large_known(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int) -> bool:
         return self.known_fingerprint(watch_index, root, relpath, size, mtime_ns)
 
-    def quarantine_too_large(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int,
-                             *, reason: dict[str, Any]) -> str:
+    def quarantine_too_large(
+        self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int, *, reason: dict[str, Any]
+    ) -> str:
         path = self._path(root, relpath)
-        reason = dict(reason, watch=watch_index, path_hmac=self.store.path_hmac(path), size=size,
-                      mtime_ns=mtime_ns)
+        reason = dict(
+            reason, watch=watch_index, path_hmac=self.store.path_hmac(path), size=size, mtime_ns=mtime_ns
+        )
         self.store.kv_set(RETRY_KEY + reason["path_hmac"], "")  # any earlier retry is used up
         fp = FileFingerprint(path, size, mtime_ns, "")
         return str(self.store.quarantine_add(None, reason, relpath, fingerprint=fp))

@@ -73,8 +73,15 @@ def _native_observer() -> BaseObserver:
 _NO_HINT = (FileDeletedEvent, FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)
 # The events we act on; with inotify this is also the kernel's mask, so the opens, reads and
 # unlinks of a backfill do not even reach Python.
-_WANTED: list[type[FileSystemEvent]] = [FileMovedEvent, DirMovedEvent, FileCreatedEvent, DirCreatedEvent,
-                                        FileModifiedEvent, FileAttribEvent, FileClosedEvent]
+_WANTED: list[type[FileSystemEvent]] = [
+    FileMovedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+]
 
 
 class _Handler(FileSystemEventHandler):
@@ -134,16 +141,26 @@ class FolderObserver:
         self.stop()
         if not os.path.isdir(self.watch.path):
             return False
-        observer = PollingObserver(timeout=max(1.0, min(self.watch.scan_interval / 4, 5.0))) \
-            if self.watch.polling else _native_observer()
+        observer = (
+            PollingObserver(timeout=max(1.0, min(self.watch.scan_interval / 4, 5.0)))
+            if self.watch.polling
+            else _native_observer()
+        )
         try:
-            observer.schedule(_Handler(self.index, Path(self.watch.path), self.hint), str(self.watch.path),
-                              recursive=self.watch.recursive, event_filter=_WANTED)
+            observer.schedule(
+                _Handler(self.index, Path(self.watch.path), self.hint),
+                str(self.watch.path),
+                recursive=self.watch.recursive,
+                event_filter=_WANTED,
+            )
             observer.daemon = True
             observer.start()
         except Exception:
-            log.warning("observer could not start; the periodic scan continues", exc_info=True,
-                        extra={"watch": self.index})
+            log.warning(
+                "observer could not start; the periodic scan continues",
+                exc_info=True,
+                extra={"watch": self.index},
+            )
             try:
                 observer.stop()
             except Exception:

@@ -114,15 +114,23 @@ def ingest_workers(environ: Any) -> int:
 
 
 # -- status ---------------------------------------------------------------------------------------------
-def status_document(config: Config, store: Any | None, state: dict[str, Any] | None,
-                    *, now: dt.datetime | None = None) -> dict[str, Any]:
+def status_document(
+    config: Config, store: Any | None, state: dict[str, Any] | None, *, now: dt.datetime | None = None
+) -> dict[str, Any]:
     """The ``status --json`` members of cli.md §3.1 (and a few more)."""
     now = now or dt.datetime.now(dt.UTC)
     running = is_running(state)
     live = (state or {}).get("ingest") or {} if running else {}
-    counts: dict[str, Any] = {"documents": {"current_active": 0, "current_cancelled": 0, "versions_total": 0},
-                              "ingest": {"files_accepted": 0, "files_duplicate": 0, "files_quarantined": 0,
-                                         "records_committed": 0, "last_commit_at": None}}
+    counts: dict[str, Any] = {
+        "documents": {"current_active": 0, "current_cancelled": 0, "versions_total": 0},
+        "ingest": {
+            "files_accepted": 0,
+            "files_duplicate": 0,
+            "files_quarantined": 0,
+            "records_committed": 0,
+            "last_commit_at": None,
+        },
+    }
     if store is not None:
         counts = store.counts()
     ingest = dict(counts["ingest"])
@@ -143,8 +151,12 @@ def status_document(config: Config, store: Any | None, state: dict[str, Any] | N
         entry = live_watch[i] if i < len(live_watch) else None
         if entry is None:
             reachable = os.path.isdir(w.path) and os.access(w.path, os.R_OK | os.X_OK)
-            entry = {"path": str(w.path), "reachable": reachable, "pending": _count_pending(w.path) if reachable else 0,
-                     "observer": "polling" if w.polling else "native"}
+            entry = {
+                "path": str(w.path),
+                "reachable": reachable,
+                "pending": _count_pending(w.path) if reachable else 0,
+                "observer": "polling" if w.polling else "native",
+            }
         watch.append(entry)
     if not running:  # what a stopped daemon would find waiting (cli.md §3.1 files_pending)
         ingest["files_pending"] = sum(int(w.get("pending") or 0) for w in watch)
@@ -170,10 +182,14 @@ def status_document(config: Config, store: Any | None, state: dict[str, Any] | N
         "documents": counts["documents"],
         "ingest": ingest,
         "watch": watch,
-        "api": {"listen": (api_state.get("listen") if running else None) or config.api.listen,
-                "last_request_at": api_state.get("last_request_at"),
-                "server_cert_expires_in_days": cert_days_left(server_cert, now)},
-        "admin": {"listen": ((state or {}).get("admin") or {}).get("listen") if running else config.admin.listen},
+        "api": {
+            "listen": (api_state.get("listen") if running else None) or config.api.listen,
+            "last_request_at": api_state.get("last_request_at"),
+            "server_cert_expires_in_days": cert_days_left(server_cert, now),
+        },
+        "admin": {
+            "listen": ((state or {}).get("admin") or {}).get("listen") if running else config.admin.listen
+        },
         "disk": {"data_dir_free_bytes": free},
         "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config),
         "relay": (state or {}).get("relay") if running else None,
@@ -189,8 +205,11 @@ def _count_pending(path: Path) -> int:
     try:
         with os.scandir(path) as it:
             for entry in it:
-                if entry.is_file(follow_symlinks=False) and not is_temp_name(entry.name) \
-                        and supported_extension(entry.name):
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and not is_temp_name(entry.name)
+                    and supported_extension(entry.name)
+                ):
                     n += 1
     except OSError:
         return 0
@@ -198,8 +217,10 @@ def _count_pending(path: Path) -> int:
 
 
 def _static_jobs(config: Config) -> list[dict[str, Any]]:
-    return [{"name": name, "next_run_at": None, "last_result": None}
-            for name in ("rescan", "purge", "backup", "cert_expiry", "cert_renewal", "hourly")]
+    return [
+        {"name": name, "next_run_at": None, "last_result": None}
+        for name in ("rescan", "purge", "backup", "cert_expiry", "cert_renewal", "hourly")
+    ]
 
 
 # -- admin listener -------------------------------------------------------------------------------------
@@ -221,7 +242,9 @@ class _AdminHandler(BaseHTTPRequestHandler):
 
             body = render_status_html(self.daemon_ref.status()).encode("utf-8")
             self._send(200, body, "text/html; charset=utf-8")
-        elif path == "/openapi.json":  # the relay API's contract, to local admins only (never the public port)
+        elif (
+            path == "/openapi.json"
+        ):  # the relay API's contract, to local admins only (never the public port)
             from agent.api.openapi import openapi_json
 
             doc = openapi_json()
@@ -262,8 +285,11 @@ class _Jobs:
                 result = "ok"
             except Exception as exc:
                 result = "error"
-                log.error("scheduled job failed", exc_info=True,
-                          extra={"job": name, "error_class": type(exc).__name__})
+                log.error(
+                    "scheduled job failed",
+                    exc_info=True,
+                    extra={"job": name, "error_class": type(exc).__name__},
+                )
             JOB_RUNS.labels(name, result).inc()
             entry = self.results.setdefault(name, {"failures": 0})
             entry["last_result"] = result
@@ -271,6 +297,7 @@ class _Jobs:
             entry["duration_s"] = round(time.monotonic() - started, 3)
             if result != "ok":
                 entry["failures"] = entry.get("failures", 0) + 1
+
         return run
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -280,11 +307,15 @@ class _Jobs:
         for job in self.scheduler.get_jobs():
             info = self.results.get(job.id, {})
             nxt = getattr(job, "next_run_time", None)
-            out.append({"name": job.id,
-                        "next_run_at": utc_iso(nxt, millis=False) if nxt else None,
-                        "last_result": info.get("last_result"),
-                        "last_run_at": info.get("last_run_at"),
-                        "failures": info.get("failures", 0)})
+            out.append(
+                {
+                    "name": job.id,
+                    "next_run_at": utc_iso(nxt, millis=False) if nxt else None,
+                    "last_result": info.get("last_result"),
+                    "last_run_at": info.get("last_run_at"),
+                    "failures": info.get("failures", 0),
+                }
+            )
         return out
 
 
@@ -294,6 +325,17 @@ BACKUP_ACTION = "system.backup"
 KEK_RETIRE_ACTION = "system.keys.retire"
 SYSTEM_SOURCE = {"local": True, "tty": None}
 BACKUP_NAME = re.compile(r"backup-(\d{8}T\d{6}Z)(?:-(\d+))?\.sab")
+
+
+def system_event(action: str, **members: Any) -> dict[str, Any]:
+    """An audit event done by the agent itself (scheduled jobs, start/stop): ``actor.kind = system``."""
+    return {
+        "actor": {"kind": "system"},
+        "source": dict(SYSTEM_SOURCE),
+        "action": action,
+        "result": "success",
+        **members,
+    }
 
 
 def _require_audit(audit: Any, what: str) -> Any:
@@ -308,8 +350,7 @@ def purge_job(store: Any, audit: Any, now: dt.datetime) -> Any:
     then exactly those are deleted — an unwritable audit log deletes nothing (S-18)."""
     audit = _require_audit(audit, "purge")
     planned = store.purge(now, dry_run=True)
-    audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": PURGE_ACTION,
-                  "result": "success", "document_ids": list(planned.doc_ids), "counts": dict(planned.counts)})
+    audit.append(system_event(PURGE_ACTION, document_ids=list(planned.doc_ids), counts=dict(planned.counts)))
     result = store.purge(now, only=planned.doc_ids)
     log.info("purge done", extra={"documents": len(result.doc_ids)})
     return result
@@ -328,8 +369,7 @@ def backup_job(config: Config, store: Any, audit: Any, now: dt.datetime) -> Path
     while out.exists():
         n += 1
         out = backup_dir / f"backup-{stamp}-{n}.sab"
-    audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": BACKUP_ACTION,
-                  "result": "success", "reason": "scheduled", "backup_file": out.name})
+    audit.append(system_event(BACKUP_ACTION, reason="scheduled", backup_file=out.name))
     info = store.backup(out)
     ours = []
     for entry in backup_dir.iterdir():
@@ -337,7 +377,7 @@ def backup_job(config: Config, store: Any, audit: Any, now: dt.datetime) -> Path
         if match and entry.is_file():
             ours.append(((match.group(1), int(match.group(2) or 0)), entry))
     ours.sort()
-    removed = [entry for _, entry in ours[:max(0, len(ours) - int(config.backup.keep))]]
+    removed = [entry for _, entry in ours[: max(0, len(ours) - int(config.backup.keep))]]
     for entry in removed:
         entry.unlink(missing_ok=True)
     if removed:
@@ -351,13 +391,15 @@ def _retire_unused_keks(store: Any, audit: Any) -> list[str]:
 
     in_backups = backup_kek_ids(Path(store.backup_dir)) if getattr(store, "backup_dir", None) else set()
     usage = store.kek_usage()
-    unused = sorted(k for k in store.keyring.keks
-                    if k != store.keyring.current_kek_id and not usage.get(k) and k not in in_backups)
+    unused = sorted(
+        k
+        for k in store.keyring.keks
+        if k != store.keyring.current_kek_id and not usage.get(k) and k not in in_backups
+    )
     if not unused:
         return []
     # Audited before the key files are destroyed (crypto-shredding is irreversible).
-    audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": KEK_RETIRE_ACTION,
-                  "result": "success", "kek_ids": unused})
+    audit.append(system_event(KEK_RETIRE_ACTION, kek_ids=unused))
     retired, _kept = store.retire_unused_keks()
     return list(retired)
 
@@ -366,8 +408,15 @@ def _retire_unused_keks(store: Any, audit: Any) -> list[str]:
 class Daemon:
     """The running agent. ``start()`` brings everything up; ``stop()`` brings it down cleanly."""
 
-    def __init__(self, config: Config, *, clock: Clock | None = None, stderr: IO[str] | None = None,
-                 debug: bool = False, with_api: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        stderr: IO[str] | None = None,
+        debug: bool = False,
+        with_api: bool = True,
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.stderr = stderr or sys.stderr
@@ -461,16 +510,21 @@ class Daemon:
         if self.audit is None:
             return
         try:
-            self.audit.append({"actor": {"kind": "system"}, "source": dict(SYSTEM_SOURCE), "action": action,
-                               "result": "success"})
+            self.audit.append(system_event(action))
         except Exception:
             log.warning("audit record could not be written", extra={"action": action})
 
     def _start_heartbeat(self) -> None:
         from agent.ops.heartbeat import Heartbeat
 
-        self.heartbeat = Heartbeat(self.config, store=self.store, audit=self.audit, keyring=self.keyring,
-                                   clock=self.clock, status_provider=self.status)
+        self.heartbeat = Heartbeat(
+            self.config,
+            store=self.store,
+            audit=self.audit,
+            keyring=self.keyring,
+            clock=self.clock,
+            status_provider=self.status,
+        )
         self.heartbeat.start()  # no thread when relay.url is empty (offline installation)
 
     def reload_tls(self) -> None:
@@ -480,8 +534,10 @@ class Daemon:
                 self.api.reload_tls()
                 log.info("tls reloaded")
             except Exception as exc:
-                log.error("tls reload failed; keeping the current certificate",
-                          extra={"error_class": type(exc).__name__})
+                log.error(
+                    "tls reload failed; keeping the current certificate",
+                    extra={"error_class": type(exc).__name__},
+                )
 
     def _profiles(self) -> list[Any]:
         from agent.commands._common import load_named_profile
@@ -492,9 +548,14 @@ class Daemon:
         from agent.ingest.service import IngestService
         from agent.ingest.storeport import IngestStore
 
-        self.ingest = IngestService(self.config, IngestStore(self.store), clock=self.clock,
-                                    profiles=self._profiles(), progress_stream=self.stderr,
-                                    workers=ingest_workers(os.environ))
+        self.ingest = IngestService(
+            self.config,
+            IngestStore(self.store),
+            clock=self.clock,
+            profiles=self._profiles(),
+            progress_stream=self.stderr,
+            workers=ingest_workers(os.environ),
+        )
         self.ingest.start()
 
     def _ingest_status(self) -> str:
@@ -511,13 +572,20 @@ class Daemon:
             self.notes.append("api module absent")
             log.warning("api module absent: running ingest only")
             return
-        self.api = RelayServer(self.config, store=self.store, audit=self.audit, keyring=self.keyring,
-                               clock=self.clock, ingest_status=self._ingest_status)
+        self.api = RelayServer(
+            self.config,
+            store=self.store,
+            audit=self.audit,
+            keyring=self.keyring,
+            clock=self.clock,
+            ingest_status=self._ingest_status,
+        )
         try:
             self.api.start()
         except OSError as exc:
-            raise UnavailableError(f"cannot listen on api.listen {self.config.api.listen}: "
-                                   f"{exc.strerror or type(exc).__name__}") from None
+            raise UnavailableError(
+                f"cannot listen on api.listen {self.config.api.listen}: {exc.strerror or type(exc).__name__}"
+            ) from None
         self.api_address = tuple(self.api.address)[:2]  # type: ignore[assignment]
 
     def _start_admin(self) -> None:
@@ -526,12 +594,15 @@ class Daemon:
         try:
             server = _AdminServer((host, port), handler)
         except OSError as exc:
-            raise UnavailableError(f"cannot listen on admin.listen {self.config.admin.listen}: "
-                                   f"{exc.strerror or type(exc).__name__}") from None
+            raise UnavailableError(
+                f"cannot listen on admin.listen {self.config.admin.listen}: "
+                f"{exc.strerror or type(exc).__name__}"
+            ) from None
         self.admin = server
         self.admin_address = server.server_address[:2]  # type: ignore[assignment]
-        self._admin_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                                              name="admin-http", daemon=True)
+        self._admin_thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="admin-http", daemon=True
+        )
         self._admin_thread.start()
 
     def _start_scheduler(self) -> None:
@@ -540,23 +611,40 @@ class Daemon:
         from apscheduler.triggers.interval import IntervalTrigger
 
         # Memory job store, rebuilt from config at every start (persistent stores pickle callables).
-        scheduler = BackgroundScheduler(job_defaults={"misfire_grace_time": None, "coalesce": True,
-                                                      "max_instances": 1})
+        scheduler = BackgroundScheduler(
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
+        )
         interval = min((w.scan_interval for w in self.config.watch), default=30)
-        scheduler.add_job(self.jobs.wrap("rescan", self._job_rescan), IntervalTrigger(seconds=interval),
-                          id="rescan")
+        scheduler.add_job(
+            self.jobs.wrap("rescan", self._job_rescan), IntervalTrigger(seconds=interval), id="rescan"
+        )
         ph, pm = (int(x) for x in self.config.retention.purge_at.split(":"))
-        scheduler.add_job(self.jobs.wrap("purge", self._job_purge), CronTrigger(hour=ph, minute=pm), id="purge")
+        scheduler.add_job(
+            self.jobs.wrap("purge", self._job_purge), CronTrigger(hour=ph, minute=pm), id="purge"
+        )
         bh, bm = (int(x) for x in self.config.backup.at.split(":"))
-        scheduler.add_job(self.jobs.wrap("backup", self._job_backup), CronTrigger(hour=bh, minute=bm),
-                          id="backup")
-        scheduler.add_job(self.jobs.wrap("cert_expiry", self._job_cert_expiry), IntervalTrigger(hours=12),
-                          id="cert_expiry", next_run_time=dt.datetime.now(dt.UTC))
-        scheduler.add_job(self.jobs.wrap("cert_renewal", self._job_cert_renewal), IntervalTrigger(hours=24),
-                          id="cert_renewal", next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+        scheduler.add_job(
+            self.jobs.wrap("backup", self._job_backup), CronTrigger(hour=bh, minute=bm), id="backup"
+        )
+        scheduler.add_job(
+            self.jobs.wrap("cert_expiry", self._job_cert_expiry),
+            IntervalTrigger(hours=12),
+            id="cert_expiry",
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
+        scheduler.add_job(
+            self.jobs.wrap("cert_renewal", self._job_cert_renewal),
+            IntervalTrigger(hours=24),
+            id="cert_renewal",
+            next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1),
+        )
         # Hourly: audit anchor (security.md §7.3), replay ids > 24 h and expired bindings (relay-api §4, B7).
-        scheduler.add_job(self.jobs.wrap("hourly", self._job_hourly), IntervalTrigger(hours=1), id="hourly",
-                          next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+        scheduler.add_job(
+            self.jobs.wrap("hourly", self._job_hourly),
+            IntervalTrigger(hours=1),
+            id="hourly",
+            next_run_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5),
+        )
         scheduler.start()
         self.jobs.scheduler = scheduler
 

@@ -31,16 +31,25 @@ def main(argv: list[str] | None = None) -> int:
     patient = json.loads((root / PATIENT_FILE).read_text(encoding="utf-8"))
     _, port = parse_listen(config.api.listen)
     tls = root / "tls"
-    signing_key = serialization.load_pem_private_key((root / "keys" / "signing.key").read_bytes(), password=None)
+    signing_key = serialization.load_pem_private_key(
+        (root / "keys" / "signing.key").read_bytes(), password=None
+    )
     assert isinstance(signing_key, ec.EllipticCurvePrivateKey)
     signing_pub = signing_key.public_key()
     claim_no, consent_id = f"DEMO-{uuid.uuid4().hex[:12]}", "DEMO-CONSENT-1"
-    with RelayClient(f"https://localhost:{port}", tls / "relay-client.crt", tls / "relay-client.key",
-                     tls / "dev-ca.crt") as client:
+    with RelayClient(
+        f"https://localhost:{port}", tls / "relay-client.crt", tls / "relay-client.key", tls / "dev-ca.crt"
+    ) as client:
         health = client.health()
         print(f"GET /v1/health -> {health.status_code} {health.json().get('status')}")
-        found = client.search(name=patient["name"], rrn=patient["rrn"], period_from=patient["from"],
-                              period_to=patient["to"], claim_no=claim_no, consent_id=consent_id)
+        found = client.search(
+            name=patient["name"],
+            rrn=patient["rrn"],
+            period_from=patient["from"],
+            period_to=patient["to"],
+            claim_no=claim_no,
+            consent_id=consent_id,
+        )
         body = found.json()
         print(f"POST /v1/documents/search -> {found.status_code}, {body.get('count')} document(s)")
         ids = [d["id"] for d in body.get("documents", [])]
@@ -52,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             fetched = client.fetch(document_ids=ids, format=fmt, claim_no=claim_no, consent_id=consent_id)
             docs = fetched.json().get("documents", [])
             verified = sum(1 for entry in docs if verify_document(entry, signing_pub) is not None)
-            print(f"POST /v1/documents/fetch format={fmt} -> {fetched.status_code}, "
-                  f"{verified}/{len(docs)} signature(s) verified (ES256, kid {docs[0]['signature']['kid'][:12]}…)")
+            print(
+                f"POST /v1/documents/fetch format={fmt} -> {fetched.status_code}, "
+                f"{verified}/{len(docs)} signature(s) verified (ES256, kid {docs[0]['signature']['kid'][:12]}…)"
+            )
     return 0
 
 

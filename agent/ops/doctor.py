@@ -13,6 +13,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -46,7 +47,9 @@ def check_key_files(config: Config) -> Iterator[Check]:
         try:
             check_key_file(path)
         except AgentError as exc:
-            yield Check(f"key file {path.name}", FAIL, exc.message, f"chmod 600 {path}; chown to the service user")
+            yield Check(
+                f"key file {path.name}", FAIL, exc.message, f"chmod 600 {path}; chown to the service user"
+            )
         else:
             yield Check(f"key file {path.name}", OK, "0600, owned by the service user")
     yield from _check_daemon_user(config)
@@ -61,8 +64,12 @@ def _check_daemon_user(config: Config) -> Iterator[Check]:
     state = read_state(config)
     if state is None or not is_running(state):
         if os.geteuid() == 0:
-            yield Check("service user", WARN, "doctor runs as root; the daemon is not running",
-                        "run the daemon as the dedicated `silson-agent` user (the systemd unit does)")
+            yield Check(
+                "service user",
+                WARN,
+                "doctor runs as root; the daemon is not running",
+                "run the daemon as the dedicated `silson-agent` user (the systemd unit does)",
+            )
         return
     try:
         status = Path(f"/proc/{int(state['pid'])}/status").read_text()
@@ -70,8 +77,12 @@ def _check_daemon_user(config: Config) -> Iterator[Check]:
     except (OSError, StopIteration, ValueError, KeyError, TypeError):
         return
     if uid == 0:
-        yield Check("service user", FAIL, "the daemon runs as root",
-                    "run it as the dedicated `silson-agent` user (service install does)")
+        yield Check(
+            "service user",
+            FAIL,
+            "the daemon runs as root",
+            "run it as the dedicated `silson-agent` user (service install does)",
+        )
     else:
         yield Check("service user", OK, f"daemon runs as uid {uid}")
 
@@ -86,43 +97,71 @@ def check_certificates(config: Config) -> Iterator[Check]:
     try:
         chain = _load_certs(cert_path)
     except (OSError, ValueError):
-        yield Check("server certificate", FAIL, f"{cert_path} missing or not PEM",
-                    "run `silson-agent enroll` (or `init --dev-certs` for a test installation)")
+        yield Check(
+            "server certificate",
+            FAIL,
+            f"{cert_path} missing or not PEM",
+            "run `silson-agent enroll` (or `init --dev-certs` for a test installation)",
+        )
         return
     leaf = chain[0]
     days = (leaf.not_valid_after_utc - now).days
     if now < leaf.not_valid_before_utc or days < 0:
         yield Check("server certificate", FAIL, "not valid now", "renew through the relay (enroll)")
     elif days <= 30:
-        yield Check("server certificate", WARN, f"expires in {days} days", "renewal runs daily; check relay reachability")
+        yield Check(
+            "server certificate",
+            WARN,
+            f"expires in {days} days",
+            "renewal runs daily; check relay reachability",
+        )
     else:
         yield Check("server certificate", OK, f"expires in {days} days")
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        pub = lambda k: k.public_bytes(serialization.Encoding.DER,  # noqa: E731
-                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+
+        def pub(k: Any) -> bytes:
+            return k.public_bytes(serialization.Encoding.DER, spki)  # type: ignore[no-any-return]
+
         if pub(key.public_key()) == pub(leaf.public_key()):
             yield Check("server key matches certificate", OK, "")
         else:
-            yield Check("server key matches certificate", FAIL, "key and certificate differ",
-                        "install the key that belongs to tls/server.crt")
+            yield Check(
+                "server key matches certificate",
+                FAIL,
+                "key and certificate differ",
+                "install the key that belongs to tls/server.crt",
+            )
     except (OSError, ValueError):
         yield Check("server key matches certificate", FAIL, f"{key_path} missing or unreadable", "")
     try:
         cas = _load_certs(ca_path)
     except (OSError, ValueError):
-        yield Check("relay client CA", FAIL, f"{ca_path} missing or not PEM",
-                    "enroll writes it; it must hold only the relay-client issuer")
+        yield Check(
+            "relay client CA",
+            FAIL,
+            f"{ca_path} missing or not PEM",
+            "enroll writes it; it must hold only the relay-client issuer",
+        )
         return
     if any(ca.subject == leaf.issuer for ca in cas):
-        yield Check("relay client CA", FAIL, "api.client_ca contains the issuer of the server certificate",
-                    "api.client_ca must hold only the relay-client issuer (relay-api.md §10)")
+        yield Check(
+            "relay client CA",
+            FAIL,
+            "api.client_ca contains the issuer of the server certificate",
+            "api.client_ca must hold only the relay-client issuer (relay-api.md §10)",
+        )
     else:
         yield Check("relay client CA", OK, f"{len(cas)} CA certificate(s)")
     server_ca = config.relay.server_ca
     if not Path(server_ca).is_file():
-        yield Check("relay server CA", FAIL, f"{server_ca} missing",
-                    "copy the relay program's pinned CA bundle there before enrolling")
+        yield Check(
+            "relay server CA",
+            FAIL,
+            f"{server_ca} missing",
+            "copy the relay program's pinned CA bundle there before enrolling",
+        )
     else:
         yield Check("relay server CA", OK, "present")
 
@@ -139,23 +178,37 @@ def check_ports(config: Config) -> Iterator[Check]:
             try:
                 sock.bind((host, port))
             except OSError:
-                yield Check(f"{name} bindable", WARN, f"{host}:{port} in use (fine if the agent is running)",
-                            "stop the other program holding the port")
+                yield Check(
+                    f"{name} bindable",
+                    WARN,
+                    f"{host}:{port} in use (fine if the agent is running)",
+                    "stop the other program holding the port",
+                )
             else:
                 yield Check(f"{name} bindable", OK, f"{host}:{port}")
     if config.admin.allow_non_loopback:
-        yield Check("admin listener", WARN, "admin.allow_non_loopback = true", "keep admin.listen on 127.0.0.1")
+        yield Check(
+            "admin listener", WARN, "admin.allow_non_loopback = true", "keep admin.listen on 127.0.0.1"
+        )
 
 
 def check_watch_folders(config: Config) -> Iterator[Check]:
     for index, watch in enumerate(config.watch):
         path = watch.path
         if not path.is_dir():
-            yield Check(f"watch[{index}] folder", FAIL, f"{path} unreachable (missing or not mounted)",
-                        "mount the share / create the folder")
+            yield Check(
+                f"watch[{index}] folder",
+                FAIL,
+                f"{path} unreachable (missing or not mounted)",
+                "mount the share / create the folder",
+            )
         elif not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-            yield Check(f"watch[{index}] folder", FAIL, f"{path} not readable and writable",
-                        "grant the service user read/write access")
+            yield Check(
+                f"watch[{index}] folder",
+                FAIL,
+                f"{path} not readable and writable",
+                "grant the service user read/write access",
+            )
         else:
             yield Check(f"watch[{index}] folder", OK, str(path))
 
@@ -166,8 +219,12 @@ def check_disk(config: Config) -> Iterator[Check]:
     usage = shutil.disk_usage(probe)
     fraction = usage.free / usage.total if usage.total else 0
     status = OK if fraction >= MIN_FREE_FRACTION else WARN
-    yield Check("disk space", status, f"{usage.free // (1024 * 1024)} MiB free ({fraction:.0%})",
-                "" if status == OK else "free space on the data volume; ingest pauses when full")
+    yield Check(
+        "disk space",
+        status,
+        f"{usage.free // (1024 * 1024)} MiB free ({fraction:.0%})",
+        "" if status == OK else "free space on the data volume; ingest pauses when full",
+    )
 
 
 def check_settings(config: Config) -> Iterator[Check]:
@@ -177,9 +234,15 @@ def check_settings(config: Config) -> Iterator[Check]:
     for key, setting in SETTINGS["api.limits"].items():
         value = config.limits.values[key]
         default = parse_duration(setting.default) if setting.kind == "duration" else setting.default
-        looser = value > default if key not in ("rate_per_s", "health_rate_per_s") else (value == 0 or value > default)
+        looser = (
+            value > default
+            if key not in ("rate_per_s", "health_rate_per_s")
+            else (value == 0 or value > default)
+        )
         if looser:
-            yield Check(f"api.limits.{key}", WARN, "looser than the default", "use the default unless benchmarking")
+            yield Check(
+                f"api.limits.{key}", WARN, "looser than the default", "use the default unless benchmarking"
+            )
 
 
 def check_store(config: Config) -> Iterator[Check]:
@@ -199,7 +262,9 @@ def check_store(config: Config) -> Iterator[Check]:
         yield Check("store integrity", FAIL, exc.message, "run `silson-agent store verify`; restore a backup")
         return
     if report.ok:
-        yield Check("store integrity", OK, f"integrity_check ok, {report.records_checked} sampled record(s) decrypted")
+        yield Check(
+            "store integrity", OK, f"integrity_check ok, {report.records_checked} sampled record(s) decrypted"
+        )
     else:
         yield Check("store integrity", FAIL, "; ".join(report.errors[:3]), "run `silson-agent store verify`")
 
@@ -219,16 +284,32 @@ def check_audit(config: Config) -> Iterator[Check]:
         yield Check("audit log", FAIL, exc.message, "run `silson-agent audit verify`")
         return
     if not result.ok:
-        yield Check("audit chain", FAIL, f"broken at seq {result.first_bad_seq} ({result.kind})",
-                    "investigate: the access log was modified")
+        yield Check(
+            "audit chain",
+            FAIL,
+            f"broken at seq {result.first_bad_seq} ({result.kind})",
+            "investigate: the access log was modified",
+        )
     else:
         yield Check("audit chain", OK, f"intact up to seq {result.head[0] if result.head else 0}")
-    yield Check("audit log writable", OK if writable else FAIL, "" if writable else "cannot append",
-                "" if writable else "check permissions and free space of data_dir")
+    yield Check(
+        "audit log writable",
+        OK if writable else FAIL,
+        "" if writable else "cannot append",
+        "" if writable else "check permissions and free space of data_dir",
+    )
 
 
-CHECKS: list[CheckFn] = [check_key_files, check_certificates, check_ports, check_watch_folders, check_disk,
-                         check_settings, check_store, check_audit]
+CHECKS: list[CheckFn] = [
+    check_key_files,
+    check_certificates,
+    check_ports,
+    check_watch_folders,
+    check_disk,
+    check_settings,
+    check_store,
+    check_audit,
+]
 
 
 def run_checks(config: Config) -> list[Check]:
@@ -237,5 +318,7 @@ def run_checks(config: Config) -> list[Check]:
         try:
             results.extend(fn(config))
         except Exception as exc:  # a broken check is a FAIL of that check, not a crash of doctor
-            results.append(Check(fn.__name__.removeprefix("check_"), FAIL, f"check crashed: {type(exc).__name__}"))
+            results.append(
+                Check(fn.__name__.removeprefix("check_"), FAIL, f"check crashed: {type(exc).__name__}")
+            )
     return results

@@ -72,12 +72,12 @@ from agent.signing import kid_of, public_pem, sign_es256
 log = logging.getLogger("agent.enroll")
 
 PROOF_PREFIX = "silson-agent-enroll-v1\n"
-STATE_KEY = "enrollment"          # store kv: the agent state of §10 step 4 (JSON object)
-RELAY_IDS_KEY = "relay_ids"       # store kv: JSON list read by the relay API (handlers: relay_id check)
+STATE_KEY = "enrollment"  # store kv: the agent state of §10 step 4 (JSON object)
+RELAY_IDS_KEY = "relay_ids"  # store kv: JSON list read by the relay API (handlers: relay_id check)
 CONNECT_TIMEOUT = 5.0
 ENROLL_TOTAL_TIMEOUT = 30.0
 RETRY_DELAYS = (2.0, 4.0, 8.0)
-MIN_REMAINING = dt.timedelta(days=30)   # a new certificate must be valid this much longer
+MIN_REMAINING = dt.timedelta(days=30)  # a new certificate must be valid this much longer
 RENEW_WHEN_LEFT = dt.timedelta(days=30)  # renew with this much left (or less)
 MAX_RESPONSE_BYTES = 1 << 20
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,512}$")  # printable ASCII, no spaces
@@ -97,9 +97,16 @@ class RelayProtocolError(Exception):
     """The relay answered something that is not an acceptable HTTP/JSON response."""
 
 
-def relay_post(url: str, body: Mapping[str, Any], *, verify: Path, cert: tuple[Path, Path] | None = None,
-               connect_timeout: float = CONNECT_TIMEOUT, total_timeout: float = ENROLL_TOTAL_TIMEOUT,
-               max_bytes: int = MAX_RESPONSE_BYTES) -> RelayResponse:
+def relay_post(
+    url: str,
+    body: Mapping[str, Any],
+    *,
+    verify: Path,
+    cert: tuple[Path, Path] | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    total_timeout: float = ENROLL_TOTAL_TIMEOUT,
+    max_bytes: int = MAX_RESPONSE_BYTES,
+) -> RelayResponse:
     """POST JSON to the relay; raises ``requests.RequestException`` / ``RelayProtocolError``.
 
     ``verify`` is the pinned bundle (never the system store: requests then loads only that file);
@@ -113,10 +120,20 @@ def relay_post(url: str, body: Mapping[str, Any], *, verify: Path, cert: tuple[P
         session.trust_env = False  # no netrc, no REQUESTS_CA_BUNDLE; proxies are taken explicitly below
         proxies = requests.utils.get_environ_proxies(url)
         response = session.post(
-            url, data=data, verify=str(verify), cert=(str(cert[0]), str(cert[1])) if cert else None,
-            headers={"Content-Type": "application/json", "Accept": "application/json",
-                     "User-Agent": f"silson-agent/{__version__}"},
-            timeout=(connect_timeout, total_timeout), stream=True, allow_redirects=False, proxies=proxies)
+            url,
+            data=data,
+            verify=str(verify),
+            cert=(str(cert[0]), str(cert[1])) if cert else None,
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"silson-agent/{__version__}",
+            },
+            timeout=(connect_timeout, total_timeout),
+            stream=True,
+            allow_redirects=False,
+            proxies=proxies,
+        )
         with response:
             chunks, size = [], 0
             for chunk in response.iter_content(16384):
@@ -178,7 +195,9 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.DNSName(host)
 
 
-def build_csr(key: ec.EllipticCurvePrivateKey, institution_code: str, host: str) -> x509.CertificateSigningRequest:
+def build_csr(
+    key: ec.EllipticCurvePrivateKey, institution_code: str, host: str
+) -> x509.CertificateSigningRequest:
     """PKCS#10: ``CN=<institution_code>``, SAN = the endpoint host (DNS name or IP address)."""
     return (
         x509.CertificateSigningRequestBuilder()
@@ -188,7 +207,9 @@ def build_csr(key: ec.EllipticCurvePrivateKey, institution_code: str, host: str)
     )
 
 
-def enrollment_proof(signing_key: ec.EllipticCurvePrivateKey, institution_code: str, token: str, kid: str) -> str:
+def enrollment_proof(
+    signing_key: ec.EllipticCurvePrivateKey, institution_code: str, token: str, kid: str
+) -> str:
     """ES256 over ``"silson-agent-enroll-v1\\n" + code + "\\n" + token + "\\n" + kid`` (§10 step 2)."""
     return sign_es256(signing_key, f"{PROOF_PREFIX}{institution_code}\n{token}\n{kid}".encode())
 
@@ -212,13 +233,17 @@ def _load_certs(pem: Any, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(pem.encode("ascii") if isinstance(pem, str) else pem)
     except ValueError:
-        raise UnavailableError(f"the relay's {what} is not a PEM certificate list; nothing was installed") from None
+        raise UnavailableError(
+            f"the relay's {what} is not a PEM certificate list; nothing was installed"
+        ) from None
     return certs
 
 
 def _spki(public_key: Any) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER,  # type: ignore[no-any-return]
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.DER,  # type: ignore[no-any-return]
+        serialization.PublicFormat.SubjectPublicKeyInfo,
+    )
 
 
 def _same_ca(a: x509.Certificate, b: x509.Certificate) -> bool:
@@ -226,9 +251,15 @@ def _same_ca(a: x509.Certificate, b: x509.Certificate) -> bool:
     return a.subject == b.subject and _spki(a.public_key()) == _spki(b.public_key())
 
 
-def check_certificate(chain: list[x509.Certificate], *, csr_key: ec.EllipticCurvePrivateKey,
-                      trust: list[x509.Certificate], host: str, now: dt.datetime,
-                      client_cas: list[x509.Certificate]) -> list[x509.Certificate]:
+def check_certificate(
+    chain: list[x509.Certificate],
+    *,
+    csr_key: ec.EllipticCurvePrivateKey,
+    trust: list[x509.Certificate],
+    host: str,
+    now: dt.datetime,
+    client_cas: list[x509.Certificate],
+) -> list[x509.Certificate]:
     """§10 step 4 checks of a newly issued certificate; returns the verified chain (leaf first).
 
     Raises ``UnavailableError`` (exit 5) with a plain-words reason.
@@ -237,37 +268,51 @@ def check_certificate(chain: list[x509.Certificate], *, csr_key: ec.EllipticCurv
         raise UnavailableError("the relay returned no server certificate; nothing was installed")
     leaf = chain[0]
     if _spki(leaf.public_key()) != _spki(csr_key.public_key()):
-        raise UnavailableError("the certificate from the relay is not for the key this agent generated; "
-                               "nothing was installed")
+        raise UnavailableError(
+            "the certificate from the relay is not for the key this agent generated; nothing was installed"
+        )
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         san = None
     wanted = _general_name(host)
     if san is None or not _san_covers(san, wanted):
-        raise UnavailableError(f"the certificate from the relay does not name this server ({host}) in its "
-                               "subject alternative names; nothing was installed")
+        raise UnavailableError(
+            f"the certificate from the relay does not name this server ({host}) in its "
+            "subject alternative names; nothing was installed"
+        )
     if leaf.not_valid_before_utc > now or leaf.not_valid_after_utc <= now:
-        raise UnavailableError("the certificate from the relay is not valid now (check this machine's clock); "
-                               "nothing was installed")
+        raise UnavailableError(
+            "the certificate from the relay is not valid now (check this machine's clock); "
+            "nothing was installed"
+        )
     if leaf.not_valid_after_utc - now < MIN_REMAINING:
-        raise UnavailableError("the certificate from the relay is valid for less than 30 more days; "
-                               "nothing was installed")
+        raise UnavailableError(
+            "the certificate from the relay is valid for less than 30 more days; nothing was installed"
+        )
     if not trust:
         raise UnavailableError("no relay CA to verify the certificate against; nothing was installed")
     subject: verification.Subject = wanted  # type: ignore[assignment]
     try:
-        verifier = (verification.PolicyBuilder().store(verification.Store(trust)).time(now)
-                    .build_server_verifier(subject))
+        verifier = (
+            verification.PolicyBuilder()
+            .store(verification.Store(trust))
+            .time(now)
+            .build_server_verifier(subject)
+        )
         verified = verifier.verify(leaf, chain[1:])
     except verification.VerificationError as exc:
-        raise UnavailableError("the certificate from the relay does not chain to the pinned relay CA bundle "
-                               f"({_short(str(exc))}); nothing was installed") from None
+        raise UnavailableError(
+            "the certificate from the relay does not chain to the pinned relay CA bundle "
+            f"({_short(str(exc))}); nothing was installed"
+        ) from None
     for ca in verified[1:]:
         if any(_same_ca(ca, c) for c in client_cas):
-            raise UnavailableError("the relay's client CA bundle contains the issuer of this agent's own "
-                                   "certificate: any enrolled agent could then call this one as if it were "
-                                   "the relay (relay-api.md §10); nothing was installed")
+            raise UnavailableError(
+                "the relay's client CA bundle contains the issuer of this agent's own "
+                "certificate: any enrolled agent could then call this one as if it were "
+                "the relay (relay-api.md §10); nothing was installed"
+            )
     return list(verified)
 
 
@@ -366,8 +411,10 @@ def read_token(value: str, stdin: Any) -> str:
     if not token:
         raise UsageError("enroll: no enrollment token given (use --token TOKEN or --token - and type it)")
     if not _TOKEN_RE.match(token):
-        raise UsageError("enroll: the enrollment token is not in the expected form (printable characters, "
-                         "no spaces); check what the relay operator gave you")
+        raise UsageError(
+            "enroll: the enrollment token is not in the expected form (printable characters, "
+            "no spaces); check what the relay operator gave you"
+        )
     return token
 
 
@@ -383,12 +430,16 @@ def _relay_base(url: str | None) -> str:
 def _pinned_bundle(config: Config) -> tuple[Path, list[x509.Certificate]]:
     path = Path(config.relay.server_ca)
     if not path.is_file():
-        raise ConfigError(f"the pinned relay CA bundle {path} (relay.server_ca) is missing; copy the relay "
-                          "program's CA bundle there before enrolling")
+        raise ConfigError(
+            f"the pinned relay CA bundle {path} (relay.server_ca) is missing; copy the relay "
+            "program's CA bundle there before enrolling"
+        )
     try:
         certs = x509.load_pem_x509_certificates(path.read_bytes())
     except ValueError:
-        raise ConfigError(f"the pinned relay CA bundle {path} (relay.server_ca) is not PEM certificates") from None
+        raise ConfigError(
+            f"the pinned relay CA bundle {path} (relay.server_ca) is not PEM certificates"
+        ) from None
     return path, certs
 
 
@@ -399,19 +450,26 @@ def _explain_status(status: int, body: Any) -> str:
         if _SAFE_WORD.match(last):
             kind = f", {last}"
     if status in (400, 422):
-        return (f"the relay refused the enrollment request as invalid (HTTP {status}{kind}): the certificate "
-                "request or the signing-key proof was not accepted")
+        return (
+            f"the relay refused the enrollment request as invalid (HTTP {status}{kind}): the certificate "
+            "request or the signing-key proof was not accepted"
+        )
     if status == 401:
-        return (f"the relay did not accept the enrollment token (HTTP 401{kind}): it is unknown, already used "
-                "or expired; ask the relay operator for a new one")
+        return (
+            f"the relay did not accept the enrollment token (HTTP 401{kind}): it is unknown, already used "
+            "or expired; ask the relay operator for a new one"
+        )
     if status == 409:
-        return (f"the relay says this institution is already enrolled (HTTP 409{kind}); ask the relay operator "
-                "to reset the enrollment before enrolling again")
+        return (
+            f"the relay says this institution is already enrolled (HTTP 409{kind}); ask the relay operator "
+            "to reset the enrollment before enrolling again"
+        )
     return f"the relay refused enrollment (HTTP {status}{kind})"
 
 
-def _post_with_retries(url: str, body: Mapping[str, Any], *, verify: Path, sleep: Callable[[float], None]
-                       ) -> RelayResponse:
+def _post_with_retries(
+    url: str, body: Mapping[str, Any], *, verify: Path, sleep: Callable[[float], None]
+) -> RelayResponse:
     """Network errors and 5xx are retried 3 times (after 2, 4, 8 s) with the same body (§10)."""
     host = urlsplit(url).hostname
     last = ""
@@ -422,8 +480,10 @@ def _post_with_retries(url: str, body: Mapping[str, Any], *, verify: Path, sleep
             response = relay_post(url, body, verify=verify, total_timeout=ENROLL_TOTAL_TIMEOUT)
         except requests.exceptions.SSLError:
             # Not transient: the relay's certificate does not verify against the pinned bundle.
-            raise UnavailableError(f"the relay at {host} could not be verified against the pinned CA bundle "
-                                   f"{verify} (TLS handshake failed); nothing was installed") from None
+            raise UnavailableError(
+                f"the relay at {host} could not be verified against the pinned CA bundle "
+                f"{verify} (TLS handshake failed); nothing was installed"
+            ) from None
         except (requests.RequestException, RelayProtocolError) as exc:
             last = type(exc).__name__
             log.info("enrollment request failed", extra={"attempt": attempt + 1, "error_class": last})
@@ -433,8 +493,10 @@ def _post_with_retries(url: str, body: Mapping[str, Any], *, verify: Path, sleep
             log.info("enrollment request failed", extra={"attempt": attempt + 1, "status": response.status})
             continue
         return response
-    raise UnavailableError(f"the relay at {host} is unreachable or failing ({last}) after "
-                           f"{len(RETRY_DELAYS) + 1} attempts; nothing was installed")
+    raise UnavailableError(
+        f"the relay at {host} is unreachable or failing ({last}) after "
+        f"{len(RETRY_DELAYS) + 1} attempts; nothing was installed"
+    )
 
 
 def _string(body: Mapping[str, Any], key: str) -> str:
@@ -454,9 +516,16 @@ def _parse_time(text: Any) -> dt.datetime | None:
     return moment if moment.tzinfo else None
 
 
-def enroll(config: Config, *, token: str, relay_url: str | None = None, clock: Clock | None = None,
-           endpoint: str | None = None, sleep: Callable[[float], None] = time.sleep,
-           environ: Mapping[str, str] | None = None) -> EnrollResult:
+def enroll(
+    config: Config,
+    *,
+    token: str,
+    relay_url: str | None = None,
+    clock: Clock | None = None,
+    endpoint: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    environ: Mapping[str, str] | None = None,
+) -> EnrollResult:
     """Enroll this installation (relay-api.md §10). Raises ``AgentError`` (exit 4/5) on failure,
     leaving no key, certificate or state behind."""
     from agent.adminctx import audit_admin
@@ -472,27 +541,61 @@ def enroll(config: Config, *, token: str, relay_url: str | None = None, clock: C
     audit = AuditLog.open(config)
     try:
         if not audit.healthy():
-            raise AuditUnavailableError(f"the audit log in {config.data_dir} cannot be written; enrollment "
-                                        "not started")
+            raise AuditUnavailableError(
+                f"the audit log in {config.data_dir} cannot be written; enrollment not started"
+            )
         staging = _Staging(config.data_dir)
         try:
-            return _enroll_staged(config, staging, audit, audit_admin, token=token, base=base, code=code,
-                                  pinned_path=pinned_path, pinned=pinned, keyring=keyring, where=where,
-                                  clock=clock, sleep=sleep, environ=environ)
+            return _enroll_staged(
+                config,
+                staging,
+                audit,
+                audit_admin,
+                token=token,
+                base=base,
+                code=code,
+                pinned_path=pinned_path,
+                pinned=pinned,
+                keyring=keyring,
+                where=where,
+                clock=clock,
+                sleep=sleep,
+                environ=environ,
+            )
         finally:
             staging.wipe()
     finally:
         audit.close()
 
 
-def _enroll_staged(config: Config, staging: _Staging, audit: Any, audit_admin: Any, *, token: str, base: str,
-                   code: str, pinned_path: Path, pinned: list[x509.Certificate], keyring: Any, where: Endpoint,
-                   clock: Clock, sleep: Callable[[float], None], environ: Mapping[str, str] | None
-                   ) -> EnrollResult:
+def _enroll_staged(
+    config: Config,
+    staging: _Staging,
+    audit: Any,
+    audit_admin: Any,
+    *,
+    token: str,
+    base: str,
+    code: str,
+    pinned_path: Path,
+    pinned: list[x509.Certificate],
+    keyring: Any,
+    where: Endpoint,
+    clock: Clock,
+    sleep: Callable[[float], None],
+    environ: Mapping[str, str] | None,
+) -> EnrollResult:
     def refuse(result: str, reason: str, error: AgentError) -> AgentError:
         with contextlib.suppress(AgentError):
-            audit_admin(config, "enroll", result=result, reason=reason, log=audit, environ=environ,
-                        extra={"relay_host": urlsplit(base).hostname})
+            audit_admin(
+                config,
+                "enroll",
+                result=result,
+                reason=reason,
+                log=audit,
+                environ=environ,
+                extra={"relay_host": urlsplit(base).hostname},
+            )
         return error
 
     # 1. keys and CSR (private keys stay on this machine).
@@ -524,13 +627,18 @@ def _enroll_staged(config: Config, staging: _Staging, audit: Any, audit_admin: A
     except UnavailableError as exc:
         raise refuse("error", "relay_unreachable", exc) from None
     if response.status not in (200, 201):
-        raise refuse("denied", f"relay_http_{response.status}",
-                     UnavailableError(_explain_status(response.status, response.body)
-                                      + "; nothing was installed"))
+        raise refuse(
+            "denied",
+            f"relay_http_{response.status}",
+            UnavailableError(_explain_status(response.status, response.body) + "; nothing was installed"),
+        )
     answer = response.body
     if not isinstance(answer, dict):
-        raise refuse("error", "bad_answer", UnavailableError(
-            "the relay's enrollment answer is not a JSON object; nothing was installed"))
+        raise refuse(
+            "error",
+            "bad_answer",
+            UnavailableError("the relay's enrollment answer is not a JSON object; nothing was installed"),
+        )
 
     # 3. check everything before installing anything.
     now = clock.now()
@@ -540,16 +648,25 @@ def _enroll_staged(config: Config, staging: _Staging, audit: Any, audit_admin: A
         if urlsplit(heartbeat_url).scheme != "https":
             raise UnavailableError("the relay's heartbeat_url is not https; nothing was installed")
         relay_ids = answer.get("relay_ids")
-        if not isinstance(relay_ids, list) or not relay_ids or not all(isinstance(r, str) and r for r in relay_ids):
-            raise UnavailableError("the relay's enrollment answer has no relay_ids list; nothing was installed")
+        if (
+            not isinstance(relay_ids, list)
+            or not relay_ids
+            or not all(isinstance(r, str) and r for r in relay_ids)
+        ):
+            raise UnavailableError(
+                "the relay's enrollment answer has no relay_ids list; nothing was installed"
+            )
         if answer.get("signing_key_id") != kid:
-            raise UnavailableError("the relay registered a different signing key id than this agent's key "
-                                   f"({kid}); nothing was installed")
+            raise UnavailableError(
+                "the relay registered a different signing key id than this agent's key "
+                f"({kid}); nothing was installed"
+            )
         chain = _load_certs(answer.get("server_certificate_pem"), "server certificate")
         client_cas = _load_certs(answer.get("client_ca_pem"), "client CA bundle")
         relay_cas = _load_certs(answer.get("relay_server_ca_pem"), "relay server CA bundle")
-        verified = check_certificate(chain, csr_key=tls_key, trust=relay_cas + pinned, host=where.host, now=now,
-                                     client_cas=client_cas)
+        verified = check_certificate(
+            chain, csr_key=tls_key, trust=relay_cas + pinned, host=where.host, now=now, client_cas=client_cas
+        )
     except UnavailableError as exc:
         raise refuse("denied", "answer_rejected", exc) from None
     interval = answer.get("heartbeat_interval_s")
@@ -574,22 +691,44 @@ def _enroll_staged(config: Config, staging: _Staging, audit: Any, audit_admin: A
     }
 
     # 4./5. audit first (fail closed), then install, then the state.
-    audit_admin(config, "enroll", log=audit, environ=environ,
-                extra={"agent_id": agent_id, "relay_ids": list(relay_ids), "signing_key_id": kid,
-                       "relay_host": urlsplit(base).hostname, "cert_sha256": state["certificate_sha256"],
-                       "endpoint": where.as_json()})
+    audit_admin(
+        config,
+        "enroll",
+        log=audit,
+        environ=environ,
+        extra={
+            "agent_id": agent_id,
+            "relay_ids": list(relay_ids),
+            "signing_key_id": kid,
+            "relay_host": urlsplit(base).hostname,
+            "cert_sha256": state["certificate_sha256"],
+            "endpoint": where.as_json(),
+        },
+    )
     try:
         _install_with_state(config, staging, state)
     except Exception as exc:
         detail = exc.message if isinstance(exc, AgentError) else type(exc).__name__
-        raise refuse("error", "install_failed", UnavailableError(
-            f"enrollment was accepted by the relay but could not be installed ({detail}); nothing was "
-            "installed — ask the relay operator to reset the enrollment and run enroll again")) from None
+        raise refuse(
+            "error",
+            "install_failed",
+            UnavailableError(
+                f"enrollment was accepted by the relay but could not be installed ({detail}); nothing was "
+                "installed — ask the relay operator to reset the enrollment and run enroll again"
+            ),
+        ) from None
     log.info("enrolled", extra={"agent_id": agent_id, "kid": kid})
-    return EnrollResult(agent_id=agent_id, relay_ids=list(relay_ids), heartbeat_url=heartbeat_url,
-                        heartbeat_interval_s=interval, signing_key_id=kid, endpoint=where,
-                        certificate_expires_at=utc_iso(leaf.not_valid_after_utc, millis=False),
-                        clock_skew_s=skew, created_signing_key=created_signing)
+    return EnrollResult(
+        agent_id=agent_id,
+        relay_ids=list(relay_ids),
+        heartbeat_url=heartbeat_url,
+        heartbeat_interval_s=interval,
+        signing_key_id=kid,
+        endpoint=where,
+        certificate_expires_at=utc_iso(leaf.not_valid_after_utc, millis=False),
+        clock_skew_s=skew,
+        created_signing_key=created_signing,
+    )
 
 
 def pki_pem(certs: list[x509.Certificate]) -> bytes:
@@ -613,8 +752,9 @@ def _install_with_state(config: Config, staging: _Staging, state: dict[str, Any]
 
 
 # -- renewal (C-38) --------------------------------------------------------------------------------------
-def renew_if_due(config: Config, store: Any, keyring: Any, clock: Clock | None = None, *,
-                 force: bool = False) -> bool:
+def renew_if_due(
+    config: Config, store: Any, keyring: Any, clock: Clock | None = None, *, force: bool = False
+) -> bool:
     """Renew ``api.server_cert`` through the relay when it has ≤ 30 days left; True when renewed.
 
     Not enrolled or no relay URL → False (nothing to do). A refused or failed renewal raises
@@ -645,18 +785,23 @@ def renew_if_due(config: Config, store: Any, keyring: Any, clock: Clock | None =
         client_cas = []
     new_key = ec.generate_private_key(ec.SECP256R1())
     csr = build_csr(new_key, code, host)
-    body = {"sent_at": utc_iso(now, millis=False),
-            "server_csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")}
+    body = {
+        "sent_at": utc_iso(now, millis=False),
+        "server_csr_pem": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    }
     url = f"{base}/v1/agents/{state['agent_id']}/certificates"
     try:
-        response = relay_post(url, body, verify=pinned_path, cert=(cert_path, key_path),
-                              total_timeout=ENROLL_TOTAL_TIMEOUT)
+        response = relay_post(
+            url, body, verify=pinned_path, cert=(cert_path, key_path), total_timeout=ENROLL_TOTAL_TIMEOUT
+        )
     except (requests.RequestException, RelayProtocolError) as exc:
         raise UnavailableError(f"certificate renewal: relay unreachable ({type(exc).__name__})") from None
     if response.status not in (200, 201) or not isinstance(response.body, dict):
         raise UnavailableError(f"certificate renewal refused by the relay (HTTP {response.status})")
     chain = _load_certs(response.body.get("server_certificate_pem"), "server certificate")
-    verified = check_certificate(chain, csr_key=new_key, trust=pinned, host=host, now=now, client_cas=client_cas)
+    verified = check_certificate(
+        chain, csr_key=new_key, trust=pinned, host=host, now=now, client_cas=client_cas
+    )
     staging = _Staging(config.data_dir)
     try:
         staging.add(key_path, private_key_pem(new_key), 0o600)
@@ -668,11 +813,27 @@ def renew_if_due(config: Config, store: Any, keyring: Any, clock: Clock | None =
     state["renewed_at"] = utc_iso(now, millis=False)
     with contextlib.suppress(Exception):  # the certificate is live; the note is informational
         store.kv_set(STATE_KEY, json.dumps(state, sort_keys=True))
-    log.info("server certificate renewed",
-             extra={"expires_at": utc_iso(verified[0].not_valid_after_utc, millis=False)})
+    log.info(
+        "server certificate renewed",
+        extra={"expires_at": utc_iso(verified[0].not_valid_after_utc, millis=False)},
+    )
     return True
 
 
-__all__ = ["EnrollResult", "Endpoint", "RELAY_IDS_KEY", "RelayProtocolError", "RelayResponse", "STATE_KEY",
-           "build_csr", "check_certificate", "endpoint_for", "enroll", "enrollment_proof", "enrollment_state",
-           "read_token", "relay_post", "renew_if_due"]
+__all__ = [
+    "EnrollResult",
+    "Endpoint",
+    "RELAY_IDS_KEY",
+    "RelayProtocolError",
+    "RelayResponse",
+    "STATE_KEY",
+    "build_csr",
+    "check_certificate",
+    "endpoint_for",
+    "enroll",
+    "enrollment_proof",
+    "enrollment_state",
+    "read_token",
+    "relay_post",
+    "renew_if_due",
+]

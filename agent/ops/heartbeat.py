@@ -39,11 +39,26 @@ from agent.ops.enroll import RelayResponse, enrollment_state, relay_post
 
 log = logging.getLogger("agent.heartbeat")
 
-MEMBERS = ("agent_id", "institution_code", "sent_at", "agent_version", "api_revision", "status", "uptime_s",
-           "queue_depth", "quarantined_total", "last_ingest_at", "last_relay_request_at", "disk_free_bytes",
-           "cert_expiry_days", "signing_key_id", "audit_head", "audit_review_overdue")
+MEMBERS = (
+    "agent_id",
+    "institution_code",
+    "sent_at",
+    "agent_version",
+    "api_revision",
+    "status",
+    "uptime_s",
+    "queue_depth",
+    "quarantined_total",
+    "last_ingest_at",
+    "last_relay_request_at",
+    "disk_free_bytes",
+    "cert_expiry_days",
+    "signing_key_id",
+    "audit_head",
+    "audit_review_overdue",
+)
 FIRST_BEAT_RANGE = (2.0, 20.0)  # seconds after start; + at most 10 s of request = within 30 s
-SUGGESTED_RANGE = (60, 3600)    # next_interval_s honoured only within this range
+SUGGESTED_RANGE = (60, 3600)  # next_interval_s honoured only within this range
 BACKOFF_BASE_S = 30.0
 BACKOFF_CAP_S = 900.0
 NORMAL_JITTER = 0.10
@@ -113,11 +128,21 @@ def _timestamp(value: Any) -> str | None:
 class Heartbeat:
     """The heartbeat thread. ``start()`` → bool (False when ``relay.url`` is empty), ``stop()``."""
 
-    def __init__(self, config: Config, *, store: Any, audit: Any, keyring: Any, clock: Clock | None = None,
-                 status_provider: Callable[[], Mapping[str, Any]] | None = None,
-                 first_delay: float | None = None, interval: float | None = None, rng: Any = None,
-                 wait: Callable[[float], bool] | None = None,
-                 post: Callable[..., RelayResponse] = relay_post) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Any,
+        audit: Any,
+        keyring: Any,
+        clock: Clock | None = None,
+        status_provider: Callable[[], Mapping[str, Any]] | None = None,
+        first_delay: float | None = None,
+        interval: float | None = None,
+        rng: Any = None,
+        wait: Callable[[float], bool] | None = None,
+        post: Callable[..., RelayResponse] = relay_post,
+    ) -> None:
         self.config = config
         self.store = store
         self.audit = audit
@@ -126,7 +151,9 @@ class Heartbeat:
         self.status_provider = status_provider or dict
         self._rng = rng or random.Random()
         self.first_delay = first_delay if first_delay is not None else self._rng.uniform(*FIRST_BEAT_RANGE)
-        self.configured_interval = float(interval if interval is not None else config.relay.heartbeat_interval)
+        self.configured_interval = float(
+            interval if interval is not None else config.relay.heartbeat_interval
+        )
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
         self._post = post
@@ -224,9 +251,14 @@ class Heartbeat:
             with self._lock:
                 self._last_attempt = sent
                 self.beats += 1
-            response = self._post(url, body, verify=Path(self.config.relay.server_ca),
-                                  cert=(Path(self.config.api.server_cert), Path(self.config.api.server_key)),
-                                  connect_timeout=CONNECT_TIMEOUT, total_timeout=TOTAL_TIMEOUT)
+            response = self._post(
+                url,
+                body,
+                verify=Path(self.config.relay.server_ca),
+                cert=(Path(self.config.api.server_cert), Path(self.config.api.server_key)),
+                connect_timeout=CONNECT_TIMEOUT,
+                total_timeout=TOTAL_TIMEOUT,
+            )
             received = self.clock.now()
         except Exception as exc:
             return self._failed(type(exc).__name__)
@@ -241,8 +273,14 @@ class Heartbeat:
             self._last_result = "error"
             self._last_error = reason
             failures = self._failures
-        log.warning("heartbeat failed", extra={"error_class": reason, "consecutive_failures": failures,
-                                               "retry_base_s": backoff_base(failures)})
+        log.warning(
+            "heartbeat failed",
+            extra={
+                "error_class": reason,
+                "consecutive_failures": failures,
+                "retry_base_s": backoff_base(failures),
+            },
+        )
         return False
 
     def _succeeded(self, answer: Any, sent: dt.datetime, received: dt.datetime) -> None:
@@ -267,7 +305,8 @@ class Heartbeat:
         level = skew_level(skew)
         if skew is not None and level != previous_level and level in ("warning", "error"):
             (log.error if level == "error" else log.warning)(
-                "clock differs from the relay", extra={"clock_skew_s": skew, "level": level})
+                "clock differs from the relay", extra={"clock_skew_s": skew, "level": level}
+            )
 
     # -- body ----------------------------------------------------------------------------------------
     def build_body(self, state: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -292,7 +331,9 @@ class Heartbeat:
         if uptime is None:
             uptime = int(self.clock.monotonic() - self._started_mono)
         quarantined = _int(pick("quarantined_total", ingest.get("files_quarantined")))
-        queue = _int(pick("queue_depth", (ingest.get("files_pending") or 0) + (ingest.get("files_deferred") or 0)))
+        queue = _int(
+            pick("queue_depth", (ingest.get("files_pending") or 0) + (ingest.get("files_deferred") or 0))
+        )
         disk_free = _int(pick("disk_free_bytes", disk.get("data_dir_free_bytes")))
         if disk_free is None:
             try:
@@ -306,7 +347,8 @@ class Heartbeat:
         if status not in ("ok", "degraded", "error"):
             watch = doc.get("watch") or []
             degraded = bool(ingest.get("paused")) or any(
-                isinstance(w, Mapping) and w.get("reachable") is False for w in watch)
+                isinstance(w, Mapping) and w.get("reachable") is False for w in watch
+            )
             status = "degraded" if degraded else "ok"
         seq, head_hash = 0, ZERO_HASH
         overdue = False
@@ -360,11 +402,15 @@ class Heartbeat:
             level = skew_level(self._skew)
             message = None
             if level == "warning":
-                message = (f"clock differs from the relay by {self._skew} s (more than {SKEW_WARNING_S} s); "
-                           "check time synchronisation")
+                message = (
+                    f"clock differs from the relay by {self._skew} s (more than {SKEW_WARNING_S} s); "
+                    "check time synchronisation"
+                )
             elif level == "error":
-                message = (f"clock differs from the relay by {self._skew} s (more than {SKEW_ERROR_S} s): "
-                           "relay requests will be refused with clock-skew; fix time synchronisation")
+                message = (
+                    f"clock differs from the relay by {self._skew} s (more than {SKEW_ERROR_S} s): "
+                    "relay requests will be refused with clock-skew; fix time synchronisation"
+                )
             return {
                 "enabled": self.enabled,
                 "running": self._thread is not None and self._thread.is_alive(),

@@ -66,8 +66,9 @@ class ScrubExceptionFilter(logging.Filter):
             if any(isinstance(a, BaseException) for a in args):
                 record.msg = f"{record.msg} (arguments withheld)" if isinstance(record.msg, str) else "log"
                 record.args = None
-                record.exc_summary = {"class": next(type(a).__name__ for a in args
-                                                    if isinstance(a, BaseException))}
+                record.exc_summary = {
+                    "class": next(type(a).__name__ for a in args if isinstance(a, BaseException))
+                }
         return True
 
 
@@ -81,7 +82,7 @@ class JsonLinesFormatter(logging.Formatter):
             message = str(record.msg)
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                  + f".{int(record.msecs):03d}Z",
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": message,
@@ -125,8 +126,14 @@ def _prune_old(log_dir: Path) -> None:
             pass
 
 
-def setup_logging(log_dir: Path, *, debug: bool = False, stderr_level: int = logging.WARNING,
-                  max_bytes: int = MAX_BYTES, backup_count: int = BACKUP_COUNT) -> logging.Handler:
+def setup_logging(
+    log_dir: Path,
+    *,
+    debug: bool = False,
+    stderr_level: int = logging.WARNING,
+    max_bytes: int = MAX_BYTES,
+    backup_count: int = BACKUP_COUNT,
+) -> logging.Handler:
     """Install the JSON-lines file handler (and a terse stderr handler) on the root logger."""
     log_dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     try:
@@ -135,8 +142,9 @@ def setup_logging(log_dir: Path, *, debug: bool = False, stderr_level: int = log
         pass
     _prune_old(log_dir)
     scrub = ScrubExceptionFilter()
-    handler = ModeRotatingFileHandler(log_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backup_count,
-                                      encoding="utf-8")
+    handler = ModeRotatingFileHandler(
+        log_dir / LOG_FILE, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+    )
     handler.setFormatter(JsonLinesFormatter())
     handler.addFilter(scrub)
     root = logging.getLogger()

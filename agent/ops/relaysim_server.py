@@ -47,8 +47,17 @@ from agent.signing import kid_of, verify_es256
 ENROLL_PROOF_PREFIX = "silson-agent-enroll-v1\n"
 ROTATE_PREFIX = "silson-agent-rotate-v1\n"
 DEFAULT_RELAY_IDS = ("silson24-relay-01", "silson24-relay-02")
-ENROLL_MEMBERS = {"enrollment_token", "institution_code", "institution_type", "agent_version", "api_revision",
-                  "endpoint", "server_csr_pem", "signing_public_key_pem", "signing_key_proof"}
+ENROLL_MEMBERS = {
+    "enrollment_token",
+    "institution_code",
+    "institution_type",
+    "agent_version",
+    "api_revision",
+    "endpoint",
+    "server_csr_pem",
+    "signing_public_key_pem",
+    "signing_key_proof",
+}
 # Enrollment answers the simulator can be told to give (``enrollment_mode`` / ``renewal_mode``).
 MODES = ("ok", "wrong_key", "bad_chain", "client_ca_has_issuer", "short_validity", "wrong_san", "wrong_kid")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -96,19 +105,38 @@ def _intermediate(root_key: Any, root: x509.Certificate, cn: str) -> tuple[Any, 
     start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "silson relay simulator")]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "silson relay simulator"),
+                ]
+            )
+        )
         .issuer_name(root.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
+        )
         .sign(root_key, hashes.SHA256())
     )
     return key, cert
@@ -121,8 +149,16 @@ def _san_for(host: str) -> list[x509.GeneralName]:
         return [x509.DNSName(host)]
 
 
-def _leaf(issuer_key: Any, issuer: x509.Certificate, public_key: Any, cn: str, host: str, *,
-          days: float, not_before: dt.datetime | None = None) -> x509.Certificate:
+def _leaf(
+    issuer_key: Any,
+    issuer: x509.Certificate,
+    public_key: Any,
+    cn: str,
+    host: str,
+    *,
+    days: float,
+    not_before: dt.datetime | None = None,
+) -> x509.Certificate:
     """An agent certificate: serverAuth + clientAuth, SAN = the endpoint host (relay-api.md §10)."""
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     return (
@@ -134,13 +170,28 @@ def _leaf(issuer_key: Any, issuer: x509.Certificate, public_key: Any, cn: str, h
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(_san_for(host)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
         .sign(issuer_key, hashes.SHA256())
     )
 
@@ -163,8 +214,13 @@ class _Problem(Exception):
 class RelaySimulator:
     """The relay's HTTPS endpoints on 127.0.0.1:0 with a test PKI (see the module docstring)."""
 
-    def __init__(self, directory: Path | str, *, host: str = "127.0.0.1",
-                 relay_ids: tuple[str, ...] = DEFAULT_RELAY_IDS) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        host: str = "127.0.0.1",
+        relay_ids: tuple[str, ...] = DEFAULT_RELAY_IDS,
+    ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = host
@@ -175,9 +231,14 @@ class RelaySimulator:
         self.issuing_key, self.issuing_ca = _intermediate(self.root_key, self.root, "sim agent issuing CA")
         self.client_ca_key, self.client_ca = pki.make_ca("sim relay-client CA")
         self.rogue_key, self.rogue_ca = pki.make_ca("sim rogue CA")
-        https_key, https_cert = pki.make_cert(self.root_key, self.root, "relay.sim.invalid",
-                                              dns=["localhost", "relay.sim.invalid"], ips=["127.0.0.1", "::1"],
-                                              server=True)
+        https_key, https_cert = pki.make_cert(
+            self.root_key,
+            self.root,
+            "relay.sim.invalid",
+            dns=["localhost", "relay.sim.invalid"],
+            ips=["127.0.0.1", "::1"],
+            server=True,
+        )
         self.server_ca_path = self.dir / "relay-server-ca.crt"
         self.relay_client_ca_path = self.dir / "relay-client-ca.crt"
         self.issuing_ca_path = self.dir / "agent-issuing-ca.crt"
@@ -191,14 +252,14 @@ class RelaySimulator:
         # -- behaviour (tests set these) --------------------------------------------------------
         self.enrollment_mode = "ok"
         self.renewal_mode = "ok"
-        self.cert_days: float = 365          # validity of issued agent certificates
-        self.fail_next = 0                    # the next N enrollment/renewal calls answer fail_status
+        self.cert_days: float = 365  # validity of issued agent certificates
+        self.fail_next = 0  # the next N enrollment/renewal calls answer fail_status
         self.fail_status = 503
         self.enrollment_status: int | None = None  # force a status for enrollments (400, 422, 409, …)
         self.renewal_status: int | None = None  # force a status for renewals (e.g. 401)
         self.heartbeat_interval_s = 300
         self.heartbeat_status = 200
-        self.heartbeat_down = False           # True: every heartbeat answers 503
+        self.heartbeat_down = False  # True: every heartbeat answers 503
         self.next_interval_s: int | None = 300
         self.server_time_offset_s: float = 0
         self.heartbeat_extra: dict[str, Any] = {}
@@ -229,9 +290,12 @@ class RelaySimulator:
         server = _TLSServer((self.host, 0), handler, ctx)
         self._server = server
         port = server.server_address[1]
-        self.base_url = f"https://{self.host}:{port}" if ":" not in self.host else f"https://[{self.host}]:{port}"
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="relay-sim", daemon=True)
+        self.base_url = (
+            f"https://{self.host}:{port}" if ":" not in self.host else f"https://[{self.host}]:{port}"
+        )
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="relay-sim", daemon=True
+        )
         self._thread.start()
         return self.base_url
 
@@ -252,36 +316,64 @@ class RelaySimulator:
         self.stop()
 
     # -- operator actions ---------------------------------------------------------------------------
-    def issue_token(self, token: str | None = None, *, institution_code: str | None = None,
-                    expired: bool = False, used: bool = False, days: int = 14) -> str:
+    def issue_token(
+        self,
+        token: str | None = None,
+        *,
+        institution_code: str | None = None,
+        expired: bool = False,
+        used: bool = False,
+        days: int = 14,
+    ) -> str:
         """A one-time enrollment token; ``expired``/``used`` make one the relay answers 401 for."""
         token = token or new_token()
         expires = time.time() + (-60 if expired else days * 86400)
         with self._lock:
-            self.tokens[token] = {"institution_code": institution_code, "expires": expires,
-                                  "used_by": "someone-else" if used else None, "response": None}
+            self.tokens[token] = {
+                "institution_code": institution_code,
+                "expires": expires,
+                "used_by": "someone-else" if used else None,
+                "response": None,
+            }
         return token
 
-    def issue_agent_certificate(self, public_key: Any, *, cn: str = "99000001", host: str = "127.0.0.1",
-                                days: float = 365, not_before: dt.datetime | None = None,
-                                agent_id: str | None = None) -> str:
+    def issue_agent_certificate(
+        self,
+        public_key: Any,
+        *,
+        cn: str = "99000001",
+        host: str = "127.0.0.1",
+        days: float = 365,
+        not_before: dt.datetime | None = None,
+        agent_id: str | None = None,
+    ) -> str:
         """PEM (leaf + intermediate) for ``public_key`` from the agent issuing CA; registered to
         ``agent_id`` when given, so it may call the agent endpoints."""
-        cert = _leaf(self.issuing_key, self.issuing_ca, public_key, cn, host, days=days, not_before=not_before)
+        cert = _leaf(
+            self.issuing_key, self.issuing_ca, public_key, cn, host, days=days, not_before=not_before
+        )
         if agent_id is not None:
             with self._lock:
                 self.agents[agent_id]["spki"].add(_spki(public_key))
         return _pem(cert, self.issuing_ca)
 
-    def issue_relay_client_cert(self, cert_path: Path, key_path: Path, *, name: str = "silson24-relay-01") -> None:
+    def issue_relay_client_cert(
+        self, cert_path: Path, key_path: Path, *, name: str = "silson24-relay-01"
+    ) -> None:
         """A client certificate the relay would present to an agent's public port."""
         key, cert = pki.make_cert(self.client_ca_key, self.client_ca, name, client=True)
         pki.write_certs(cert_path, cert)
         pki.write_key(key_path, key)
 
-    def prepare_installation(self, directory: Path, *, institution_code: str = "99000001",
-                             institution_type: str = "clinic", listen: str = "127.0.0.1:8443",
-                             admin: str = "127.0.0.1:0") -> Path:
+    def prepare_installation(
+        self,
+        directory: Path,
+        *,
+        institution_code: str = "99000001",
+        institution_type: str = "clinic",
+        listen: str = "127.0.0.1:8443",
+        admin: str = "127.0.0.1:0",
+    ) -> Path:
         """An installation as ``init`` leaves it without dev certificates (cli.md §4), holding this
         relay's pinned bundle and ``relay.url``; returns the ``agent.toml`` path (ready for
         ``enroll``). Call after ``start()``."""
@@ -294,8 +386,12 @@ class RelaySimulator:
         generate_keys(directory / "keys")
         pki.write_certs(directory / "tls" / "relay-server-ca.crt", self.root)
         toml = directory / "agent.toml"
-        toml.write_text(_CONFIG.format(code=institution_code, kind=institution_type, listen=listen, admin=admin,
-                                       url=self.base_url), encoding="utf-8")
+        toml.write_text(
+            _CONFIG.format(
+                code=institution_code, kind=institution_type, listen=listen, admin=admin, url=self.base_url
+            ),
+            encoding="utf-8",
+        )
         os.chmod(toml, 0o600)
         return toml
 
@@ -304,7 +400,9 @@ class RelaySimulator:
             return self.heartbeats[-1] if self.heartbeats else None
 
     # -- request handling (called from handler threads) --------------------------------------------
-    def handle(self, method: str, path: str, body: bytes, peer_der: bytes | None) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, path: str, body: bytes, peer_der: bytes | None
+    ) -> tuple[int, dict[str, Any]]:
         try:
             if method != "POST":
                 raise _Problem(405, "method-not-allowed", "method not allowed")
@@ -322,8 +420,11 @@ class RelaySimulator:
                 return self._renew(agent, data)
             return self._signing_key(agent, data)
         except _Problem as problem:
-            return problem.status, {"type": f"https://relay.sim.invalid/problems/{problem.kind}",
-                                    "title": problem.title, "status": problem.status}
+            return problem.status, {
+                "type": f"https://relay.sim.invalid/problems/{problem.kind}",
+                "title": problem.title,
+                "status": problem.status,
+            }
 
     @staticmethod
     def _json(body: bytes) -> dict[str, Any]:
@@ -365,8 +466,9 @@ class RelaySimulator:
             raise _Problem(422, "invalid-csr", "CSR key is not ECDSA P-256")
         return csr
 
-    def _issue(self, mode: str, csr: x509.CertificateSigningRequest, cn: str, host: str
-               ) -> tuple[str, x509.Certificate]:
+    def _issue(
+        self, mode: str, csr: x509.CertificateSigningRequest, cn: str, host: str
+    ) -> tuple[str, x509.Certificate]:
         public_key = csr.public_key()
         if mode == "wrong_key":
             public_key = pki.new_key().public_key()
@@ -394,20 +496,30 @@ class RelaySimulator:
         endpoint = data["endpoint"]
         if not isinstance(token, str) or not isinstance(code, str) or not re.fullmatch(r"[0-9]{8}", code):
             raise _Problem(422, "invalid-request", "bad token or institution code")
-        if not isinstance(endpoint, dict) or not isinstance(endpoint.get("host"), str) \
-                or not isinstance(endpoint.get("port"), int) or not 0 <= endpoint["port"] < 65536:
+        if (
+            not isinstance(endpoint, dict)
+            or not isinstance(endpoint.get("host"), str)
+            or not isinstance(endpoint.get("port"), int)
+            or not 0 <= endpoint["port"] < 65536
+        ):
             raise _Problem(422, "invalid-request", "bad endpoint")
         csr = self._check_csr(data["server_csr_pem"])
         try:
-            signing_public = serialization.load_pem_public_key(str(data["signing_public_key_pem"]).encode("ascii"))
+            signing_public = serialization.load_pem_public_key(
+                str(data["signing_public_key_pem"]).encode("ascii")
+            )
         except ValueError:
             raise _Problem(422, "invalid-key", "signing_public_key_pem is not a public key") from None
-        if not isinstance(signing_public, ec.EllipticCurvePublicKey) or signing_public.curve.name != "secp256r1":
+        if (
+            not isinstance(signing_public, ec.EllipticCurvePublicKey)
+            or signing_public.curve.name != "secp256r1"
+        ):
             raise _Problem(422, "invalid-key", "signing key is not ECDSA P-256")
         kid = kid_of(signing_public)
         message = f"{ENROLL_PROOF_PREFIX}{code}\n{token}\n{kid}".encode()
-        if not isinstance(data["signing_key_proof"], str) \
-                or not verify_es256(signing_public, message, data["signing_key_proof"]):
+        if not isinstance(data["signing_key_proof"], str) or not verify_es256(
+            signing_public, message, data["signing_key_proof"]
+        ):
             raise _Problem(422, "invalid-proof", "signing_key_proof does not verify")
         request_id = hashlib.sha256((token + "\n" + data["server_csr_pem"]).encode()).hexdigest()
         with self._lock:
@@ -442,9 +554,14 @@ class RelaySimulator:
             entry["used_by"] = request_id
             entry["response"] = response
             self.enrolled_institutions.add(code)
-            self.agents[agent_id] = {"agent_id": agent_id, "institution_code": code, "endpoint": dict(endpoint),
-                                     "spki": {_spki(leaf.public_key())}, "kids": [kid],
-                                     "signing_keys": {kid: signing_public}}
+            self.agents[agent_id] = {
+                "agent_id": agent_id,
+                "institution_code": code,
+                "endpoint": dict(endpoint),
+                "spki": {_spki(leaf.public_key())},
+                "kids": [kid],
+                "signing_keys": {kid: signing_public},
+            }
             return 201, response
 
     def _heartbeat(self, agent: dict[str, Any], data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -472,19 +589,28 @@ class RelaySimulator:
             raise _Problem(422, "invalid-request", "members missing or unknown")
         csr = self._check_csr(data["server_csr_pem"])
         with self._lock:
-            cert_pem, leaf = self._issue(self.renewal_mode, csr, agent["institution_code"], agent["endpoint"]["host"])
+            cert_pem, leaf = self._issue(
+                self.renewal_mode, csr, agent["institution_code"], agent["endpoint"]["host"]
+            )
             agent["spki"].add(_spki(leaf.public_key()))
         return 201, {"server_certificate_pem": cert_pem}
 
     def _signing_key(self, agent: dict[str, Any], data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Signing-key rotation: the endorsement by the current key is checked strictly; the
         proof of the new key is recorded (``proof_verified``) because §10 does not fix its message."""
-        expected = {"sent_at", "signing_public_key_pem", "signing_key_proof", "previous_kid",
-                    "previous_key_endorsement"}
+        expected = {
+            "sent_at",
+            "signing_public_key_pem",
+            "signing_key_proof",
+            "previous_kid",
+            "previous_key_endorsement",
+        }
         if set(data) != expected:
             raise _Problem(422, "invalid-request", "members missing or unknown")
         try:
-            new_public = serialization.load_pem_public_key(str(data["signing_public_key_pem"]).encode("ascii"))
+            new_public = serialization.load_pem_public_key(
+                str(data["signing_public_key_pem"]).encode("ascii")
+            )
         except ValueError:
             raise _Problem(422, "invalid-key", "signing_public_key_pem is not a public key") from None
         if not isinstance(new_public, ec.EllipticCurvePublicKey):
@@ -499,9 +625,13 @@ class RelaySimulator:
                 raise _Problem(422, "invalid-endorsement", "previous_key_endorsement does not verify")
             agent["signing_keys"][new_kid] = new_public
             agent["kids"].append(new_kid)
-            self.signing_keys.append({**data, "kid": new_kid,
-                                      "proof_verified": verify_es256(new_public, message,
-                                                                     str(data["signing_key_proof"]))})
+            self.signing_keys.append(
+                {
+                    **data,
+                    "kid": new_kid,
+                    "proof_verified": verify_es256(new_public, message, str(data["signing_key_proof"])),
+                }
+            )
         return 201, {"signing_key_id": new_kid}
 
 

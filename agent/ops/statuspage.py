@@ -39,19 +39,24 @@ def render_status_html(status: dict[str, Any]) -> str:
     if unreachable:
         problems.append(f"{len(unreachable)} watch folder(s) unreachable (감시 폴더 접근 불가).")
     if ingest.get("files_quarantined"):
-        problems.append(f"{ingest['files_quarantined']:,} file(s) in quarantine: run `silson-agent quarantine list`.")
+        problems.append(
+            f"{ingest['files_quarantined']:,} file(s) in quarantine: run `silson-agent quarantine list`."
+        )
     days = api.get("server_cert_expires_in_days")
     if isinstance(days, int) and days <= 30:
         problems.append(f"Server certificate expires in {days} day(s) (인증서 만료 임박).")
-    banner = "".join(f'<li>{html.escape(p)}</li>' for p in problems) or "<li>All good (정상).</li>"
+    banner = "".join(f"<li>{html.escape(p)}</li>" for p in problems) or "<li>All good (정상).</li>"
     watch_rows = "".join(
-        f"<tr><td>{_e(w.get('path'))}</td><td class=\"{'ok' if w.get('reachable') else 'bad'}\">"
+        f'<tr><td>{_e(w.get("path"))}</td><td class="{"ok" if w.get("reachable") else "bad"}">'
         f"{'reachable' if w.get('reachable') else 'UNREACHABLE'}</td><td>{_e(w.get('pending'))}</td>"
-        f"<td>{_e(w.get('observer'))}</td></tr>" for w in status.get("watch") or [])
+        f"<td>{_e(w.get('observer'))}</td></tr>"
+        for w in status.get("watch") or []
+    )
     job_rows = "".join(
         f"<tr><td>{_e(j.get('name'))}</td><td>{_e(j.get('next_run_at'))}</td>"
-        f"<td class=\"{'bad' if j.get('last_result') == 'error' else ''}\">{_e(j.get('last_result'))}</td></tr>"
-        for j in status.get("jobs") or [])
+        f'<td class="{"bad" if j.get("last_result") == "error" else ""}">{_e(j.get("last_result"))}</td></tr>'
+        for j in status.get("jobs") or []
+    )
     free = disk.get("data_dir_free_bytes")
     free_text = f"{free / 1e9:,.1f} GB" if isinstance(free, int) else None
     return f"""<!doctype html>
@@ -61,26 +66,26 @@ def render_status_html(status: dict[str, Any]) -> str:
 body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} h1{{font-size:1.4em}}
 table{{border-collapse:collapse;margin:0 0 1.5em}} th,td{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}
 th{{background:#f4f4f4}} .ok{{color:#176f2c}} .bad{{color:#b00020;font-weight:bold}}
-ul.banner{{padding:.7em 2em;background:{'#eef8ee' if not problems else '#fff3f3'};border:1px solid #ccc}}
+ul.banner{{padding:.7em 2em;background:{"#eef8ee" if not problems else "#fff3f3"};border:1px solid #ccc}}
 </style></head><body>
-<h1>silson-agent {_e(status.get('agent_version'))} — 요양기관 {_e(status.get('institution_code'))}</h1>
+<h1>silson-agent {_e(status.get("agent_version"))} — 요양기관 {_e(status.get("institution_code"))}</h1>
 <ul class="banner" id="summary">{banner}</ul>
 <table id="overview">
-{_row('Running (실행 중)', running, 'ok' if running else 'bad')}
-{_row('Uptime (s)', status.get('uptime_s'))}
-{_row('Current documents, active', documents.get('current_active'))}
-{_row('Current documents, cancelled', documents.get('current_cancelled'))}
-{_row('Versions stored', documents.get('versions_total'))}
-{_row('Files accepted', ingest.get('files_accepted'))}
-{_row('Files duplicate', ingest.get('files_duplicate'))}
-{_row('Files quarantined', ingest.get('files_quarantined'), 'bad' if ingest.get('files_quarantined') else '')}
-{_row('Files pending', ingest.get('files_pending'))}
-{_row('Records committed', ingest.get('records_committed'))}
-{_row('Last commit', ingest.get('last_commit_at'))}
-{_row('Relay port', api.get('listen'))}
-{_row('Last relay request', api.get('last_request_at'))}
-{_row('Server certificate expires in (days)', days)}
-{_row('Disk free (data_dir)', free_text)}
+{_row("Running (실행 중)", running, "ok" if running else "bad")}
+{_row("Uptime (s)", status.get("uptime_s"))}
+{_row("Current documents, active", documents.get("current_active"))}
+{_row("Current documents, cancelled", documents.get("current_cancelled"))}
+{_row("Versions stored", documents.get("versions_total"))}
+{_row("Files accepted", ingest.get("files_accepted"))}
+{_row("Files duplicate", ingest.get("files_duplicate"))}
+{_row("Files quarantined", ingest.get("files_quarantined"), "bad" if ingest.get("files_quarantined") else "")}
+{_row("Files pending", ingest.get("files_pending"))}
+{_row("Records committed", ingest.get("records_committed"))}
+{_row("Last commit", ingest.get("last_commit_at"))}
+{_row("Relay port", api.get("listen"))}
+{_row("Last relay request", api.get("last_request_at"))}
+{_row("Server certificate expires in (days)", days)}
+{_row("Disk free (data_dir)", free_text)}
 </table>
 <h2>Watch folders (감시 폴더)</h2>
 <table id="watch"><tr><th>path</th><th>state</th><th>pending</th><th>observer</th></tr>{watch_rows}</table>

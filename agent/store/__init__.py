@@ -29,8 +29,25 @@ from agent.store.models import (
 from agent.store.store import STORE_FILE, Store, normalise_name
 
 __all__ = [
-    "ACCEPTED", "DUPLICATE", "QUARANTINED", "SUPERSEDED", "STORE_FILE", "Binding", "BindingUpdate",
-    "FileFingerprint", "FileOutcome", "LedgerEntry", "PurgeResult", "QuarantineEntry", "QuarantineItem",
-    "RotationResult", "SearchHit", "SearchResult", "StoreRecord", "Store", "StoredDocument", "VerifyReport",
+    "ACCEPTED",
+    "DUPLICATE",
+    "QUARANTINED",
+    "SUPERSEDED",
+    "STORE_FILE",
+    "Binding",
+    "BindingUpdate",
+    "FileFingerprint",
+    "FileOutcome",
+    "LedgerEntry",
+    "PurgeResult",
+    "QuarantineEntry",
+    "QuarantineItem",
+    "RotationResult",
+    "SearchHit",
+    "SearchResult",
+    "StoreRecord",
+    "Store",
+    "StoredDocument",
+    "VerifyReport",
     "normalise_name",
 ]

@@ -91,7 +91,9 @@ def _sha256_file(path: Path) -> tuple[int, str]:
 def _db_generation(path: Path) -> tuple[int, str | None]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = dict(conn.execute("SELECT key, value FROM kv WHERE key IN ('generation', 'store_id')").fetchall())
+        rows = dict(
+            conn.execute("SELECT key, value FROM kv WHERE key IN ('generation', 'store_id')").fetchall()
+        )
     except sqlite3.Error:
         rows = {}
     finally:
@@ -114,7 +116,9 @@ def write_backup(store: Store, out_path: Path) -> dict[str, Any]:
             snapshot(audit, audit_copy)
         generation, store_id = _db_generation(store_copy)
         kek_id, kek = store._refresh_current_kek()
-        return _encrypt_members(members, out_path, kek_id, kek, generation, store_id, utc_iso(store.clock.now()))
+        return _encrypt_members(
+            members, out_path, kek_id, kek, generation, store_id, utc_iso(store.clock.now())
+        )
     except OSError as exc:
         if exc.errno == 28:
             from agent.errors import DiskFullError
@@ -126,8 +130,15 @@ def write_backup(store: Store, out_path: Path) -> dict[str, Any]:
             _remove_db(path)
 
 
-def _encrypt_members(members: list[tuple[str, Path]], out_path: Path, kek_id: str, kek: bytes, generation: int,
-                     store_id: str | None, created_at: str) -> dict[str, Any]:
+def _encrypt_members(
+    members: list[tuple[str, Path]],
+    out_path: Path,
+    kek_id: str,
+    kek: bytes,
+    generation: int,
+    store_id: str | None,
+    created_at: str,
+) -> dict[str, Any]:
     backup_id = new_entry_id("bak")
     dek = crypto.new_dek()
     wrap_nonce, wrapped = crypto.wrap_dek(dek, backup_id, 0, kek_id, kek)
@@ -135,9 +146,18 @@ def _encrypt_members(members: list[tuple[str, Path]], out_path: Path, kek_id: st
     for name, path in members:
         size, digest = _sha256_file(path)
         info.append({"name": name, "size": size, "sha256": digest})
-    header = {"format": 1, "backup_id": backup_id, "created_at": created_at, "kek_id": kek_id,
-              "wrap_nonce": wrap_nonce.hex(), "wrapped_dek": wrapped.hex(), "chunk_size": CHUNK_SIZE,
-              "members": info, "generation": generation, "store_id": store_id}
+    header = {
+        "format": 1,
+        "backup_id": backup_id,
+        "created_at": created_at,
+        "kek_id": kek_id,
+        "wrap_nonce": wrap_nonce.hex(),
+        "wrapped_dek": wrapped.hex(),
+        "chunk_size": CHUNK_SIZE,
+        "members": info,
+        "generation": generation,
+        "store_id": store_id,
+    }
     header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     header_digest = hashlib.sha256(header_bytes).digest()
     aead = AESGCM(dek)
@@ -160,7 +180,9 @@ def _encrypt_members(members: list[tuple[str, Path]], out_path: Path, kek_id: st
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(out_path.parent)
-    return {k: header[k] for k in ("backup_id", "created_at", "kek_id", "members", "generation")} | {"chunks": index}
+    return {k: header[k] for k in ("backup_id", "created_at", "kek_id", "members", "generation")} | {
+        "chunks": index
+    }
 
 
 def _stream(members: list[tuple[str, Path]]) -> Iterator[bytes]:
@@ -224,8 +246,10 @@ def _kek_for(keyring: KeyRing, kek_id: str) -> bytes:
         path = keyring.keys_dir / f"{kek_id}.key"
         if not path.exists():
             # Exit 6, not 4: without its KEK the backup cannot be authenticated (or its header was edited).
-            raise IntegrityError(f"the backup needs key-encryption key {kek_id}, which is not in {keyring.keys_dir} "
-                              "(retired, or keys from another installation)")
+            raise IntegrityError(
+                f"the backup needs key-encryption key {kek_id}, which is not in {keyring.keys_dir} "
+                "(retired, or keys from another installation)"
+            )
         check_key_file(path)
         kek = path.read_bytes()
     return kek
@@ -245,10 +269,14 @@ def decrypt_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> tuple[dict[st
             try:
                 backup_id = str(header["backup_id"])
                 kek_id = str(header["kek_id"])
-                wrap_nonce, wrapped = bytes.fromhex(header["wrap_nonce"]), bytes.fromhex(header["wrapped_dek"])
+                wrap_nonce, wrapped = (
+                    bytes.fromhex(header["wrap_nonce"]),
+                    bytes.fromhex(header["wrapped_dek"]),
+                )
                 members: list[dict[str, Any]] = [
                     {"name": str(m["name"]), "size": int(m["size"]), "sha256": str(m["sha256"])}
-                           for m in header["members"]]
+                    for m in header["members"]
+                ]
                 if any(m["name"] not in ("store.db", AUDIT_FILE) or m["size"] < 0 for m in members):
                     raise ValueError
             except (KeyError, ValueError, TypeError):
@@ -287,13 +315,15 @@ def decrypt_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> tuple[dict[st
                         raise IntegrityError(f"integrity error: backup chunk {index} failed authentication")
                     while plain:
                         if member_i >= len(handles):
-                            raise IntegrityError("integrity error: backup holds more data than its header lists")
+                            raise IntegrityError(
+                                "integrity error: backup holds more data than its header lists"
+                            )
                         m, out, h = handles[member_i]
-                        take = plain[:m["size"] - written]
+                        take = plain[: m["size"] - written]
                         out.write(take)
                         h.update(take)
                         written += len(take)
-                        plain = plain[len(take):]
+                        plain = plain[len(take) :]
                         if written == m["size"]:
                             member_i, written = member_i + 1, 0
                     index += 1
@@ -322,11 +352,15 @@ def _integrity_check(path: Path, name: str) -> None:
     try:
         rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
     except sqlite3.DatabaseError as exc:
-        raise IntegrityError(f"integrity error: backup member {name} is not a valid database ({exc})") from None
+        raise IntegrityError(
+            f"integrity error: backup member {name} is not a valid database ({exc})"
+        ) from None
     finally:
         conn.close()
     if rows != ["ok"]:
-        raise IntegrityError(f"integrity error: backup member {name} fails integrity_check: {'; '.join(rows)[:300]}")
+        raise IntegrityError(
+            f"integrity error: backup member {name} fails integrity_check: {'; '.join(rows)[:300]}"
+        )
 
 
 def verify_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> dict[str, Any]:
@@ -364,7 +398,8 @@ def restore_backup(path: Path, data_dir: Path, keyring: KeyRing, *, force: bool 
             if current_gen > int(header.get("generation", 0)) and not force:
                 raise UnavailableError(
                     f"the current store is newer than the backup (generation {current_gen} > "
-                    f"{header.get('generation', 0)}); use --force to overwrite it")
+                    f"{header.get('generation', 0)}); use --force to overwrite it"
+                )
         restored = []
         for name, p in outputs.items():
             dest = data_dir / name
@@ -380,8 +415,12 @@ def restore_backup(path: Path, data_dir: Path, keyring: KeyRing, *, force: bool 
             os.replace(p, dest)
             restored.append(name)
         fsync_dir(data_dir)
-        return {"backup_id": header["backup_id"], "restored": restored, "previous_generation": current_gen,
-                "generation": header.get("generation")}
+        return {
+            "backup_id": header["backup_id"],
+            "restored": restored,
+            "previous_generation": current_gen,
+            "generation": header.get("generation"),
+        }
     finally:
         for p in outputs.values():
             _remove_db(p)

@@ -92,8 +92,16 @@ def wrap_dek(dek: bytes, record_id: str, version: int | str, kek_id: str, kek: b
     return nonce, _kek_aead(kek).encrypt(nonce, dek, dek_aad(record_id, version, kek_id))
 
 
-def unwrap_dek(record_id: str, version: int | str, kek_id: str, kek: bytes,
-               wrap_nonce: bytes, wrapped_dek: bytes, *, what: str) -> bytes:
+def unwrap_dek(
+    record_id: str,
+    version: int | str,
+    kek_id: str,
+    kek: bytes,
+    wrap_nonce: bytes,
+    wrapped_dek: bytes,
+    *,
+    what: str,
+) -> bytes:
     try:
         return _kek_aead(kek).decrypt(wrap_nonce, wrapped_dek, dek_aad(record_id, version, kek_id))
     except (InvalidTag, ValueError):
@@ -104,13 +112,19 @@ def seal(kind: str, record_id: str, version: int | str, plaintext: bytes, kek_id
     """Encrypt one record under a fresh DEK wrapped by ``kek``."""
     # One CSPRNG read for the DEK and both nonces: same randomness, a third of the calls.
     rnd = os.urandom(KEY_BYTES + 2 * NONCE_BYTES)
-    dek, wrap_nonce, nonce = rnd[:KEY_BYTES], rnd[KEY_BYTES:KEY_BYTES + NONCE_BYTES], rnd[KEY_BYTES + NONCE_BYTES:]
+    dek, wrap_nonce, nonce = (
+        rnd[:KEY_BYTES],
+        rnd[KEY_BYTES : KEY_BYTES + NONCE_BYTES],
+        rnd[KEY_BYTES + NONCE_BYTES :],
+    )
     wrapped = _kek_aead(kek).encrypt(wrap_nonce, dek, dek_aad(record_id, version, kek_id))
     ciphertext = AESGCM(dek).encrypt(nonce, plaintext, content_aad(kind, record_id, version))
     return Sealed(kek_id, wrap_nonce, wrapped, nonce, ciphertext)
 
 
-def open_sealed(kind: str, record_id: str, version: int | str, sealed: Sealed, kek: bytes, *, what: str) -> bytes:
+def open_sealed(
+    kind: str, record_id: str, version: int | str, sealed: Sealed, kek: bytes, *, what: str
+) -> bytes:
     """Decrypt one record; any authentication failure is an ``IntegrityError`` naming ``what``."""
     dek = unwrap_dek(record_id, version, sealed.kek_id, kek, sealed.wrap_nonce, sealed.wrapped_dek, what=what)
     try:
@@ -119,9 +133,19 @@ def open_sealed(kind: str, record_id: str, version: int | str, sealed: Sealed, k
         raise IntegrityError(f"integrity error: {what}: content failed authentication") from None
 
 
-def rewrap(record_id: str, version: int | str, sealed: Sealed, old_kek: bytes,
-           new_kek_id: str, new_kek: bytes, *, what: str) -> Sealed:
+def rewrap(
+    record_id: str,
+    version: int | str,
+    sealed: Sealed,
+    old_kek: bytes,
+    new_kek_id: str,
+    new_kek: bytes,
+    *,
+    what: str,
+) -> Sealed:
     """Re-wrap the DEK under another KEK; the content ciphertext is untouched (key rotation)."""
-    dek = unwrap_dek(record_id, version, sealed.kek_id, old_kek, sealed.wrap_nonce, sealed.wrapped_dek, what=what)
+    dek = unwrap_dek(
+        record_id, version, sealed.kek_id, old_kek, sealed.wrap_nonce, sealed.wrapped_dek, what=what
+    )
     wrap_nonce, wrapped = wrap_dek(dek, record_id, version, new_kek_id, new_kek)
     return Sealed(new_kek_id, wrap_nonce, wrapped, sealed.nonce, sealed.ciphertext)

@@ -54,8 +54,9 @@ def connect(path: Path, *, writer: bool, trace: TraceCallback | None = None) -> 
         # Create with 0600 ourselves rather than rely on the umask of whoever started us.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         os.close(fd)
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
     if trace is not None:
         conn.set_trace_callback(trace)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -79,7 +80,9 @@ def _fix_modes(path: Path) -> None:
 class Database:
     """The writer thread and the read pool over one SQLite file."""
 
-    def __init__(self, path: Path, *, trace: TraceCallback | None = None, pool_size: int = READ_POOL_SIZE) -> None:
+    def __init__(
+        self, path: Path, *, trace: TraceCallback | None = None, pool_size: int = READ_POOL_SIZE
+    ) -> None:
         self.path = path
         self._trace = trace
         self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
@@ -87,8 +90,9 @@ class Database:
         self._pool_created = 0
         self._pool_lock = threading.Lock()
         self._all_readers: list[sqlite3.Connection] = []
-        self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], bool,
-                                      concurrent.futures.Future[Any]] | None] = queue.Queue()
+        self._jobs: queue.Queue[
+            tuple[Callable[[sqlite3.Connection], Any], bool, concurrent.futures.Future[Any]] | None
+        ] = queue.Queue()
         self._closed = False
         old_umask = os.umask(0o077)  # -wal/-shm created by SQLite inherit it
         try:
@@ -168,7 +172,7 @@ class Database:
                 if aborted is not None:
                     index, failure = aborted
                     batch[index][2].set_exception(failure)
-                    batch = batch[:index] + batch[index + 1:]  # the others again, in a new transaction
+                    batch = batch[:index] + batch[index + 1 :]  # the others again, in a new transaction
                     continue
                 for (_, _, future), out in zip(batch, outcomes, strict=True):
                     (future.set_result if out[0] else future.set_exception)(out[1])

@@ -39,8 +39,10 @@ from agent.documents.crossdoc import cross_warnings, find_prescription_for_pharm
 from agent.documents.problems import Problem
 
 RECEIPT, DETAIL, PRESCRIPTION, PHARMACY = "receipt", "receipt_detail", "prescription", "pharmacy_receipt"
-LINK_COLUMNS = ("doc_id, document_type, ykiho, document_no, receipt_no, prescription_issue_no, preg_hmac, "
-                "care_start, care_end")
+LINK_COLUMNS = (
+    "doc_id, document_type, ykiho, document_no, receipt_no, prescription_issue_no, preg_hmac, "
+    "care_start, care_end"
+)
 _IN_CHUNK = 400  # bound parameters per IN list (well under SQLite's limit)
 
 
@@ -59,8 +61,9 @@ class LinkRow:
     care_end: str | None
 
 
-def link_values(doc: dict[str, Any], preg_hmac: Callable[[str, str], str]) -> tuple[str | None, str | None,
-                                                                                     str | None]:
+def link_values(
+    doc: dict[str, Any], preg_hmac: Callable[[str, str], str]
+) -> tuple[str | None, str | None, str | None]:
     """``(receipt_no, prescription_issue_no, preg_hmac)`` columns for a current version's content.
 
     ``preg_hmac`` is kept only where the §7.1 fallback can use it: on receipts, and on details that
@@ -84,7 +87,7 @@ def link_values(doc: dict[str, Any], preg_hmac: Callable[[str, str], str]) -> tu
 
 def _chunks(items: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _marks(n: int) -> str:
@@ -99,8 +102,14 @@ class CrossEvaluator:
     versions of other documents (doc id -> stored document dict), in one batch.
     """
 
-    def __init__(self, conn: sqlite3.Connection, pending: dict[str, dict[str, Any]],
-                 load: Callable[[Sequence[str]], dict[str, dict[str, Any]]], *, default_valid_days: int) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        pending: dict[str, dict[str, Any]],
+        load: Callable[[Sequence[str]], dict[str, dict[str, Any]]],
+        *,
+        default_valid_days: int,
+    ) -> None:
         self.conn = conn
         self.pending = pending
         self._load = load
@@ -145,23 +154,31 @@ class CrossEvaluator:
             for chunk in _chunks(values):
                 marks = _marks(len(chunk))
                 if kind == "receipt_by_no":
-                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE ykiho = ? AND document_type = 'receipt' "
-                           f"AND document_no IN ({marks})")
+                    sql = (
+                        f"SELECT {LINK_COLUMNS} FROM documents WHERE ykiho = ? AND document_type = 'receipt' "
+                        f"AND document_no IN ({marks})"
+                    )
                     params: tuple[Any, ...] = (group[1], *chunk)
                 elif kind == "detail_by_no":
                     sql = f"SELECT {LINK_COLUMNS} FROM documents WHERE ykiho = ? AND receipt_no IN ({marks})"
                     params = (group[1], *chunk)
                 elif kind == "receipt_by_care":
-                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'receipt' "
-                           f"AND care_start IN ({marks})")
+                    sql = (
+                        f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'receipt' "
+                        f"AND care_start IN ({marks})"
+                    )
                     params = tuple(chunk)
                 elif kind == "detail_by_preg":
-                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'receipt_detail' "
-                           f"AND preg_hmac IS NOT NULL AND preg_hmac IN ({marks})")
+                    sql = (
+                        f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'receipt_detail' "
+                        f"AND preg_hmac IS NOT NULL AND preg_hmac IN ({marks})"
+                    )
                     params = tuple(chunk)
                 elif kind == "rx_by_no":
-                    sql = (f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'prescription' "
-                           f"AND document_no IN ({marks})")
+                    sql = (
+                        f"SELECT {LINK_COLUMNS} FROM documents WHERE document_type = 'prescription' "
+                        f"AND document_no IN ({marks})"
+                    )
                     params = tuple(chunk)
                 else:  # pharmacy_by_issue_no
                     sql = f"SELECT {LINK_COLUMNS} FROM documents WHERE prescription_issue_no IN ({marks})"
@@ -199,11 +216,17 @@ class CrossEvaluator:
             for c in self._memo.get(key, ()):
                 if c.doc_id in seen:
                     continue
-                if key[0] == "receipt_by_care" and (c.ykiho != row.ykiho or c.preg_hmac != row.preg_hmac
-                                                    or (c.care_start, c.care_end) != same_care):
+                if key[0] == "receipt_by_care" and (
+                    c.ykiho != row.ykiho
+                    or c.preg_hmac != row.preg_hmac
+                    or (c.care_start, c.care_end) != same_care
+                ):
                     continue
-                if key[0] == "detail_by_preg" and (c.ykiho != row.ykiho or c.receipt_no is not None
-                                                   or (c.care_start, c.care_end) != same_care):
+                if key[0] == "detail_by_preg" and (
+                    c.ykiho != row.ykiho
+                    or c.receipt_no is not None
+                    or (c.care_start, c.care_end) != same_care
+                ):
                     continue
                 seen.add(c.doc_id)
                 out.append(c)
@@ -236,8 +259,12 @@ class CrossEvaluator:
         # A receipt's (prescription's) partners are the details (pharmacy receipts) that link to it,
         # and whether one does depends on all of *its* candidates (first match / exactly one).
         self._fetch(k for r in affected.values() for k in self._keys(r))
-        second = [c for r in affected.values() if r.document_type in (RECEIPT, PRESCRIPTION)
-                  for c in self._candidates(r)]
+        second = [
+            c
+            for r in affected.values()
+            if r.document_type in (RECEIPT, PRESCRIPTION)
+            for c in self._candidates(r)
+        ]
         self._fetch(k for r in second for k in self._keys(r))
         wanted = set(affected)
         for r in list(affected.values()) + second:

@@ -112,10 +112,17 @@ class SearchHit:
     identity_match: str  # "rrn" | "rrn_prefix"
 
     def as_json(self) -> dict[str, Any]:
-        return {"id": self.doc_id, "type": self.document_type, "document_no": self.document_no,
-                "version": self.version, "issued_on": self.issued_on, "care_period": self.care_period,
-                "total_amount_krw": self.total_amount_krw, "institution_code": self.institution_code,
-                "identity_match": self.identity_match}
+        return {
+            "id": self.doc_id,
+            "type": self.document_type,
+            "document_no": self.document_no,
+            "version": self.version,
+            "issued_on": self.issued_on,
+            "care_period": self.care_period,
+            "total_amount_krw": self.total_amount_krw,
+            "institution_code": self.institution_code,
+            "identity_match": self.identity_match,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,10 @@ import sqlite3
 
 # Every encrypted record has the same five sealed columns (agent.store.crypto.Sealed); ``versions``
 # holds two records per row (the document, and its subject with the ``subject_`` column prefix).
-_SEALED = "kek_id TEXT NOT NULL, wrap_nonce BLOB NOT NULL, wrapped_dek BLOB NOT NULL, " \
-          "nonce BLOB NOT NULL, ciphertext BLOB NOT NULL"
+_SEALED = (
+    "kek_id TEXT NOT NULL, wrap_nonce BLOB NOT NULL, wrapped_dek BLOB NOT NULL, "
+    "nonce BLOB NOT NULL, ciphertext BLOB NOT NULL"
+)
 
 MIGRATIONS: list[str] = [
     # 0 -> 1: documents, versions, subjects, ingest ledger.
@@ -194,8 +196,10 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     if current > SCHEMA_VERSION:
         from agent.errors import ConfigError
 
-        raise ConfigError(f"store schema version {current} is newer than this agent supports "
-                          f"({SCHEMA_VERSION}); upgrade silson-agent")
+        raise ConfigError(
+            f"store schema version {current} is newer than this agent supports "
+            f"({SCHEMA_VERSION}); upgrade silson-agent"
+        )
     while current < target:
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -76,8 +76,9 @@ BINDING_LIFE_S = 60 * 60  # relay-api.md §6.3: latest search + 60 minutes
 AGENT_FIELDS = ("source", "received_at", "content_hash", "validation")
 ALL_TYPES = ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")
 _SEALED_COLS = "kek_id, wrap_nonce, wrapped_dek, nonce, ciphertext"
-_SUBJECT_SEALED_COLS = ("subject_kek_id, subject_wrap_nonce, subject_wrapped_dek, subject_nonce, "
-                        "subject_ciphertext")
+_SUBJECT_SEALED_COLS = (
+    "subject_kek_id, subject_wrap_nonce, subject_wrapped_dek, subject_nonce, subject_ciphertext"
+)
 _SUBJECT_FIELDS = ("name", "rrn", "rrn_masked", "patient_reg_no")
 # The subject record id is derived from the doc id (ids.subject_id_for), in SQL for the loops below.
 _SUBJECT_ID_SQL = "'sub_' || substr(doc_id, 5)"
@@ -143,8 +144,9 @@ def _rules_json(rules: Sequence[str]) -> str:
 
 
 def _sealed(row: Sequence[Any], start: int = 0) -> Sealed:
-    return Sealed(row[start], bytes(row[start + 1]), bytes(row[start + 2]), bytes(row[start + 3]),
-                  bytes(row[start + 4]))
+    return Sealed(
+        row[start], bytes(row[start + 1]), bytes(row[start + 2]), bytes(row[start + 3]), bytes(row[start + 4])
+    )
 
 
 def _pack(meta: dict[str, Any], content: bytes | None) -> bytes:
@@ -155,14 +157,23 @@ def _pack(meta: dict[str, Any], content: bytes | None) -> bytes:
 
 def _unpack(data: bytes) -> tuple[dict[str, Any], bytes]:
     n = int.from_bytes(data[:4], "big")
-    return json.loads(data[4:4 + n]), data[4 + n:]
+    return json.loads(data[4 : 4 + n]), data[4 + n :]
 
 
 class Store:
     """The store of one installation. Open with ``Store.open(config)``; close (or use ``with``)."""
 
-    def __init__(self, db: Database, keyring: KeyRing, clock: Clock, data_dir: Path,
-                 retention_keep_s: int, backup_dir: Path | None = None, *, default_valid_days: int = 3) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keyring: KeyRing,
+        clock: Clock,
+        data_dir: Path,
+        retention_keep_s: int,
+        backup_dir: Path | None = None,
+        *,
+        default_valid_days: int = 3,
+    ) -> None:
         self.db = db
         self.keyring = keyring
         self.clock = clock
@@ -173,15 +184,28 @@ class Store:
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, config: Config, *, keyring: KeyRing | None = None, clock: Clock | None = None,
-             trace: TraceCallback | None = None) -> Store:
+    def open(
+        cls,
+        config: Config,
+        *,
+        keyring: KeyRing | None = None,
+        clock: Clock | None = None,
+        trace: TraceCallback | None = None,
+    ) -> Store:
         """Open (creating and migrating as needed) ``data_dir/store.db``."""
         data_dir = ensure_dir(config.data_dir)
         ensure_dir(data_dir / "tmp")
         keyring = keyring or load_keyring(config.keys_dir)
         db = Database(data_dir / STORE_FILE, trace=trace)
-        store = cls(db, keyring, clock or SystemClock(), data_dir, int(config.retention.keep),
-                    backup_dir=config.backup.dir, default_valid_days=int(config.validation.default_valid_days))
+        store = cls(
+            db,
+            keyring,
+            clock or SystemClock(),
+            data_dir,
+            int(config.retention.keep),
+            backup_dir=config.backup.dir,
+            default_valid_days=int(config.validation.default_valid_days),
+        )
         store._ensure_identity()
         store._backfill_links()
         return store
@@ -197,10 +221,14 @@ class Store:
 
     def _ensure_identity(self) -> None:
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('store_id', ?)", (new_entry_id("store"),))
+            conn.execute(
+                "INSERT OR IGNORE INTO kv (key, value) VALUES ('store_id', ?)", (new_entry_id("store"),)
+            )
             conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('generation', '0')")
-            conn.execute("INSERT OR IGNORE INTO kv (key, value) VALUES ('created_at', ?)",
-                         (utc_iso(self.clock.now()),))
+            conn.execute(
+                "INSERT OR IGNORE INTO kv (key, value) VALUES ('created_at', ?)", (utc_iso(self.clock.now()),)
+            )
+
         self.db.write(job)
 
     def _backfill_links(self, batch: int = 500) -> None:
@@ -215,18 +243,28 @@ class Store:
             return
         last = ""
         while True:
+
             def job(conn: sqlite3.Connection, after: str = last) -> str | None:
-                ids = [r[0] for r in conn.execute("SELECT doc_id FROM documents WHERE doc_id > ? ORDER BY doc_id "
-                                                  "LIMIT ?", (after, batch))]
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT doc_id FROM documents WHERE doc_id > ? ORDER BY doc_id LIMIT ?",
+                        (after, batch),
+                    )
+                ]
                 if not ids:
                     conn.execute("DELETE FROM kv WHERE key = 'backfill_links'")
                     return None
                 rows = []
                 for doc_id, stored in self._load_current_many(conn, ids).items():
                     rows.append((*link_values(stored.document, self.preg_hmac), doc_id))
-                conn.executemany("UPDATE documents SET receipt_no = ?, prescription_issue_no = ?, preg_hmac = ? "
-                                 "WHERE doc_id = ?", rows)
+                conn.executemany(
+                    "UPDATE documents SET receipt_no = ?, prescription_issue_no = ?, preg_hmac = ? "
+                    "WHERE doc_id = ?",
+                    rows,
+                )
                 return ids[-1]
+
             nxt = self.db.write(job)
             if nxt is None:
                 return
@@ -262,35 +300,61 @@ class Store:
 
     def path_hmac(self, path: str) -> str:
         """Keyed HMAC of a source path for ledger look-up (the path itself is stored encrypted)."""
-        return hmac.new(self.keyring.blind_index_key, b"path:v1:" + path.encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).hexdigest()
+        return hmac.new(
+            self.keyring.blind_index_key, b"path:v1:" + path.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).hexdigest()
 
     # -- helpers for write jobs -----------------------------------------------------------------
     def _bump_generation(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE kv SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
 
-    def _insert_ledger(self, conn: sqlite3.Connection, fp: FileFingerprint | None, sha256: str, outcome: str,
-                       meta: dict[str, Any] | None, now_iso: str, kek: tuple[str, bytes]) -> int:
+    def _insert_ledger(
+        self,
+        conn: sqlite3.Connection,
+        fp: FileFingerprint | None,
+        sha256: str,
+        outcome: str,
+        meta: dict[str, Any] | None,
+        now_iso: str,
+        kek: tuple[str, bytes],
+    ) -> int:
         path_id = sealed = None
         path_h = size = mtime = None
         if fp is not None:
             path_h, size, mtime = self.path_hmac(fp.path), fp.size, fp.mtime_ns
             path_id = new_entry_id("led")
-            sealed = crypto.seal(crypto.KIND_LEDGER, path_id, 0, _dumps({"path": fp.path, "meta": meta or {}}), *kek)
+            sealed = crypto.seal(
+                crypto.KIND_LEDGER, path_id, 0, _dumps({"path": fp.path, "meta": meta or {}}), *kek
+            )
         cur = conn.execute(
             "INSERT INTO ledger (file_id, sha256, size, mtime_ns, path_hmac, outcome, committed_at, path_id, "
             f"{_SEALED_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (sha256[:16], sha256, size, mtime, path_h, outcome, now_iso, path_id,
-             *((sealed.kek_id, sealed.wrap_nonce, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext)
-               if sealed else (None,) * 5)))
+            (
+                sha256[:16],
+                sha256,
+                size,
+                mtime,
+                path_h,
+                outcome,
+                now_iso,
+                path_id,
+                *(
+                    (sealed.kek_id, sealed.wrap_nonce, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext)
+                    if sealed
+                    else (None,) * 5
+                ),
+            ),
+        )
         return int(cur.lastrowid or 0)
 
     # -- ingest --------------------------------------------------------------------------------
     def file_known(self, sha256: str) -> bool:
         """True when a byte-identical file was already committed (accepted/duplicate/superseded)."""
         with self.db.reader() as conn:
-            row = conn.execute("SELECT 1 FROM ledger WHERE sha256 = ? AND outcome IN (?,?,?) LIMIT 1",
-                               (sha256, *COMMITTED_OUTCOMES)).fetchone()
+            row = conn.execute(
+                "SELECT 1 FROM ledger WHERE sha256 = ? AND outcome IN (?,?,?) LIMIT 1",
+                (sha256, *COMMITTED_OUTCOMES),
+            ).fetchone()
         return row is not None
 
     def ledger_lookup(self, path: str, size: int, mtime_ns: int) -> LedgerEntry | None:
@@ -299,11 +363,18 @@ class Store:
             row = conn.execute(
                 "SELECT ledger_id, file_id, sha256, size, mtime_ns, outcome, records_committed, committed_at "
                 "FROM ledger WHERE path_hmac = ? AND size = ? AND mtime_ns = ? ORDER BY ledger_id DESC LIMIT 1",
-                (self.path_hmac(path), size, mtime_ns)).fetchone()
+                (self.path_hmac(path), size, mtime_ns),
+            ).fetchone()
         return LedgerEntry(*row) if row else None
 
-    def commit_file(self, fingerprint: FileFingerprint, records: Sequence[Any], *, archive: bytes | None = None,
-                    file_meta: dict[str, Any] | None = None) -> FileOutcome:
+    def commit_file(
+        self,
+        fingerprint: FileFingerprint,
+        records: Sequence[Any],
+        *,
+        archive: bytes | None = None,
+        file_meta: dict[str, Any] | None = None,
+    ) -> FileOutcome:
         """Commit every record of one file in ONE transaction and return the file's outcome.
 
         ``records``: ``StoreRecord`` or ``agent.pipeline.ValidatedRecord`` (index, canonical document,
@@ -322,20 +393,33 @@ class Store:
         now_iso = utc_iso(self.clock.now())
         file_id = fingerprint.file_id
         # The source block is the same for every record of the file but its index: build it once.
-        source = {k: v for k, v in {
-            "file_name": meta.get("file_name"), "sha256": fingerprint.sha256, "record_index": 0,
-            "profile": meta.get("profile", "standard"), "format": meta.get("format"),
-            "encoding": meta.get("encoding")}.items() if v is not None}
+        source = {
+            k: v
+            for k, v in {
+                "file_name": meta.get("file_name"),
+                "sha256": fingerprint.sha256,
+                "record_index": 0,
+                "profile": meta.get("profile", "standard"),
+                "format": meta.get("format"),
+                "encoding": meta.get("encoding"),
+            }.items()
+            if v is not None
+        }
 
         def job(conn: sqlite3.Connection) -> FileOutcome:
             kek = self._refresh_current_kek()
-            if conn.execute("SELECT 1 FROM ledger WHERE sha256 = ? AND outcome IN (?,?,?) LIMIT 1",
-                            (fingerprint.sha256, *COMMITTED_OUTCOMES)).fetchone():
-                ledger_id = self._insert_ledger(conn, fingerprint, fingerprint.sha256, OUT_DUPLICATE, meta,
-                                                now_iso, kek)
+            if conn.execute(
+                "SELECT 1 FROM ledger WHERE sha256 = ? AND outcome IN (?,?,?) LIMIT 1",
+                (fingerprint.sha256, *COMMITTED_OUTCOMES),
+            ).fetchone():
+                ledger_id = self._insert_ledger(
+                    conn, fingerprint, fingerprint.sha256, OUT_DUPLICATE, meta, now_iso, kek
+                )
                 self._bump_generation(conn)
                 return FileOutcome(OUT_DUPLICATE, file_id, noop_records=len(inputs), ledger_id=ledger_id)
-            ledger_id = self._insert_ledger(conn, fingerprint, fingerprint.sha256, ACCEPTED, meta, now_iso, kek)
+            ledger_id = self._insert_ledger(
+                conn, fingerprint, fingerprint.sha256, ACCEPTED, meta, now_iso, kek
+            )
             outcome = FileOutcome(ACCEPTED, file_id, ledger_id=ledger_id)
             # Version order is the only ordering (documents.md §9.2): sort a file's records per key.
             ordered = sorted(inputs, key=lambda r: (r.key, r.version))
@@ -353,8 +437,13 @@ class Store:
                     if state.doc_id not in outcome.doc_ids:
                         outcome.doc_ids.append(state.doc_id)
             if outcome.problems:
-                raise _Rollback(FileOutcome(QUARANTINED, file_id, problems=sorted(
-                    outcome.problems, key=lambda p: (p.record or 0, p.rule))))
+                raise _Rollback(
+                    FileOutcome(
+                        QUARANTINED,
+                        file_id,
+                        problems=sorted(outcome.problems, key=lambda p: (p.record or 0, p.rule)),
+                    )
+                )
             changed = [s for s in states.values() if s.pending]
             if changed:
                 self._write_documents(conn, changed, now_iso)
@@ -364,15 +453,24 @@ class Store:
                 outcome.outcome = OUT_DUPLICATE
             elif any(s.existed for s in changed):
                 outcome.outcome = SUPERSEDED
-            conn.execute("UPDATE ledger SET outcome = ?, records_committed = ? WHERE ledger_id = ?",
-                         (outcome.outcome, outcome.versions_stored, ledger_id))
+            conn.execute(
+                "UPDATE ledger SET outcome = ?, records_committed = ? WHERE ledger_id = ?",
+                (outcome.outcome, outcome.versions_stored, ledger_id),
+            )
             if archive is not None and outcome.versions_stored:
                 archive_id = new_entry_id("arc")
-                sealed = crypto.seal(crypto.KIND_ARCHIVE, archive_id, 0,
-                                     _pack({"original_name": meta.get("file_name")}, archive), *kek)
-                conn.execute(f"INSERT INTO archive (archive_id, ledger_id, size, created_at, {_SEALED_COLS}) "
-                             "VALUES (?,?,?,?,?,?,?,?,?)", (archive_id, ledger_id, len(archive), now_iso,
-                                                            *sealed.columns()))
+                sealed = crypto.seal(
+                    crypto.KIND_ARCHIVE,
+                    archive_id,
+                    0,
+                    _pack({"original_name": meta.get("file_name")}, archive),
+                    *kek,
+                )
+                conn.execute(
+                    f"INSERT INTO archive (archive_id, ledger_id, size, created_at, {_SEALED_COLS}) "
+                    "VALUES (?,?,?,?,?,?,?,?,?)",
+                    (archive_id, ledger_id, len(archive), now_iso, *sealed.columns()),
+                )
             conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('last_commit_at', ?)", (now_iso,))
             self._bump_generation(conn)
             return outcome
@@ -395,17 +493,21 @@ class Store:
         for (ykiho, doc_type), numbers in by_group.items():
             for chunk in _chunks(numbers, 400):
                 for row in conn.execute(
-                        "SELECT document_no, doc_id, receipt_no, prescription_issue_no, preg_hmac, "
-                        f"care_start, care_end FROM documents WHERE ykiho = ? AND document_type = ? "
-                        f"AND document_no IN ({','.join('?' * len(chunk))})", (ykiho, doc_type, *chunk)):
+                    "SELECT document_no, doc_id, receipt_no, prescription_issue_no, preg_hmac, "
+                    f"care_start, care_end FROM documents WHERE ykiho = ? AND document_type = ? "
+                    f"AND document_no IN ({','.join('?' * len(chunk))})",
+                    (ykiho, doc_type, *chunk),
+                ):
                     state = states[(ykiho, doc_type, row[0])]
                     state.doc_id, state.existed = row[1], True
                     state.previous_links = LinkRow(row[1], doc_type, ykiho, row[0], *row[2:])
                     existing[row[1]] = state
         for chunk in _chunks(list(existing), 400):
             for doc_id, version, chash, status in conn.execute(
-                    "SELECT doc_id, version, content_hash, status FROM versions "
-                    f"WHERE doc_id IN ({','.join('?' * len(chunk))})", chunk):
+                "SELECT doc_id, version, content_hash, status FROM versions "
+                f"WHERE doc_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
                 existing[doc_id].stored.append(StoredVersion(version, chash, status))
         # The current content is needed only by a record that is not a re-export of a stored
         # version (R-014, W-011, cancellation merge): decrypt just those, fetched in one query.
@@ -421,8 +523,9 @@ class Store:
                 state.doc_id = new_doc_id()
         return states
 
-    def _decide_record(self, state: _KeyState, rec: _Input, source: dict[str, Any],
-                       now_iso: str) -> Problem | list[Problem] | None:
+    def _decide_record(
+        self, state: _KeyState, rec: _Input, source: dict[str, Any], now_iso: str
+    ) -> Problem | list[Problem] | None:
         """Apply documents.md §9 to one record against the key's state (stored + earlier in the file).
 
         Returns the R-010/R-014 problem, ``None`` for a no-op, or the W-011/W-012/W-013 warnings of a
@@ -446,8 +549,16 @@ class Store:
         stored_doc["received_at"] = now_iso
         stored_doc["content_hash"] = rec.content_hash
         stored_doc["validation"] = {"warnings": warnings, "cross_warnings": []}
-        state.pending.append(_Pending(version, status, rec.content_hash, content, stored_doc,
-                                      _rules_json([w["rule"] for w in warnings])))
+        state.pending.append(
+            _Pending(
+                version,
+                status,
+                rec.content_hash,
+                content,
+                stored_doc,
+                _rules_json([w["rule"] for w in warnings]),
+            )
+        )
         state.stored.append(StoredVersion(version, rec.content_hash, status))
         state.content = content
         return decided
@@ -470,25 +581,44 @@ class Store:
                 rrn7_bidx = self.keyring.rrn7_index(patient["rrn_masked"][:7])
             receipt_no, issue_no, preg = link_values(content, self.preg_hmac)
             ykiho, doc_type, document_no = state.key
-            state.links = LinkRow(state.doc_id, doc_type, ykiho, document_no, receipt_no, issue_no, preg, care_start,
-                                  care_end)
-            values = (cur.version, cur.status, str(content.get("issued_on")), care_start, care_end, total, rrn_bidx,
-                      rrn7_bidx, receipt_no, issue_no, preg, now_iso)
+            state.links = LinkRow(
+                state.doc_id, doc_type, ykiho, document_no, receipt_no, issue_no, preg, care_start, care_end
+            )
+            values = (
+                cur.version,
+                cur.status,
+                str(content.get("issued_on")),
+                care_start,
+                care_end,
+                total,
+                rrn_bidx,
+                rrn7_bidx,
+                receipt_no,
+                issue_no,
+                preg,
+                now_iso,
+            )
             if state.existed:
                 updates.append((*values, state.doc_id))
             else:
                 inserts.append((state.doc_id, *state.key, *values))
-        tail = ("current_version, current_status, issued_on, care_start, care_end, total_charge, rrn_bidx, "
-                "rrn7_bidx, receipt_no, prescription_issue_no, preg_hmac, updated_at")
+        tail = (
+            "current_version, current_status, issued_on, care_start, care_end, total_charge, rrn_bidx, "
+            "rrn7_bidx, receipt_no, prescription_issue_no, preg_hmac, updated_at"
+        )
         if inserts:
-            conn.executemany(f"INSERT INTO documents (doc_id, ykiho, document_type, document_no, {tail}) "
-                             f"VALUES ({','.join('?' * 16)})", inserts)
+            conn.executemany(
+                f"INSERT INTO documents (doc_id, ykiho, document_type, document_no, {tail}) "
+                f"VALUES ({','.join('?' * 16)})",
+                inserts,
+            )
         if updates:
             sets = ", ".join(f"{c} = ?" for c in tail.split(", "))
             conn.executemany(f"UPDATE documents SET {sets} WHERE doc_id = ?", updates)
 
-    def _cross_evaluate(self, conn: sqlite3.Connection, changed: Sequence[_KeyState],
-                        kek: tuple[str, bytes]) -> dict[str, list[Problem]]:
+    def _cross_evaluate(
+        self, conn: sqlite3.Connection, changed: Sequence[_KeyState], kek: tuple[str, bytes]
+    ) -> dict[str, list[Problem]]:
         """W-5xx for the changed documents and their counterparts (documents.md §7), same transaction.
 
         Changed documents get theirs in the pending current version (sealed once, just after); a
@@ -504,8 +634,10 @@ class Store:
             return {d: s.document for d, s in found.items()}
 
         evaluator = CrossEvaluator(conn, pending, load, default_valid_days=self.default_valid_days)
-        results = evaluator.run([s.links for s in changed if s.links is not None],
-                                [s.previous_links for s in changed if s.previous_links is not None])
+        results = evaluator.run(
+            [s.links for s in changed if s.links is not None],
+            [s.previous_links for s in changed if s.previous_links is not None],
+        )
         by_id = {s.doc_id: s for s in changed}
         updates = []
         for doc_id, problems in results.items():
@@ -520,14 +652,25 @@ class Store:
             document = dict(current.document)
             document["validation"] = {**(document.get("validation") or {}), "cross_warnings": listed}
             sealed = crypto.seal(crypto.KIND_DOC, doc_id, current.version, _dumps(document), *kek)
-            updates.append((_rules_json([p.rule for p in problems]), *sealed.columns(), doc_id, current.version))
+            updates.append(
+                (_rules_json([p.rule for p in problems]), *sealed.columns(), doc_id, current.version)
+            )
         if updates:
-            conn.executemany("UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, "
-                             "wrapped_dek = ?, nonce = ?, ciphertext = ? WHERE doc_id = ? AND version = ?", updates)
+            conn.executemany(
+                "UPDATE versions SET cross_warning_rules = ?, kek_id = ?, wrap_nonce = ?, "
+                "wrapped_dek = ?, nonce = ?, ciphertext = ? WHERE doc_id = ? AND version = ?",
+                updates,
+            )
         return results
 
-    def _insert_versions(self, conn: sqlite3.Connection, changed: Sequence[_KeyState], ledger_id: int,
-                         now_iso: str, kek: tuple[str, bytes]) -> None:
+    def _insert_versions(
+        self,
+        conn: sqlite3.Connection,
+        changed: Sequence[_KeyState],
+        ledger_id: int,
+        now_iso: str,
+        kek: tuple[str, bytes],
+    ) -> None:
         """Seal and insert every pending version: one row, two records (document + subject)."""
         rows = []
         for state in changed:
@@ -536,19 +679,37 @@ class Store:
             for p in state.pending:
                 content = p.content
                 care = content.get("care_period") if isinstance(content.get("care_period"), dict) else None
-                total = content.get("total_charge") if state.key[1] in ("receipt", "pharmacy_receipt") else None
+                total = (
+                    content.get("total_charge") if state.key[1] in ("receipt", "pharmacy_receipt") else None
+                )
                 patient = content.get("patient") or {}
                 subject = {k: patient[k] for k in _SUBJECT_FIELDS if k in patient}
                 sealed = crypto.seal(crypto.KIND_DOC, doc_id, p.version, _dumps(p.stored_doc), *kek)
                 ssealed = crypto.seal(crypto.KIND_SUBJECT, subject_id, p.version, _dumps(subject), *kek)
-                rows.append((doc_id, p.version, p.status, p.content_hash, str(content.get("issued_on")),
-                             care.get("start") if care else None, care.get("end") if care else None, total,
-                             ledger_id, now_iso, p.warning_rules, p.cross_rules, *sealed.columns(),
-                             *ssealed.columns()))
+                rows.append(
+                    (
+                        doc_id,
+                        p.version,
+                        p.status,
+                        p.content_hash,
+                        str(content.get("issued_on")),
+                        care.get("start") if care else None,
+                        care.get("end") if care else None,
+                        total,
+                        ledger_id,
+                        now_iso,
+                        p.warning_rules,
+                        p.cross_rules,
+                        *sealed.columns(),
+                        *ssealed.columns(),
+                    )
+                )
         conn.executemany(
             "INSERT INTO versions (doc_id, version, status, content_hash, issued_on, care_start, care_end, "
             f"total_charge, ledger_id, received_at, warning_rules, cross_warning_rules, {_SEALED_COLS}, "
-            f"{_SUBJECT_SEALED_COLS}) VALUES ({','.join('?' * 22)})", rows)
+            f"{_SUBJECT_SEALED_COLS}) VALUES ({','.join('?' * 22)})",
+            rows,
+        )
 
     def preg_hmac(self, ykiho: str, patient_reg_no: str) -> str:
         """Keyed HMAC of an institution's patient registration number (§7.1 fallback link only).
@@ -556,15 +717,21 @@ class Store:
         Same key as the RRN blind index with its own prefix, so it can never equal an RRN index;
         the ykiho is inside so one number at two institutions does not link.
         """
-        return hmac.new(self.keyring.blind_index_key,
-                        f"preg:v1:{ykiho}:{patient_reg_no}".encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).hexdigest()
+        return hmac.new(
+            self.keyring.blind_index_key,
+            f"preg:v1:{ykiho}:{patient_reg_no}".encode("utf-8", "surrogatepass"),
+            hashlib.sha256,
+        ).hexdigest()
 
     # -- reads ---------------------------------------------------------------------------------
-    def _read_version(self, conn: sqlite3.Connection, doc_id: str, version: int,
-                      current_version: int | None = None) -> StoredDocument:
-        row = conn.execute(f"SELECT status, content_hash, received_at, {_SEALED_COLS} FROM versions "
-                           "WHERE doc_id = ? AND version = ?", (doc_id, version)).fetchone()
+    def _read_version(
+        self, conn: sqlite3.Connection, doc_id: str, version: int, current_version: int | None = None
+    ) -> StoredDocument:
+        row = conn.execute(
+            f"SELECT status, content_hash, received_at, {_SEALED_COLS} FROM versions "
+            "WHERE doc_id = ? AND version = ?",
+            (doc_id, version),
+        ).fetchone()
         what = f"document {doc_id} version {version}"
         if row is None:
             raise IntegrityError(f"integrity error: {what}: version row missing")
@@ -590,20 +757,26 @@ class Store:
 
     def get_current(self, doc_id: str) -> StoredDocument | None:
         """The current (highest) version of a document, decrypted; ``None`` when unknown or purged."""
+
         def fn(conn: sqlite3.Connection) -> StoredDocument | None:
             row = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
             return self._read_version(conn, doc_id, int(row[0]), int(row[0])) if row else None
+
         return self._reading(fn)  # type: ignore[no-any-return]
 
-    def _load_current_many(self, conn: sqlite3.Connection, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
+    def _load_current_many(
+        self, conn: sqlite3.Connection, doc_ids: Sequence[str]
+    ) -> dict[str, StoredDocument]:
         """Current versions of several documents, decrypted, with one query per 400 ids."""
         out: dict[str, StoredDocument] = {}
         for chunk in _chunks(list(doc_ids), 400):
             for row in conn.execute(
-                    f"SELECT v.doc_id, v.version, v.status, v.content_hash, v.received_at, "
-                    f"v.{_SEALED_COLS.replace(', ', ', v.')} FROM documents d JOIN versions v "
-                    "ON v.doc_id = d.doc_id AND v.version = d.current_version "
-                    f"WHERE d.doc_id IN ({','.join('?' * len(chunk))})", chunk):
+                f"SELECT v.doc_id, v.version, v.status, v.content_hash, v.received_at, "
+                f"v.{_SEALED_COLS.replace(', ', ', v.')} FROM documents d JOIN versions v "
+                "ON v.doc_id = d.doc_id AND v.version = d.current_version "
+                f"WHERE d.doc_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
                 doc_id, version = row[0], row[1]
                 what = f"document {doc_id} version {version}"
                 document = json.loads(self._open(crypto.KIND_DOC, doc_id, version, _sealed(row, 5), what))
@@ -616,36 +789,57 @@ class Store:
 
     def get_version(self, doc_id: str, version: int) -> StoredDocument | None:
         def fn(conn: sqlite3.Connection) -> StoredDocument | None:
-            if not conn.execute("SELECT 1 FROM versions WHERE doc_id = ? AND version = ?", (doc_id, version)).fetchone():
+            if not conn.execute(
+                "SELECT 1 FROM versions WHERE doc_id = ? AND version = ?", (doc_id, version)
+            ).fetchone():
                 return None
             return self._read_version(conn, doc_id, version)
+
         return self._reading(fn)  # type: ignore[no-any-return]
 
     def history(self, doc_id: str) -> list[StoredDocument]:
         """Every stored version of a document, oldest first (operators and audit; never served)."""
+
         def fn(conn: sqlite3.Connection) -> list[StoredDocument]:
             cur = conn.execute("SELECT current_version FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
             if not cur:
                 return []
-            versions = [v for (v,) in conn.execute(
-                "SELECT version FROM versions WHERE doc_id = ? ORDER BY version", (doc_id,))]
+            versions = [
+                v
+                for (v,) in conn.execute(
+                    "SELECT version FROM versions WHERE doc_id = ? ORDER BY version", (doc_id,)
+                )
+            ]
             return [self._read_version(conn, doc_id, v, int(cur[0])) for v in versions]
+
         return self._reading(fn)  # type: ignore[no-any-return]
 
     def find_doc_id(self, ykiho: str, document_type: str, document_no: str) -> str | None:
         """The stable doc id of a natural key (documents.md §2.2), if stored."""
         with self.db.reader() as conn:
-            row = conn.execute("SELECT doc_id FROM documents WHERE ykiho = ? AND document_type = ? AND document_no = ?",
-                               (ykiho, document_type, document_no)).fetchone()
+            row = conn.execute(
+                "SELECT doc_id FROM documents WHERE ykiho = ? AND document_type = ? AND document_no = ?",
+                (ykiho, document_type, document_no),
+            ).fetchone()
         return row[0] if row else None
 
     def doc_ids(self, *, current_active_only: bool = False) -> list[str]:
         with self.db.reader() as conn:
-            sql = "SELECT doc_id FROM documents" + (" WHERE current_status = 'active'" if current_active_only else "")
+            sql = "SELECT doc_id FROM documents" + (
+                " WHERE current_status = 'active'" if current_active_only else ""
+            )
             return [r[0] for r in conn.execute(sql + " ORDER BY doc_id")]
 
-    def search(self, *, rrn: str, name: str, period_from: str | dt.date, period_to: str | dt.date,
-               document_types: Iterable[str] | None = None, limit: int | None = None) -> SearchResult:
+    def search(
+        self,
+        *,
+        rrn: str,
+        name: str,
+        period_from: str | dt.date,
+        period_to: str | dt.date,
+        document_types: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> SearchResult:
         """relay-api.md §6.2 matching; the plaintext RRN never reaches SQL (only its HMAC is bound).
 
         ``limit``: stop decrypting after more than ``limit`` hits (the caller answers 422).
@@ -659,12 +853,14 @@ class Store:
         wanted = normalise_name(name)
         p_from, p_to = str(period_from), str(period_to)
         marks = ",".join("?" * len(types))
-        sql = ("SELECT d.doc_id, d.document_type, d.document_no, d.current_version, d.issued_on, d.care_start, "
-               f"d.care_end, d.total_charge, d.ykiho, v.{_SUBJECT_SEALED_COLS.replace(', ', ', v.')} "
-               "FROM documents d JOIN versions v ON v.doc_id = d.doc_id AND v.version = d.current_version "
-               "WHERE d.{col} = ? AND d.current_status = 'active' AND v.subject_kek_id IS NOT NULL "
-               f"AND d.document_type IN ({marks}) "
-               "AND COALESCE(d.care_start, d.issued_on) <= ? AND COALESCE(d.care_end, d.issued_on) >= ?")
+        sql = (
+            "SELECT d.doc_id, d.document_type, d.document_no, d.current_version, d.issued_on, d.care_start, "
+            f"d.care_end, d.total_charge, d.ykiho, v.{_SUBJECT_SEALED_COLS.replace(', ', ', v.')} "
+            "FROM documents d JOIN versions v ON v.doc_id = d.doc_id AND v.version = d.current_version "
+            "WHERE d.{col} = ? AND d.current_status = 'active' AND v.subject_kek_id IS NOT NULL "
+            f"AND d.document_type IN ({marks}) "
+            "AND COALESCE(d.care_start, d.issued_on) <= ? AND COALESCE(d.care_end, d.issued_on) >= ?"
+        )
 
         def fn(conn: sqlite3.Connection) -> SearchResult:
             hits: list[SearchHit] = []
@@ -672,61 +868,102 @@ class Store:
             for col, value, match in (("rrn_bidx", bidx, "rrn"), ("rrn7_bidx", bidx7, "rrn_prefix")):
                 for row in conn.execute(sql.format(col=col), (value, *types, p_to, p_from)):
                     doc_id, version = row[0], row[3]
-                    subject = json.loads(self._open(crypto.KIND_SUBJECT, subject_id_for(doc_id), version,
-                                                    _sealed(row, 9), f"subject of document {doc_id} version {version}"))
+                    subject = json.loads(
+                        self._open(
+                            crypto.KIND_SUBJECT,
+                            subject_id_for(doc_id),
+                            version,
+                            _sealed(row, 9),
+                            f"subject of document {doc_id} version {version}",
+                        )
+                    )
                     if not isinstance(subject.get("name"), str) or normalise_name(subject["name"]) != wanted:
                         withheld.append(doc_id)
                         continue
                     care = {"start": row[5], "end": row[6]} if row[5] else None
-                    hits.append(SearchHit(doc_id, row[1], row[2], version, row[4], care, row[7], row[8], match))
+                    hits.append(
+                        SearchHit(doc_id, row[1], row[2], version, row[4], care, row[7], row[8], match)
+                    )
                     if limit is not None and len(hits) > limit:
                         break
             hits.sort(key=lambda h: (h.issued_on, h.doc_id))
             return SearchResult(bidx, hits, sorted(withheld))
+
         return self._reading(fn)  # type: ignore[no-any-return]
 
     # -- quarantine ----------------------------------------------------------------------------
-    def quarantine_add(self, file_bytes: bytes | None, reason: dict[str, Any], original_name: str, *,
-                       fingerprint: FileFingerprint | None = None) -> str:
+    def quarantine_add(
+        self,
+        file_bytes: bytes | None,
+        reason: dict[str, Any],
+        original_name: str,
+        *,
+        fingerprint: FileFingerprint | None = None,
+    ) -> str:
         """Store a quarantined file encrypted; ``reason`` (rule ids, record indexes, messages) is clear.
 
         The original name lives only inside the encrypted entry (security.md §6.3). A ledger row with
         outcome ``quarantined`` is written in the same transaction (status counts).
         """
-        sha = fingerprint.sha256 if fingerprint else (hashlib.sha256(file_bytes).hexdigest() if file_bytes else "")
+        sha = (
+            fingerprint.sha256
+            if fingerprint
+            else (hashlib.sha256(file_bytes).hexdigest() if file_bytes else "")
+        )
         now_iso = utc_iso(self.clock.now())
         qid = new_entry_id("q")
 
         def job(conn: sqlite3.Connection) -> str:
             kek = self._refresh_current_kek()
-            sealed = crypto.seal(crypto.KIND_QUARANTINE, qid, 0, _pack({"original_name": original_name}, file_bytes),
-                                 *kek)
-            conn.execute(f"INSERT INTO quarantine (qid, file_id, created_at, reason, size, has_content, {_SEALED_COLS}) "
-                         "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                         (qid, sha[:16] or None, now_iso, json.dumps(reason, ensure_ascii=False, sort_keys=True),
-                          len(file_bytes) if file_bytes is not None else None, int(file_bytes is not None),
-                          sealed.kek_id, sealed.wrap_nonce, sealed.wrapped_dek, sealed.nonce, sealed.ciphertext))
+            sealed = crypto.seal(
+                crypto.KIND_QUARANTINE, qid, 0, _pack({"original_name": original_name}, file_bytes), *kek
+            )
+            conn.execute(
+                f"INSERT INTO quarantine (qid, file_id, created_at, reason, size, has_content, {_SEALED_COLS}) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    qid,
+                    sha[:16] or None,
+                    now_iso,
+                    json.dumps(reason, ensure_ascii=False, sort_keys=True),
+                    len(file_bytes) if file_bytes is not None else None,
+                    int(file_bytes is not None),
+                    sealed.kek_id,
+                    sealed.wrap_nonce,
+                    sealed.wrapped_dek,
+                    sealed.nonce,
+                    sealed.ciphertext,
+                ),
+            )
             self._insert_ledger(conn, fingerprint, sha, QUARANTINED, {"qid": qid}, now_iso, kek)
             self._bump_generation(conn)
             return qid
+
         return self.db.write(job)
 
     def quarantine_list(self) -> list[QuarantineEntry]:
         with self.db.reader() as conn:
-            rows = conn.execute("SELECT qid, file_id, created_at, reason, size, has_content FROM quarantine "
-                                "ORDER BY created_at, qid").fetchall()
+            rows = conn.execute(
+                "SELECT qid, file_id, created_at, reason, size, has_content FROM quarantine "
+                "ORDER BY created_at, qid"
+            ).fetchall()
         return [QuarantineEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], bool(r[5])) for r in rows]
 
     def quarantine_get(self, qid: str) -> QuarantineItem | None:
         def fn(conn: sqlite3.Connection) -> QuarantineItem | None:
-            r = conn.execute(f"SELECT qid, file_id, created_at, reason, size, has_content, {_SEALED_COLS} "
-                             "FROM quarantine WHERE qid = ?", (qid,)).fetchone()
+            r = conn.execute(
+                f"SELECT qid, file_id, created_at, reason, size, has_content, {_SEALED_COLS} "
+                "FROM quarantine WHERE qid = ?",
+                (qid,),
+            ).fetchone()
             if r is None:
                 return None
-            meta, content = _unpack(self._open(crypto.KIND_QUARANTINE, qid, 0, _sealed(r, 6),
-                                               f"quarantine entry {qid}"))
+            meta, content = _unpack(
+                self._open(crypto.KIND_QUARANTINE, qid, 0, _sealed(r, 6), f"quarantine entry {qid}")
+            )
             entry = QuarantineEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], bool(r[5]))
             return QuarantineItem(entry, meta.get("original_name", ""), content if r[5] else None)
+
         return self._reading(fn)  # type: ignore[no-any-return]
 
     def quarantine_remove(self, qid: str) -> bool:
@@ -735,17 +972,23 @@ class Store:
             if n:
                 self._bump_generation(conn)
             return bool(n)
+
         return self.db.write(job)
 
     def archive_get(self, ledger_id: int) -> tuple[str, bytes] | None:
         """The archived copy of a committed file: (original name, bytes)."""
+
         def fn(conn: sqlite3.Connection) -> tuple[str, bytes] | None:
-            r = conn.execute(f"SELECT archive_id, {_SEALED_COLS} FROM archive WHERE ledger_id = ?",
-                             (ledger_id,)).fetchone()
+            r = conn.execute(
+                f"SELECT archive_id, {_SEALED_COLS} FROM archive WHERE ledger_id = ?", (ledger_id,)
+            ).fetchone()
             if r is None:
                 return None
-            meta, content = _unpack(self._open(crypto.KIND_ARCHIVE, r[0], 0, _sealed(r, 1), f"archive entry {r[0]}"))
+            meta, content = _unpack(
+                self._open(crypto.KIND_ARCHIVE, r[0], 0, _sealed(r, 1), f"archive entry {r[0]}")
+            )
             return meta.get("original_name") or "", content
+
         return self._reading(fn)  # type: ignore[no-any-return]
 
     # -- relay state ---------------------------------------------------------------------------
@@ -755,42 +998,66 @@ class Store:
 
         def job(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM replay WHERE first_seen < ?", (ts - REPLAY_WINDOW_S,))
-            return conn.execute("INSERT OR IGNORE INTO replay (request_id, first_seen) VALUES (?, ?)",
-                                (request_id, ts)).rowcount == 1
+            return (
+                conn.execute(
+                    "INSERT OR IGNORE INTO replay (request_id, first_seen) VALUES (?, ?)", (request_id, ts)
+                ).rowcount
+                == 1
+            )
+
         return self.db.write(job)
 
     def replay_prune(self, now: dt.datetime) -> int:
-        return self.db.write(lambda c: c.execute("DELETE FROM replay WHERE first_seen < ?",
-                                                 (now.timestamp() - REPLAY_WINDOW_S,)).rowcount)
+        return self.db.write(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM replay WHERE first_seen < ?", (now.timestamp() - REPLAY_WINDOW_S,)
+                ).rowcount
+            )
+        )
 
     def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None:
         """The live binding of a claim (expired ones are treated as absent, B4)."""
         with self.db.reader() as conn:
-            r = conn.execute("SELECT claim_no, consent_id, subject_ref, allowed_ids, expires_at FROM bindings "
-                             "WHERE claim_no = ? AND expires_at > ?", (claim_no, now.timestamp())).fetchone()
+            r = conn.execute(
+                "SELECT claim_no, consent_id, subject_ref, allowed_ids, expires_at FROM bindings "
+                "WHERE claim_no = ? AND expires_at > ?",
+                (claim_no, now.timestamp()),
+            ).fetchone()
         return Binding(r[0], r[1], r[2], frozenset(json.loads(r[3])), r[4]) if r else None
 
-    def binding_upsert(self, claim_no: str, *, consent_id: str, subject_ref: str, add_ids: Iterable[str],
-                       now: dt.datetime) -> BindingUpdate:
+    def binding_upsert(
+        self, claim_no: str, *, consent_id: str, subject_ref: str, add_ids: Iterable[str], now: dt.datetime
+    ) -> BindingUpdate:
         """Rules B1–B3 of relay-api.md §6.3 in one transaction: create, extend, or report a conflict."""
         ts = now.timestamp()
         ids = set(add_ids)
 
         def job(conn: sqlite3.Connection) -> BindingUpdate:
-            r = conn.execute("SELECT consent_id, subject_ref, allowed_ids FROM bindings "
-                             "WHERE claim_no = ? AND expires_at > ?", (claim_no, ts)).fetchone()
+            r = conn.execute(
+                "SELECT consent_id, subject_ref, allowed_ids FROM bindings "
+                "WHERE claim_no = ? AND expires_at > ?",
+                (claim_no, ts),
+            ).fetchone()
             if r is not None and (r[0] != consent_id or r[1] != subject_ref):
                 return BindingUpdate(True, None)
             allowed = (set(json.loads(r[2])) if r else set()) | ids
             expires = ts + BINDING_LIFE_S
-            conn.execute("INSERT OR REPLACE INTO bindings (claim_no, consent_id, subject_ref, allowed_ids, expires_at) "
-                         "VALUES (?,?,?,?,?)", (claim_no, consent_id, subject_ref, json.dumps(sorted(allowed)), expires))
-            return BindingUpdate(False, Binding(claim_no, consent_id, subject_ref, frozenset(allowed), expires))
+            conn.execute(
+                "INSERT OR REPLACE INTO bindings (claim_no, consent_id, subject_ref, allowed_ids, expires_at) "
+                "VALUES (?,?,?,?,?)",
+                (claim_no, consent_id, subject_ref, json.dumps(sorted(allowed)), expires),
+            )
+            return BindingUpdate(
+                False, Binding(claim_no, consent_id, subject_ref, frozenset(allowed), expires)
+            )
+
         return self.db.write(job)
 
     def binding_prune(self, now: dt.datetime) -> int:
-        return self.db.write(lambda c: c.execute("DELETE FROM bindings WHERE expires_at <= ?",
-                                                 (now.timestamp(),)).rowcount)
+        return self.db.write(
+            lambda c: c.execute("DELETE FROM bindings WHERE expires_at <= ?", (now.timestamp(),)).rowcount
+        )
 
     def kv_get(self, key: str) -> str | None:
         with self.db.reader() as conn:
@@ -798,26 +1065,34 @@ class Store:
         return r[0] if r else None
 
     def kv_set(self, key: str, value: str) -> None:
-        self.db.write(lambda c: c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value)))
+        self.db.write(
+            lambda c: c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+        )
 
     # -- status --------------------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:
         """The store-derived members of ``status --json`` (cli.md §3.1)."""
         with self.db.reader() as conn:
-            by_status = dict(conn.execute("SELECT current_status, COUNT(*) FROM documents GROUP BY current_status"))
+            by_status = dict(
+                conn.execute("SELECT current_status, COUNT(*) FROM documents GROUP BY current_status")
+            )
             versions_total = conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
             by_outcome = dict(conn.execute("SELECT outcome, COUNT(*) FROM ledger GROUP BY outcome"))
             records = conn.execute("SELECT COALESCE(SUM(records_committed), 0) FROM ledger").fetchone()[0]
             last = conn.execute("SELECT value FROM kv WHERE key = 'last_commit_at'").fetchone()
         return {
-            "documents": {"current_active": by_status.get("active", 0),
-                          "current_cancelled": by_status.get("cancelled", 0),
-                          "versions_total": versions_total},
-            "ingest": {"files_accepted": by_outcome.get(ACCEPTED, 0) + by_outcome.get(SUPERSEDED, 0),
-                       "files_duplicate": by_outcome.get(OUT_DUPLICATE, 0),
-                       "files_quarantined": by_outcome.get(QUARANTINED, 0),
-                       "records_committed": int(records),
-                       "last_commit_at": _seconds_iso(last[0]) if last else None},
+            "documents": {
+                "current_active": by_status.get("active", 0),
+                "current_cancelled": by_status.get("cancelled", 0),
+                "versions_total": versions_total,
+            },
+            "ingest": {
+                "files_accepted": by_outcome.get(ACCEPTED, 0) + by_outcome.get(SUPERSEDED, 0),
+                "files_duplicate": by_outcome.get(OUT_DUPLICATE, 0),
+                "files_quarantined": by_outcome.get(QUARANTINED, 0),
+                "records_committed": int(records),
+                "last_commit_at": _seconds_iso(last[0]) if last else None,
+            },
         }
 
     def generation(self) -> int:
@@ -831,14 +1106,20 @@ class Store:
         shows as ``storage: unavailable`` at once, and as ``ok`` again without a restart.
         """
         try:
-            self.db.write(lambda c: c.execute(
-                "INSERT OR REPLACE INTO kv (key, value) VALUES ('health_probe', ?)", (str(int(time.time())),)))
+            self.db.write(
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO kv (key, value) VALUES ('health_probe', ?)",
+                    (str(int(time.time())),),
+                )
+            )
         except Exception:  # noqa: BLE001 - any failure to write means "unavailable"
             return False
         return True
 
     # -- retention -----------------------------------------------------------------------------
-    def purge(self, now: dt.datetime, *, dry_run: bool = False, only: Sequence[str] | None = None) -> PurgeResult:
+    def purge(
+        self, now: dt.datetime, *, dry_run: bool = False, only: Sequence[str] | None = None
+    ) -> PurgeResult:
         """Delete documents whose issue date + ``retention.keep`` is before today (security.md §11).
 
         One transaction removes versions (ciphertext + wrapped DEKs, document and subject), archive entries
@@ -853,20 +1134,29 @@ class Store:
         q_cutoff = utc_iso(now - dt.timedelta(seconds=self.retention_keep_s))
 
         def select(conn: sqlite3.Connection) -> tuple[list[str], list[str]]:
-            ids = [r[0] for r in conn.execute("SELECT doc_id FROM documents WHERE issued_on < ? ORDER BY doc_id",
-                                              (cutoff,))]
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT doc_id FROM documents WHERE issued_on < ? ORDER BY doc_id", (cutoff,)
+                )
+            ]
             if only is not None:
                 allowed = set(only)
                 ids = [i for i in ids if i in allowed]
-            qids = [r[0] for r in conn.execute("SELECT qid FROM quarantine WHERE created_at < ?", (q_cutoff,))]
+            qids = [
+                r[0] for r in conn.execute("SELECT qid FROM quarantine WHERE created_at < ?", (q_cutoff,))
+            ]
             return ids, qids
 
         if dry_run:
             with self.db.reader() as conn:
                 ids, qids = select(conn)
                 versions = _count_in(conn, "versions", "doc_id", ids)
-            return PurgeResult(True, {"documents": len(ids), "versions": versions, "quarantine": len(qids),
-                                      "archive": 0}, ids)
+            return PurgeResult(
+                True,
+                {"documents": len(ids), "versions": versions, "quarantine": len(qids), "archive": 0},
+                ids,
+            )
 
         def job(conn: sqlite3.Connection) -> PurgeResult:
             ids, qids = select(conn)
@@ -875,18 +1165,27 @@ class Store:
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk)
-            archives = conn.execute("DELETE FROM archive WHERE ledger_id NOT IN "
-                                    "(SELECT ledger_id FROM versions WHERE ledger_id IS NOT NULL)").rowcount
+            archives = conn.execute(
+                "DELETE FROM archive WHERE ledger_id NOT IN "
+                "(SELECT ledger_id FROM versions WHERE ledger_id IS NOT NULL)"
+            ).rowcount
             for chunk in _chunks(qids, 500):
                 conn.execute(f"DELETE FROM quarantine WHERE qid IN ({','.join('?' * len(chunk))})", chunk)
             if ids:
                 gone = set(ids)
-                for claim_no, allowed in conn.execute("SELECT claim_no, allowed_ids FROM bindings").fetchall():
+                for claim_no, allowed in conn.execute(
+                    "SELECT claim_no, allowed_ids FROM bindings"
+                ).fetchall():
                     kept = [i for i in json.loads(allowed) if i not in gone]
-                    conn.execute("UPDATE bindings SET allowed_ids = ? WHERE claim_no = ?", (json.dumps(kept), claim_no))
+                    conn.execute(
+                        "UPDATE bindings SET allowed_ids = ? WHERE claim_no = ?", (json.dumps(kept), claim_no)
+                    )
             self._bump_generation(conn)
-            return PurgeResult(False, {"documents": len(ids), "versions": versions, "quarantine": len(qids),
-                                       "archive": archives}, ids)
+            return PurgeResult(
+                False,
+                {"documents": len(ids), "versions": versions, "quarantine": len(qids), "archive": archives},
+                ids,
+            )
 
         result = self.db.write(job)
         self.checkpoint()
@@ -907,15 +1206,19 @@ class Store:
             errors.append(f"sqlite integrity_check: {result[:500]}")
         for g in _ENCRYPTED:
             with self.db.reader() as conn:
-                keys = conn.execute(f"SELECT rowid, {g.id_expr}, {g.version_expr} FROM {g.table} "
-                                    f"WHERE {g.kek_col} IS NOT NULL").fetchall()
+                keys = conn.execute(
+                    f"SELECT rowid, {g.id_expr}, {g.version_expr} FROM {g.table} "
+                    f"WHERE {g.kek_col} IS NOT NULL"
+                ).fetchall()
             if not full and len(keys) > sample:
                 keys = random.sample(keys, sample)
             for rowid, record_id, version in keys:
                 what = f"{g.label} {record_id}" + (f" version {version}" if g.version_expr != "0" else "")
                 try:
                     with self.db.reader() as conn:
-                        row = conn.execute(f"SELECT {g.cols} FROM {g.table} WHERE rowid = ?", (rowid,)).fetchone()
+                        row = conn.execute(
+                            f"SELECT {g.cols} FROM {g.table} WHERE rowid = ?", (rowid,)
+                        ).fetchone()
                     if row is None:
                         continue
                     plain = self._open(g.kind, record_id, version, _sealed(row), what)
@@ -931,14 +1234,17 @@ class Store:
 
     def _verify_consistency(self) -> list[str]:
         with self.db.reader() as conn:
-            missing = conn.execute("SELECT d.doc_id, d.current_version FROM documents d LEFT JOIN versions v "
-                                   "ON v.doc_id = d.doc_id AND v.version = d.current_version "
-                                   "WHERE v.doc_id IS NULL LIMIT 10").fetchall()
+            missing = conn.execute(
+                "SELECT d.doc_id, d.current_version FROM documents d LEFT JOIN versions v "
+                "ON v.doc_id = d.doc_id AND v.version = d.current_version "
+                "WHERE v.doc_id IS NULL LIMIT 10"
+            ).fetchall()
         return [f"integrity error: document {d} version {v}: current version row missing" for d, v in missing]
 
     # -- keys ----------------------------------------------------------------------------------
-    def rotate_kek(self, *, batch: int = 500, retire: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> RotationResult:
+    def rotate_kek(
+        self, *, batch: int = 500, retire: bool = True, progress: Callable[[int, int], None] | None = None
+    ) -> RotationResult:
         """``keys rotate``: new current KEK, re-wrap every DEK online, retire old KEKs no longer used.
 
         Each batch is one short write transaction updating ``kek_id`` and the wrapped DEK of a row
@@ -948,43 +1254,61 @@ class Store:
         new_id = self.keyring.add_kek()
         new_kek = self.keyring.keks[new_id]
         with self.db.reader() as conn:
-            total = sum(conn.execute(f"SELECT COUNT(*) FROM {g.table} WHERE {g.kek_col} IS NOT NULL "
-                                     f"AND {g.kek_col} != ?", (new_id,)).fetchone()[0] for g in _ENCRYPTED)
+            total = sum(
+                conn.execute(
+                    f"SELECT COUNT(*) FROM {g.table} WHERE {g.kek_col} IS NOT NULL AND {g.kek_col} != ?",
+                    (new_id,),
+                ).fetchone()[0]
+                for g in _ENCRYPTED
+            )
         done = 0
         self.kv_set("rotation", json.dumps({"kek_id": new_id, "done": 0, "total": total}))
         for group in _ENCRYPTED:
             while True:
+
                 def job(conn: sqlite3.Connection, g: _SealedGroup = group, done: int = done) -> int:
-                    rows = conn.execute(f"SELECT rowid, {g.id_expr}, {g.version_expr}, {g.cols} FROM {g.table} "
-                                        f"WHERE {g.kek_col} IS NOT NULL AND {g.kek_col} != ? LIMIT ?",
-                                        (new_id, batch)).fetchall()
+                    rows = conn.execute(
+                        f"SELECT rowid, {g.id_expr}, {g.version_expr}, {g.cols} FROM {g.table} "
+                        f"WHERE {g.kek_col} IS NOT NULL AND {g.kek_col} != ? LIMIT ?",
+                        (new_id, batch),
+                    ).fetchall()
                     for row in rows:
                         sealed = _sealed(row, 3)
                         what = f"{g.label} {row[1]}"
-                        fresh = crypto.rewrap(row[1], row[2], sealed, self._kek(sealed.kek_id, what), new_id, new_kek,
-                                              what=what)
-                        conn.execute(f"UPDATE {g.table} SET {g.kek_col} = ?, {g.prefix}wrap_nonce = ?, "
-                                     f"{g.prefix}wrapped_dek = ? WHERE rowid = ?",
-                                     (fresh.kek_id, fresh.wrap_nonce, fresh.wrapped_dek, row[0]))
+                        fresh = crypto.rewrap(
+                            row[1], row[2], sealed, self._kek(sealed.kek_id, what), new_id, new_kek, what=what
+                        )
+                        conn.execute(
+                            f"UPDATE {g.table} SET {g.kek_col} = ?, {g.prefix}wrap_nonce = ?, "
+                            f"{g.prefix}wrapped_dek = ? WHERE rowid = ?",
+                            (fresh.kek_id, fresh.wrap_nonce, fresh.wrapped_dek, row[0]),
+                        )
                     if rows:
-                        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('rotation', ?)",
-                                     (json.dumps({"kek_id": new_id, "done": done + len(rows), "total": total}),))
+                        conn.execute(
+                            "INSERT OR REPLACE INTO kv (key, value) VALUES ('rotation', ?)",
+                            (json.dumps({"kek_id": new_id, "done": done + len(rows), "total": total}),),
+                        )
                     return len(rows)
+
                 n = self.db.write(job)
                 if not n:
                     break
                 done += n
                 if progress:
                     progress(done, total)
-        retired, kept = self.retire_unused_keks() if retire else ([], [k for k in self.keyring.keks if k != new_id])
+        retired, kept = (
+            self.retire_unused_keks() if retire else ([], [k for k in self.keyring.keks if k != new_id])
+        )
         return RotationResult(new_id, done, retired, kept)
 
     def kek_usage(self) -> dict[str, int]:
         with self.db.reader() as conn:
             usage: dict[str, int] = {}
             for g in _ENCRYPTED:
-                for kek_id, n in conn.execute(f"SELECT {g.kek_col}, COUNT(*) FROM {g.table} "
-                                              f"WHERE {g.kek_col} IS NOT NULL GROUP BY {g.kek_col}"):
+                for kek_id, n in conn.execute(
+                    f"SELECT {g.kek_col}, COUNT(*) FROM {g.table} "
+                    f"WHERE {g.kek_col} IS NOT NULL GROUP BY {g.kek_col}"
+                ):
                     usage[kek_id] = usage.get(kek_id, 0) + n
         return usage
 
@@ -1004,9 +1328,12 @@ class Store:
 
             def job(conn: sqlite3.Connection, kek_id: str = kek_id) -> bool:
                 for g in _ENCRYPTED:
-                    if conn.execute(f"SELECT 1 FROM {g.table} WHERE {g.kek_col} = ? LIMIT 1", (kek_id,)).fetchone():
+                    if conn.execute(
+                        f"SELECT 1 FROM {g.table} WHERE {g.kek_col} = ? LIMIT 1", (kek_id,)
+                    ).fetchone():
                         return False
                 return kek_id not in in_backups
+
             if self.db.write(job):
                 kek = self.keyring.keks.get(kek_id)
                 if kek is not None:
@@ -1057,8 +1384,9 @@ class _Input:
 
     __slots__ = ("index", "document", "content_hash", "warnings", "key", "version")
 
-    def __init__(self, index: int, document: dict[str, Any], content_hash: str,
-                 warnings: list[dict[str, str]]) -> None:
+    def __init__(
+        self, index: int, document: dict[str, Any], content_hash: str, warnings: list[dict[str, str]]
+    ) -> None:
         self.index = index
         self.document = document
         self.content_hash = content_hash
@@ -1079,8 +1407,12 @@ def _record_input(rec: Any) -> _Input:
     # Validated records come without agent fields; copy only when one slipped in (the store sets them).
     if any(k in document for k in AGENT_FIELDS):
         document = {k: v for k, v in document.items() if k not in AGENT_FIELDS}
-    return _Input(int(rec.index), document, str(content_hash),
-                  [{"rule": p.rule, "path": p.path} for p in warnings if p.rule.startswith("W-")] if warnings else [])
+    return _Input(
+        int(rec.index),
+        document,
+        str(content_hash),
+        [{"rule": p.rule, "path": p.path} for p in warnings if p.rule.startswith("W-")] if warnings else [],
+    )
 
 
 def _natural_key(doc: dict[str, Any]) -> _Key:
@@ -1089,14 +1421,15 @@ def _natural_key(doc: dict[str, Any]) -> _Key:
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _count_in(conn: sqlite3.Connection, table: str, column: str, ids: Sequence[str]) -> int:
     total = 0
     for chunk in _chunks(ids, 500):
-        total += conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})",
-                              chunk).fetchone()[0]
+        total += conn.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE {column} IN ({','.join('?' * len(chunk))})", chunk
+        ).fetchone()[0]
     return total
 
 

@@ -125,10 +125,13 @@ _ITEM_RANK = {item: i for i, item in enumerate(_ITEM_ORDER)}
 _MAX_ADJUSTMENT = 90
 
 
-def price(charges: list[Charge], rate: Decimal, *, legacy: bool, per_item_adjustment: bool,
-          rng: random.Random) -> Priced:
+def price(
+    charges: list[Charge], rate: Decimal, *, legacy: bool, per_item_adjustment: bool, rng: random.Random
+) -> Priced:
     """Split every charge into payer columns and aggregate the receipt rows (see module doc)."""
-    columns = ("copay", "insurer", "full_copay", "non_covered") + (("selective", "non_selective") if legacy else ())
+    columns = ("copay", "insurer", "full_copay", "non_covered") + (
+        ("selective", "non_selective") if legacy else ()
+    )
     by_item: dict[str, list[tuple[Charge, Doc]]] = {}
     lines: list[Doc] = []
     for ch in sorted(charges, key=lambda c: (c.date, _ITEM_RANK[c.service.item])):
@@ -168,7 +171,9 @@ def price(charges: list[Charge], rate: Decimal, *, legacy: bool, per_item_adjust
                 target = sum(per_line)
             else:
                 # Few lines: per-line 10원 절사 (as the example); many: 원 단위, so the difference stays small.
-                per_line = [trunc10(x) for x in exact] if len(covered) <= 10 else [round_half_up(x) for x in exact]
+                per_line = (
+                    [trunc10(x) for x in exact] if len(covered) <= 10 else [round_half_up(x) for x in exact]
+                )
                 target = trunc10(sum(exact, _ZERO))
             for (ch, ln), cp in zip(covered, per_line, strict=True):
                 ln["copay"], ln["insurer"] = cp, ch.total - cp
@@ -381,7 +386,9 @@ class DocumentFactory:
             charges += self._selective_charges(charges)
         rate = _rate(category, False, inst.kind == "hospital")
         priced = price(charges, rate, legacy=legacy, per_item_adjustment=False, rng=rng)
-        receipt = self._receipt(inst, patient, priced, category, day, day, day, legacy=legacy, inpatient=False)
+        receipt = self._receipt(
+            inst, patient, priced, category, day, day, day, legacy=legacy, inpatient=False
+        )
         docs = [receipt]
         groups = [[0]]
         if rng.random() < 0.75:
@@ -400,10 +407,19 @@ class DocumentFactory:
         """Pre-2018 선택진료료: an extra non-covered charge on some physician services."""
         extra = []
         for ch in charges:
-            if ch.service.item in ("consultation", "lab_test", "imaging", "procedure_surgery") and self.rng.random() < 0.6:
+            if (
+                ch.service.item in ("consultation", "lab_test", "imaging", "procedure_surgery")
+                and self.rng.random() < 0.6
+            ):
                 amount = (ch.amount * Decimal("0.5")).quantize(_ONE, rounding=ROUND_HALF_UP)
-                svc = Service(ch.service.item, f"SEL-{ch.service.code}"[:20], "local", "선택진료료(예시)", amount,
-                              "non_covered")
+                svc = Service(
+                    ch.service.item,
+                    f"SEL-{ch.service.code}"[:20],
+                    "local",
+                    "선택진료료(예시)",
+                    amount,
+                    "non_covered",
+                )
                 extra.append(Charge(svc, ch.date, amount, _ONE, selective=True))
         return extra
 
@@ -425,8 +441,13 @@ class DocumentFactory:
         charges: list[Charge] = []
         if drg:
             drg_no = f"D{rng.randrange(10000, 99999)}"
-            bundle = Service("drg_bundle", f"DRG-{drg_no}", "local", "질병군 포괄수가(예시)",
-                             Decimal(rng.randrange(150, 400) * 10000))
+            bundle = Service(
+                "drg_bundle",
+                f"DRG-{drg_no}",
+                "local",
+                "질병군 포괄수가(예시)",
+                Decimal(rng.randrange(150, 400) * 10000),
+            )
             charges.append(Charge(bundle, start, bundle.price, _ONE))
             for d in range(stay):
                 day = start + dt.timedelta(days=d)
@@ -511,7 +532,9 @@ class DocumentFactory:
             cap = trunc10(totals["copay"] * Decimal(rng.randrange(10, 50)) / 100)  # 본인부담상한액 초과금
         patient_total = totals["copay"] - cap + totals["full_copay"] + totals["non_covered"]
         doc["cap_excess"] = cap
-        doc["total_charge"] = totals["copay"] + totals["insurer"] + totals["full_copay"] + totals["non_covered"]
+        doc["total_charge"] = (
+            totals["copay"] + totals["insurer"] + totals["full_copay"] + totals["non_covered"]
+        )
         if not legacy or rng.random() < 0.8:
             doc["insurer_charge_total"] = totals["insurer"] + cap
         doc["patient_charge_total"] = patient_total
@@ -627,7 +650,10 @@ class DocumentFactory:
             doc["night_care"] = False
             doc["holiday_care"] = False
         doc["prescription_issue_no"] = rx["document_no"]
-        doc["prescribing_institution"] = {"name": rx["institution"]["name"], "ykiho": rx["institution"]["ykiho"]}
+        doc["prescribing_institution"] = {
+            "name": rx["institution"]["name"],
+            "ykiho": rx["institution"]["ykiho"],
+        }
         doc["prescriber_name"] = rx["prescriber"]["name"]
         doc["pharmacist_name"] = pharmacy.doctor
         drug_prices = {d.code: d for d in ids.DRUGS + ids.INJECTIONS}
@@ -733,5 +759,7 @@ def cancellation(doc: Doc, rng: random.Random, *, minimal: bool) -> Doc:
         }  # fmt: skip
         return new
     new = copy.deepcopy(doc)
-    new.update(version=version, status="cancelled", revision_reason="cancellation", cancel_reason="발행 취소(예시)")
+    new.update(
+        version=version, status="cancelled", revision_reason="cancellation", cancel_reason="발행 취소(예시)"
+    )
     return new

@@ -101,7 +101,9 @@ class _Stored:
 
 
 class _Planner:
-    def __init__(self, count: int, seed: int, fmt: str | None, encoding: str | None, invalid_rate: float) -> None:
+    def __init__(
+        self, count: int, seed: int, fmt: str | None, encoding: str | None, invalid_rate: float
+    ) -> None:
         if count < 0:
             raise ValueError("count must be ≥ 0")
         if fmt is not None and fmt not in FORMATS:
@@ -123,7 +125,9 @@ class _Planner:
         self.written: set[Key] = set()  # keys written in a completed file (follow-ups may follow)
         self.store: dict[Key, _Stored] = {}
         self.file_hashes: set[str] = set()
-        self.recent: dict[str, collections.deque[Doc]] = collections.defaultdict(lambda: collections.deque(maxlen=64))
+        self.recent: dict[str, collections.deque[Doc]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=64)
+        )
         self.emitted = 0
         self.index = 0
         self.groups = 0
@@ -165,7 +169,9 @@ class _Planner:
         # Counted over the files that are not re-exports (those copy a valid file and stay valid).
         i = self.plain_files
         self.plain_files += 1
-        return math.floor((i + 1) * self.invalid_rate + self.phase) > math.floor(i * self.invalid_rate + self.phase)
+        return math.floor((i + 1) * self.invalid_rate + self.phase) > math.floor(
+            i * self.invalid_rate + self.phase
+        )
 
     # ------------------------------------------------------------------ document supply
 
@@ -177,7 +183,9 @@ class _Planner:
             keys = {natural_key(d) for d in docs}
             self.groups += 1
             # The first groups get each kind of follow-up, so small corpora show all of them.
-            scripted = _SCRIPTED_FOLLOW_UPS[self.groups - 1] if self.groups <= len(_SCRIPTED_FOLLOW_UPS) else None
+            scripted = (
+                _SCRIPTED_FOLLOW_UPS[self.groups - 1] if self.groups <= len(_SCRIPTED_FOLLOW_UPS) else None
+            )
             r = rng.random()
             if scripted in ("cancel_minimal", "cancel_full") or (scripted is None and r < P_CANCEL):
                 minimal = scripted == "cancel_minimal" or (scripted is None and rng.random() < 0.5)
@@ -334,7 +342,9 @@ class _Planner:
         if not reexport and mutation is None and (self.rng.random() < P_REEXPORT or self.reexports_made < 2):
             same = self.reexports_made == 0 or (self.reexports_made > 1 and self.rng.random() < 0.5)
             self.reexports_made += 1
-            refmt = fmt if same or self.fmt or len(expected["document_types"]) > 1 else self.rng.choice(FORMATS)
+            refmt = (
+                fmt if same or self.fmt or len(expected["document_types"]) > 1 else self.rng.choice(FORMATS)
+            )
             self.reexports.append((self.index + 1 + self.rng.randrange(1, 20), list(records), refmt,
                                    enc if same else self._choose_encoding()))  # fmt: skip
         self.emitted += len(records)
@@ -343,7 +353,9 @@ class _Planner:
 
     # ------------------------------------------------------------------ expected outcome
 
-    def _simulate(self, records: list[Doc], data: bytes, mutation: tuple[str, int | None] | None) -> dict[str, Any]:
+    def _simulate(
+        self, records: list[Doc], data: bytes, mutation: tuple[str, int | None] | None
+    ) -> dict[str, Any]:
         """exports.md §4 precedence over the simulated store (files processed in name order)."""
         if mutation is not None:
             rule, record = mutation
@@ -436,4 +448,3 @@ def _write_visible_when_complete(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-

@@ -55,7 +55,9 @@ class Patient:
 
 def make_patient(rng: random.Random, index: int) -> Patient:
     """A patient born 1940…2016, so the birth date never follows a 2017+ issue date (R-035)."""
-    birth = dt.date(1940, 1, 1) + dt.timedelta(days=rng.randrange(0, (dt.date(2016, 12, 31) - dt.date(1940, 1, 1)).days))
+    birth = dt.date(1940, 1, 1) + dt.timedelta(
+        days=rng.randrange(0, (dt.date(2016, 12, 31) - dt.date(1940, 1, 1)).days)
+    )
     female = rng.random() < 0.5
     foreign = rng.random() < 0.02  # 외국인등록번호 digits 5…8 are valid too (ID-2)
     if birth.year < 2000:
@@ -113,7 +115,9 @@ def make_institutions(rng: random.Random, kind: str, n: int) -> list[Institution
         number = i // len(_INSTITUTION_KINDS[kind]) + 1
         name = f"{INSTITUTION_NAME_PREFIX}{stem}{_SUFFIX[kind]}" + (f"{number}" if number > 1 else "")
         seq = _YKIHO_BLOCK[kind] * 100000 + i + 1
-        brn = brn_with_check_digit(f"{rng.randrange(100, 900)}{rng.randrange(81, 90)}{rng.randrange(0, 10000):04d}")
+        brn = brn_with_check_digit(
+            f"{rng.randrange(100, 900)}{rng.randrange(81, 90)}{rng.randrange(0, 10000):04d}"
+        )
         out.append(Institution(
             ykiho=f"{YKIHO_PREFIX}{seq:06d}",
             name=name,
@@ -144,7 +148,13 @@ class Drug:
     injection: bool = False
 
 
-_FORMS = (("정", "정", "1"), ("캡슐", "캡슐", "1"), ("시럽", "mL", "2.5"), ("산", "g", "0.5"), ("정", "정", "0.5"))
+_FORMS = (
+    ("정", "정", "1"),
+    ("캡슐", "캡슐", "1"),
+    ("시럽", "mL", "2.5"),
+    ("산", "g", "0.5"),
+    ("정", "정", "0.5"),
+)
 DRUGS: tuple[Drug, ...] = tuple(
     Drug(
         code=f"69999{n:04d}",

@@ -50,7 +50,9 @@ def _bill_type(d: Doc, rng: random.Random) -> None:
 
 def _care_period(d: Doc, rng: random.Random) -> None:
     start = dt.date.fromisoformat(d["care_period"]["start"])
-    d["care_period"]["end"] = (start - dt.timedelta(days=1)).isoformat()  # end < start; start unchanged
+    d["care_period"]["end"] = (
+        start - dt.timedelta(days=1)
+    ).isoformat()  # end < start; start unchanged
 
 
 def _brn(d: Doc, rng: random.Random) -> None:

@@ -60,8 +60,9 @@ class Certs:
 def make_certs(directory: Path) -> Certs:
     directory.mkdir(parents=True, exist_ok=True)
     server_ca_key, server_ca = pki.make_ca("test server CA")
-    server_key, server = pki.make_cert(server_ca_key, server_ca, "99000001", dns=["localhost"], ips=["127.0.0.1"],
-                                       server=True)
+    server_key, server = pki.make_cert(
+        server_ca_key, server_ca, "99000001", dns=["localhost"], ips=["127.0.0.1"], server=True
+    )
     relay_ca_key, relay_ca = pki.make_ca("test relay-client CA")
     client_key, client = pki.make_cert(relay_ca_key, relay_ca, "silson24-relay-01", client=True)
     pki.write_certs(directory / "server-ca.crt", server_ca)
@@ -70,17 +71,36 @@ def make_certs(directory: Path) -> Certs:
     pki.write_certs(directory / "relay-ca.crt", relay_ca)
     pki.write_certs(directory / "client.crt", client)
     pki.write_key(directory / "client.key", client_key)
-    return Certs(directory, directory / "relay-ca.crt", directory / "server-ca.crt", directory / "server.crt",
-                 directory / "server.key", directory / "client.crt", directory / "client.key", client,
-                 relay_ca_key, relay_ca)
+    return Certs(
+        directory,
+        directory / "relay-ca.crt",
+        directory / "server-ca.crt",
+        directory / "server.crt",
+        directory / "server.key",
+        directory / "client.crt",
+        directory / "client.key",
+        client,
+        relay_ca_key,
+        relay_ca,
+    )
 
 
-def make_config(root: Path, certs: Certs, *, limits: dict[str, Any] | None = None,
-                api: dict[str, Any] | None = None) -> Config:
+def make_config(
+    root: Path, certs: Certs, *, limits: dict[str, Any] | None = None, api: dict[str, Any] | None = None
+) -> Config:
     raw: dict[str, Any] = {
-        "agent": {"institution_code": "99000001", "data_dir": str(root / "data"), "log_dir": str(root / "logs")},
-        "api": {"listen": "127.0.0.1:0", "server_cert": str(certs.server_cert), "server_key": str(certs.server_key),
-                "client_ca": str(certs.relay_ca), **(api or {})},
+        "agent": {
+            "institution_code": "99000001",
+            "data_dir": str(root / "data"),
+            "log_dir": str(root / "logs"),
+        },
+        "api": {
+            "listen": "127.0.0.1:0",
+            "server_cert": str(certs.server_cert),
+            "server_key": str(certs.server_key),
+            "client_ca": str(certs.relay_ca),
+            **(api or {}),
+        },
         "admin": {"listen": "127.0.0.1:0"},
     }
     raw["api"]["limits"] = dict(limits or {})
@@ -94,9 +114,18 @@ def example(doc_type: str) -> dict[str, Any]:
     return doc
 
 
-def make_doc(doc_type: str, *, document_no: str | None = None, rrn: str = PATIENT_RRN, name: str = PATIENT_NAME,
-             issued_on: str | None = None, version: int = 1, status: str = "active", masked: bool = False,
-             no_rrn: bool = False) -> dict[str, Any]:
+def make_doc(
+    doc_type: str,
+    *,
+    document_no: str | None = None,
+    rrn: str = PATIENT_RRN,
+    name: str = PATIENT_NAME,
+    issued_on: str | None = None,
+    version: int = 1,
+    status: str = "active",
+    masked: bool = False,
+    no_rrn: bool = False,
+) -> dict[str, Any]:
     doc = copy.deepcopy(example(doc_type))
     if document_no:
         doc["document_no"] = document_no
@@ -131,9 +160,15 @@ def ingest(store: Store, *docs: dict[str, Any]) -> list[str]:
         records.append(StoreRecord(index, canon, content_hash(canon)))
     _file_counter[0] += 1
     payload = json.dumps(docs, ensure_ascii=False, sort_keys=True).encode() + str(_file_counter[0]).encode()
-    fingerprint = FileFingerprint(path=f"/inbox/f{_file_counter[0]}.json", size=len(payload), mtime_ns=0,
-                                  sha256=hashlib.sha256(payload).hexdigest())
-    outcome = store.commit_file(fingerprint, records, file_meta={"file_name": "export.json", "format": "json"})
+    fingerprint = FileFingerprint(
+        path=f"/inbox/f{_file_counter[0]}.json",
+        size=len(payload),
+        mtime_ns=0,
+        sha256=hashlib.sha256(payload).hexdigest(),
+    )
+    outcome = store.commit_file(
+        fingerprint, records, file_meta={"file_name": "export.json", "format": "json"}
+    )
     assert outcome.outcome in ("accepted", "superseded"), outcome
     ids = []
     for doc in docs:
@@ -162,8 +197,13 @@ class Agent:
         return f"https://{host}:{port}"
 
     def client(self, cert: Path | None = None, key: Path | None = None, **kwargs: Any) -> RelayClient:
-        return RelayClient(self.base_url, cert or self.certs.client_cert, key or self.certs.client_key,
-                           self.certs.server_ca, **kwargs)
+        return RelayClient(
+            self.base_url,
+            cert or self.certs.client_cert,
+            key or self.certs.client_key,
+            self.certs.server_ca,
+            **kwargs,
+        )
 
     def audit_records(self) -> list[dict[str, Any]]:
         import sqlite3
@@ -185,8 +225,15 @@ class Agent:
         return ctx
 
 
-def start_agent(root: Path, *, certs: Certs | None = None, limits: dict[str, Any] | None = None,
-                api: dict[str, Any] | None = None, clock: Clock | None = None, **server_kwargs: Any) -> Agent:
+def start_agent(
+    root: Path,
+    *,
+    certs: Certs | None = None,
+    limits: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
+    clock: Clock | None = None,
+    **server_kwargs: Any,
+) -> Agent:
     certs = certs or make_certs(root / "tls")
     config = make_config(root, certs, limits=limits, api=api)
     keys_dir = config.keys_dir
@@ -216,8 +263,14 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
 
 
 def search_body_defaults() -> dict[str, Any]:
-    return {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001", "name": PATIENT_NAME,
-            "rrn": PATIENT_RRN, "period_from": "2025-03-01", "period_to": "2025-03-31"}
+    return {
+        "claim_no": "CLM-20250314-000001",
+        "consent_id": "CNS-20250314-0001",
+        "name": PATIENT_NAME,
+        "rrn": PATIENT_RRN,
+        "period_from": "2025-03-01",
+        "period_to": "2025-03-31",
+    }
 
 
 def now_utc() -> dt.datetime:

@@ -19,8 +19,18 @@ from tests.api.conftest import Certs, make_config
 
 def main(root: Path) -> None:
     tls = root / "tls"
-    certs = Certs(tls, tls / "relay-ca.crt", tls / "server-ca.crt", tls / "server.crt", tls / "server.key",
-                  tls / "client.crt", tls / "client.key", None, None, None)
+    certs = Certs(
+        tls,
+        tls / "relay-ca.crt",
+        tls / "server-ca.crt",
+        tls / "server.crt",
+        tls / "server.key",
+        tls / "client.crt",
+        tls / "client.key",
+        None,
+        None,
+        None,
+    )
     config = make_config(root, certs, limits={"rate_per_s": 0, "health_rate_per_s": 0})
     keyring = load_keyring(config.keys_dir, require_signing=True)
     store = Store.open(config, keyring=keyring)

@@ -66,20 +66,35 @@ def verify_raw(entry: dict[str, Any], public_key: ec.EllipticCurvePublicKey, con
 @pytest.fixture
 def patient_docs(agent) -> dict[str, str]:
     """The patient's four example documents plus decoys; returns name -> doc id."""
-    ids = ingest(agent.store,
-                 make_doc("receipt"), make_doc("receipt_detail"), make_doc("prescription"),
-                 make_doc("pharmacy_receipt"),
-                 make_doc("receipt", document_no="R-OLD-1", issued_on="2025-01-10"),  # outside the period
-                 make_doc("receipt", document_no="R-MASKED", issued_on="2025-03-20", masked=True),
-                 make_doc("receipt", document_no="R-NORRN", issued_on="2025-03-21", no_rrn=True),
-                 make_doc("receipt", document_no="R-OTHER", rrn=OTHER_RRN, name=OTHER_NAME),
-                 make_doc("receipt", document_no="R-CANCEL", issued_on="2025-03-15"))
-    names = ["receipt", "receipt_detail", "prescription", "pharmacy_receipt", "old", "masked", "norrn", "other",
-             "cancel"]
+    ids = ingest(
+        agent.store,
+        make_doc("receipt"),
+        make_doc("receipt_detail"),
+        make_doc("prescription"),
+        make_doc("pharmacy_receipt"),
+        make_doc("receipt", document_no="R-OLD-1", issued_on="2025-01-10"),  # outside the period
+        make_doc("receipt", document_no="R-MASKED", issued_on="2025-03-20", masked=True),
+        make_doc("receipt", document_no="R-NORRN", issued_on="2025-03-21", no_rrn=True),
+        make_doc("receipt", document_no="R-OTHER", rrn=OTHER_RRN, name=OTHER_NAME),
+        make_doc("receipt", document_no="R-CANCEL", issued_on="2025-03-15"),
+    )
+    names = [
+        "receipt",
+        "receipt_detail",
+        "prescription",
+        "pharmacy_receipt",
+        "old",
+        "masked",
+        "norrn",
+        "other",
+        "cancel",
+    ]
     out = dict(zip(names, ids, strict=True))
     # R-CANCEL gets a cancellation as version 2: no longer listed.
-    ingest(agent.store, make_doc("receipt", document_no="R-CANCEL", issued_on="2025-03-15", version=2,
-                                 status="cancelled"))
+    ingest(
+        agent.store,
+        make_doc("receipt", document_no="R-CANCEL", issued_on="2025-03-15", version=2, status="cancelled"),
+    )
     return out
 
 
@@ -89,18 +104,26 @@ def test_search_lists_exactly_current_active_documents_in_period(agent, patient_
     assert resp.status_code == 200
     body = resp.json()
     listed = {d["id"]: d for d in body["documents"]}
-    expected = {patient_docs[k] for k in ("receipt", "receipt_detail", "prescription", "pharmacy_receipt", "masked")}
+    expected = {
+        patient_docs[k] for k in ("receipt", "receipt_detail", "prescription", "pharmacy_receipt", "masked")
+    }
     assert set(listed) == expected and body["count"] == 5
     assert listed[patient_docs["masked"]]["identity_match"] == "rrn_prefix"
     assert listed[patient_docs["receipt"]]["identity_match"] == "rrn"
     keys = [(d["issued_on"], d["id"]) for d in body["documents"]]
     assert keys == sorted(keys)
     receipt = listed[patient_docs["receipt"]]
-    assert receipt == {"id": patient_docs["receipt"], "type": "receipt", "document_no": "202503-000123",
-                       "version": 1, "issued_on": "2025-03-14",
-                       "care_period": {"start": "2025-03-14", "end": "2025-03-14"},
-                       "total_amount_krw": receipt["total_amount_krw"], "institution_code": "99000001",
-                       "identity_match": "rrn"}
+    assert receipt == {
+        "id": patient_docs["receipt"],
+        "type": "receipt",
+        "document_no": "202503-000123",
+        "version": 1,
+        "issued_on": "2025-03-14",
+        "care_period": {"start": "2025-03-14", "end": "2025-03-14"},
+        "total_amount_krw": receipt["total_amount_krw"],
+        "institution_code": "99000001",
+        "identity_match": "rrn",
+    }
     assert isinstance(receipt["total_amount_krw"], int)
     assert listed[patient_docs["prescription"]]["care_period"] is None
     assert listed[patient_docs["prescription"]]["total_amount_krw"] is None
@@ -110,7 +133,10 @@ def test_search_lists_exactly_current_active_documents_in_period(agent, patient_
     assert [d["id"] for d in only.json()["documents"]] == [patient_docs["prescription"]]
 
 
-@pytest.mark.parametrize("variant", ["홍 길동", "홍길동 ", "홍\u3000길동", "\u1112\u1169\u11bc\u1100\u1175\u11af\u1103\u1169\u11bc"])
+@pytest.mark.parametrize(
+    "variant",
+    ["홍 길동", "홍길동 ", "홍\u3000길동", "\u1112\u1169\u11bc\u1100\u1175\u11af\u1103\u1169\u11bc"],
+)
 def test_name_variants_match(agent, patient_docs, variant: str) -> None:
     with agent.client() as c:
         assert search(c, name=variant).json()["count"] == 5
@@ -123,8 +149,11 @@ def test_name_mismatch_is_indistinguishable_from_unknown_rrn_and_audited(agent, 
         unknown = search(c, rrn="850101-1999999", claim={"claim_no": "CLM-2", "consent_id": "CNS-2"})
     assert mismatch.status_code == unknown.status_code == 200
     strip = lambda b: {k: v for k, v in b.items() if k not in ("request_id", "generated_at", "claim_no")}  # noqa: E731
-    assert strip(mismatch.json()) == strip(unknown.json()) == {"institution_code": "99000001", "count": 0,
-                                                                 "documents": []}
+    assert (
+        strip(mismatch.json())
+        == strip(unknown.json())
+        == {"institution_code": "99000001", "count": 0, "documents": []}
+    )
     assert metrics.NAME_MISMATCH._value.get() == before + 1
     rec = [r for r in agent.relay_records() if r["request_id"] == mismatch.json()["request_id"]][0]
     assert rec["reason"] == "name_mismatch" and rec["withheld_count"] == 5 and rec["result_count"] == 0
@@ -140,7 +169,9 @@ def test_partial_name_mismatch_lists_only_matching_documents(agent) -> None:
         resp = search(c)
     assert [d["id"] for d in resp.json()["documents"]] == [ids[0]]
     rec = agent.relay_records()[-1]
-    assert rec["reason"] == "partial_name_mismatch" and rec["withheld_count"] == 1 and rec["result_count"] == 1
+    assert (
+        rec["reason"] == "partial_name_mismatch" and rec["withheld_count"] == 1 and rec["result_count"] == 1
+    )
 
 
 def test_search_then_fetch_returns_signed_latest_documents_in_requested_order(agent, patient_docs) -> None:
@@ -153,7 +184,9 @@ def test_search_then_fetch_returns_signed_latest_documents_in_requested_order(ag
     body = resp.json()
     assert [d["id"] for d in body["documents"]] == order and body["count"] == len(order)
     assert body["format"] == "standard" and body["claim_no"] == CLAIM["claim_no"]
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     for entry in body["documents"]:
         content = base64.b64decode(entry["content_base64"])
         assert entry["content_sha256"] == hashlib.sha256(content).hexdigest()
@@ -175,7 +208,9 @@ def test_search_then_fetch_returns_signed_latest_documents_in_requested_order(ag
     # Deterministic content between fetches; signatures differ but both verify.
     with agent.client() as c:
         again = fetch(c, order).json()
-    assert [d["content_base64"] for d in again["documents"]] == [d["content_base64"] for d in body["documents"]]
+    assert [d["content_base64"] for d in again["documents"]] == [
+        d["content_base64"] for d in body["documents"]
+    ]
 
 
 def test_fhir_format_is_a_document_bundle_without_rrn(agent, patient_docs) -> None:
@@ -216,7 +251,10 @@ def test_fetch_of_other_patients_id_or_unknown_id_is_404_with_same_body(agent, p
         ids = [d["id"] for d in search(c).json()["documents"]]
         other = fetch(c, ids[:1] + [patient_docs["other"]])
         missing = fetch(c, ids[:1] + ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"])
-    a, b = assert_problem(other, 404, "document-not-found"), assert_problem(missing, 404, "document-not-found")
+    a, b = (
+        assert_problem(other, 404, "document-not-found"),
+        assert_problem(missing, 404, "document-not-found"),
+    )
     a.pop("request_id"), b.pop("request_id")
     assert a == b
     assert "content_base64" not in other.text
@@ -229,8 +267,11 @@ def test_fetch_without_search_or_with_other_consent_is_claim_not_bound(agent, pa
     with agent.client() as c:
         assert_problem(fetch(c, [patient_docs["receipt"]]), 403, "claim-not-bound")
         search(c)
-        assert_problem(fetch(c, [patient_docs["receipt"]], claim={**CLAIM, "consent_id": "CNS-OTHER"}), 403,
-                       "claim-not-bound")
+        assert_problem(
+            fetch(c, [patient_docs["receipt"]], claim={**CLAIM, "consent_id": "CNS-OTHER"}),
+            403,
+            "claim-not-bound",
+        )
     assert agent.relay_records()[0]["result"] == "denied"
 
 
@@ -253,8 +294,10 @@ def test_binding_expires_60_minutes_after_latest_search(tmp_path: Path) -> None:
     try:
         [doc_id] = ingest(agent.store, make_doc("receipt"))
         with agent.client() as c:
+
             def sent() -> str:
                 return now_rfc3339(clock.now())
+
             assert search(c, sent_at=sent()).json()["count"] == 1
             clock.advance(59 * 60)
             assert fetch(c, [doc_id], sent_at=sent()).status_code == 200  # fetch does not extend (B6)
@@ -319,19 +362,39 @@ def test_same_request_id_twice_and_concurrently_is_replay(agent) -> None:
 def test_every_search_and_fetch_writes_exactly_one_audit_record(agent, patient_docs) -> None:
     with agent.client() as c:
         c.health()
-        responses = [search(c), fetch(c, [patient_docs["receipt"]]), c.post("/v1/documents/search", b"[]"),
-                     c.post("/v1/documents/fetch", b"x" * 70000),
-                     c.session.put(agent.base_url + "/v1/documents/fetch", timeout=5),
-                     fetch(c, [patient_docs["other"]])]
+        responses = [
+            search(c),
+            fetch(c, [patient_docs["receipt"]]),
+            c.post("/v1/documents/search", b"[]"),
+            c.post("/v1/documents/fetch", b"x" * 70000),
+            c.session.put(agent.base_url + "/v1/documents/fetch", timeout=5),
+            fetch(c, [patient_docs["other"]]),
+        ]
         c.session.get(agent.base_url + "/metrics", timeout=5)
     records = agent.relay_records()
     assert [r["status"] for r in records] == [r.status_code for r in responses]
     s, f = records[0], records[1]
     # S-16: every member of §7.2.
     for rec in (s, f):
-        assert {"seq", "ts_utc", "ts_local", "actor", "source", "action", "request_id", "claim_no", "subject_ref",
-                "document_ids", "result", "status", "problem_type", "reason", "bytes_out", "prev_hash",
-                "hash"} <= set(rec)
+        assert {
+            "seq",
+            "ts_utc",
+            "ts_local",
+            "actor",
+            "source",
+            "action",
+            "request_id",
+            "claim_no",
+            "subject_ref",
+            "document_ids",
+            "result",
+            "status",
+            "problem_type",
+            "reason",
+            "bytes_out",
+            "prev_hash",
+            "hash",
+        } <= set(rec)
         assert rec["ts_local"].endswith("+09:00") and rec["source"]["ip"] == "127.0.0.1"
         assert rec["actor"]["kind"] == "relay" and rec["actor"]["relay_id"] == "silson24-relay-01"
         assert rec["actor"]["cert_sha256"] and rec["actor"]["cert_subject"] == "CN=silson24-relay-01"
@@ -364,7 +427,9 @@ def test_audit_unwritable_fails_closed_and_recovers(agent, patient_docs) -> None
         assert c.health().status_code == 200
 
 
-def test_tampered_ciphertext_is_500_with_nothing_released_and_audited_as_integrity(agent, patient_docs) -> None:
+def test_tampered_ciphertext_is_500_with_nothing_released_and_audited_as_integrity(
+    agent, patient_docs
+) -> None:
     a, b = patient_docs["receipt"], patient_docs["prescription"]
     with agent.client() as c:
         search(c)
@@ -387,7 +452,9 @@ def test_tampered_ciphertext_is_500_with_nothing_released_and_audited_as_integri
     assert rec["reason"] == "integrity" and rec["result"] == "error" and rec["status"] == 500
 
 
-def test_concurrent_fetches_share_audit_commits_and_none_is_answered_before_its_record(agent, patient_docs) -> None:
+def test_concurrent_fetches_share_audit_commits_and_none_is_answered_before_its_record(
+    agent, patient_docs
+) -> None:
     """Group commit through the API: records of concurrent requests share transactions, and a
     response still waits for the commit of its own record (security.md §7.3)."""
     with agent.client() as c:

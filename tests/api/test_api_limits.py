@@ -145,7 +145,9 @@ def test_stalled_request_head_is_closed_without_response(tmp_path: Path) -> None
 def test_oversized_request_line_and_too_many_headers_are_closed(agent) -> None:
     ctx = client_context(agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key)
     long_line = b"GET /v1/health?" + b"a" * 2100 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-    many = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(70)) + b"\r\n"
+    many = (
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(70)) + b"\r\n"
+    )
     for request in (long_line, many):
         ok, received, _ = exchange(agent.server.address, ctx, request)
         assert ok
@@ -155,8 +157,10 @@ def test_oversized_request_line_and_too_many_headers_are_closed(agent) -> None:
 
 
 def test_500_slow_tls_clients_do_not_stall_a_legitimate_fetch(tmp_path: Path) -> None:
-    agent = start_agent(tmp_path, limits={"rate_per_s": 0, "health_rate_per_s": 0, "handshake_timeout": "2s",
-                                          "header_timeout": "2s"})
+    agent = start_agent(
+        tmp_path,
+        limits={"rate_per_s": 0, "health_rate_per_s": 0, "handshake_timeout": "2s", "header_timeout": "2s"},
+    )
     slow: list[socket.socket] = []
     try:
         ids = ingest(agent.store, make_doc("receipt"), make_doc("prescription"))

@@ -22,8 +22,9 @@ COMMITTED = REPO / "docs" / "relay-api.openapi.json"
 
 
 def test_committed_openapi_equals_generated() -> None:
-    assert COMMITTED.read_text(encoding="utf-8") == openapi_json(), \
+    assert COMMITTED.read_text(encoding="utf-8") == openapi_json(), (
         "regenerate docs/relay-api.openapi.json from agent.api.openapi.openapi_json()"
+    )
 
 
 def test_openapi_lists_exactly_the_three_routes_and_every_problem_status() -> None:
@@ -64,7 +65,12 @@ def test_fuzz_public_port_against_openapi(case, fuzz_agent: Agent, fuzz_session:
     # Valid-looking data may still be refused by time or state rules (clock-skew, replay,
     # claim-not-bound): the documented 4xx answer, not a bug, so "positive data" is not required.
     certs = fuzz_agent.certs
-    response = case.call(base_url=fuzz_agent.base_url, session=fuzz_session, timeout=(5, 10),
-                         verify=str(certs.server_ca), cert=(str(certs.client_cert), str(certs.client_key)))
+    response = case.call(
+        base_url=fuzz_agent.base_url,
+        session=fuzz_session,
+        timeout=(5, 10),
+        verify=str(certs.server_ca),
+        cert=(str(certs.client_cert), str(certs.client_key)),
+    )
     assert response.status_code < 500, response.text
     case.validate_response(response, excluded_checks=[positive_data_acceptance])

@@ -21,7 +21,9 @@ FETCH = "/v1/documents/fetch"
 
 def search_body(**over: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "request_id": str(uuid.uuid4()), "sent_at": now_rfc3339(), "relay_id": "silson24-relay-01",
+        "request_id": str(uuid.uuid4()),
+        "sent_at": now_rfc3339(),
+        "relay_id": "silson24-relay-01",
         "claim": {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001"},
         "patient": {"name": PATIENT_NAME, "rrn": PATIENT_RRN},
         "period": {"from": "2025-03-01", "to": "2025-03-31"},
@@ -48,8 +50,18 @@ def assert_security_headers(resp) -> None:
     assert server in (None, "silson-agent")
 
 
-@pytest.mark.parametrize("path", ["/metrics", "/status", "/docs", "/openapi.json", "/redoc", "/",
-                                  "/v1/documents/doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metrics",
+        "/status",
+        "/docs",
+        "/openapi.json",
+        "/redoc",
+        "/",
+        "/v1/documents/doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC",
+    ],
+)
 def test_unknown_paths_are_not_found(agent, path: str) -> None:
     with agent.client() as c:
         resp = c.session.get(agent.base_url + path, timeout=5)
@@ -77,8 +89,19 @@ def test_health_body_members_and_headers(agent) -> None:
     assert resp.headers["content-type"] == "application/json; charset=utf-8"
     assert_security_headers(resp)
     body = resp.json()
-    assert set(body) == {"status", "agent_version", "api_version", "api_revision", "institution_code",
-                         "server_time", "clock_tolerance_s", "storage", "audit_log", "ingest", "signing_key_id"}
+    assert set(body) == {
+        "status",
+        "agent_version",
+        "api_version",
+        "api_revision",
+        "institution_code",
+        "server_time",
+        "clock_tolerance_s",
+        "storage",
+        "audit_log",
+        "ingest",
+        "signing_key_id",
+    }
     assert body["status"] == "ok" and body["api_version"] == "v1" and body["clock_tolerance_s"] == 300
     assert body["signing_key_id"] == agent.keyring.signer.kid
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", body["server_time"])
@@ -95,8 +118,14 @@ def test_body_over_64_kib_is_413_and_audited_without_subject(agent) -> None:
     assert len(records) == 1 and records[0]["status"] == 413 and records[0]["subject_ref"] is None
 
 
-@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {"Content-Encoding": "gzip"},
-                                     {"Content-Type": "application/json; charset=latin-1"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "text/plain"},
+        {"Content-Encoding": "gzip"},
+        {"Content-Type": "application/json; charset=latin-1"},
+    ],
+)
 def test_wrong_media_type_or_encoding_is_415(agent, headers: dict[str, str]) -> None:
     with agent.client() as c:
         resp = c.post(SEARCH, search_body(), headers=headers)
@@ -109,16 +138,19 @@ def test_charset_utf8_parameter_is_accepted(agent) -> None:
     assert resp.status_code == 200
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"request_id": "\xff\xfe"}',
-    b'{"a": 1, "a": 2}',
-    b'[1, 2]',
-    b'{"request_id": NaN}',
-    b'{"x": Infinity}',
-    b'{"request_id": "x"} trailing',
-    b'\xef\xbb\xbf{}',
-    b'',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"request_id": "\xff\xfe"}',
+        b'{"a": 1, "a": 2}',
+        b"[1, 2]",
+        b'{"request_id": NaN}',
+        b'{"x": Infinity}',
+        b'{"request_id": "x"} trailing',
+        b"\xef\xbb\xbf{}",
+        b"",
+    ],
+)
 def test_malformed_json_is_400(agent, raw: bytes) -> None:
     with agent.client() as c:
         resp = c.post(SEARCH, raw)
@@ -139,8 +171,15 @@ def test_missing_request_id_is_422_with_pointer(agent) -> None:
     assert ("/request_id", "missing") in _pointers(resp)
 
 
-@pytest.mark.parametrize("sent_at", ["2025-03-14T10:00:00", "2025-03-14T10:00:00+09:00",
-                                     "2025-03-14T10:00:00.1234567Z", "2025-03-14 10:00:00Z"])
+@pytest.mark.parametrize(
+    "sent_at",
+    [
+        "2025-03-14T10:00:00",
+        "2025-03-14T10:00:00+09:00",
+        "2025-03-14T10:00:00.1234567Z",
+        "2025-03-14 10:00:00Z",
+    ],
+)
 def test_malformed_sent_at_is_422(agent, sent_at: str) -> None:
     with agent.client() as c:
         resp = c.post(SEARCH, search_body(sent_at=sent_at))
@@ -162,8 +201,16 @@ def test_unknown_member_at_any_level_names_only_the_enclosing_object(agent) -> N
 
 def test_float_anywhere_is_a_type_error_not_a_crash(agent) -> None:
     with agent.client() as c:
-        resp = c.post(FETCH, {"request_id": str(uuid.uuid4()), "sent_at": now_rfc3339(), "relay_id": "r",
-                              "claim": {"claim_no": "C1", "consent_id": "N1"}, "document_ids": [1.5]})
+        resp = c.post(
+            FETCH,
+            {
+                "request_id": str(uuid.uuid4()),
+                "sent_at": now_rfc3339(),
+                "relay_id": "r",
+                "claim": {"claim_no": "C1", "consent_id": "N1"},
+                "document_ids": [1.5],
+            },
+        )
     assert_problem(resp, 422, "validation-failed")
     assert ("/document_ids/0", "type") in _pointers(resp)
 
@@ -193,7 +240,10 @@ def test_rejected_request_id_can_be_reused(agent) -> None:
         bad = search_body(request_id=rid)
         del bad["period"]
         assert c.post(SEARCH, bad).status_code == 422
-        assert c.post(SEARCH, search_body(request_id=rid), headers={"Content-Type": "text/plain"}).status_code == 415
+        assert (
+            c.post(SEARCH, search_body(request_id=rid), headers={"Content-Type": "text/plain"}).status_code
+            == 415
+        )
         assert c.post(SEARCH, b'{"request_id": "' + rid.encode() + b'", ').status_code == 400
         assert c.post(SEARCH, search_body(request_id=rid)).status_code == 200
         assert_problem(c.post(SEARCH, search_body(request_id=rid)), 409, "replay-detected")
@@ -222,7 +272,10 @@ def test_enrolled_relay_ids_are_enforced(agent) -> None:
 
 def test_rrn_check_digit_not_validated_but_date_is(agent) -> None:
     with agent.client() as c:
-        assert c.post(SEARCH, search_body(patient={"name": PATIENT_NAME, "rrn": "900101-1000001"})).status_code == 200
+        assert (
+            c.post(SEARCH, search_body(patient={"name": PATIENT_NAME, "rrn": "900101-1000001"})).status_code
+            == 200
+        )
         resp = c.post(SEARCH, search_body(patient={"name": PATIENT_NAME, "rrn": "901301-1000001"}))
     assert_problem(resp, 422, "validation-failed")
     assert ("/patient/rrn", "format") in _pointers(resp)
@@ -239,8 +292,16 @@ def test_period_longer_than_1096_days_or_reversed_is_422(agent) -> None:
 def test_problem_documents_never_echo_fixture_data(agent) -> None:
     """C-29 / S-32: a battery of invalid requests built from fixture data."""
     ingest(agent.store, make_doc("receipt"))
-    secrets = [PATIENT_RRN, PATIENT_RRN.replace("-", ""), PATIENT_NAME, "9001011******", "900101-1******",
-               "CLM-20250314-000001", "CNS-20250314-0001", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"]
+    secrets = [
+        PATIENT_RRN,
+        PATIENT_RRN.replace("-", ""),
+        PATIENT_NAME,
+        "9001011******",
+        "900101-1******",
+        "CLM-20250314-000001",
+        "CNS-20250314-0001",
+        "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC",
+    ]
     bodies: list[Any] = [
         search_body(patient={"name": PATIENT_NAME, "rrn": PATIENT_RRN + "9"}),
         search_body(patient={"name": PATIENT_NAME * 60, "rrn": PATIENT_RRN}),
@@ -250,12 +311,20 @@ def test_problem_documents_never_echo_fixture_data(agent) -> None:
         search_body(document_types=[PATIENT_NAME]),
         search_body(request_id=PATIENT_RRN),
         search_body(sent_at=PATIENT_RRN),
-        {"request_id": str(uuid.uuid4()), "sent_at": now_rfc3339(), "relay_id": "r",
-         "claim": {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001"},
-         "document_ids": ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"]},
-        {"request_id": str(uuid.uuid4()), "sent_at": now_rfc3339(), "relay_id": "r",
-         "claim": {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001"},
-         "document_ids": ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"]},
+        {
+            "request_id": str(uuid.uuid4()),
+            "sent_at": now_rfc3339(),
+            "relay_id": "r",
+            "claim": {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001"},
+            "document_ids": ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"],
+        },
+        {
+            "request_id": str(uuid.uuid4()),
+            "sent_at": now_rfc3339(),
+            "relay_id": "r",
+            "claim": {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001"},
+            "document_ids": ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"],
+        },
         json.dumps({"patient": {"rrn": PATIENT_RRN}, "x": PATIENT_NAME}).encode() + b"{",
     ]
     with agent.client() as c:
@@ -278,7 +347,9 @@ def test_no_floats_in_any_json_body(agent) -> None:
 
     with agent.client() as c:
         responses = [c.health(), c.post(SEARCH, search_body())]
-        responses.append(c.fetch(claim_no="CLM-20250314-000001", consent_id="CNS-20250314-0001", document_ids=ids))
+        responses.append(
+            c.fetch(claim_no="CLM-20250314-000001", consent_id="CNS-20250314-0001", document_ids=ids)
+        )
         responses.append(c.post(SEARCH, b"[]"))
     for resp in responses:
         json.loads(resp.text, parse_float=no_float)

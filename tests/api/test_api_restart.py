@@ -18,8 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _spawn(root: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.api.serve_agent", str(root)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.api.serve_agent", str(root)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("PORT "), line
@@ -33,8 +38,9 @@ def test_replayed_request_id_is_rejected_after_sigkill_and_restart(tmp_path: Pat
     rid = str(uuid.uuid4())
     proc, port = _spawn(tmp_path)
     try:
-        with RelayClient(f"https://127.0.0.1:{port}", tls / "client.crt", tls / "client.key",
-                         tls / "server-ca.crt") as c:
+        with RelayClient(
+            f"https://127.0.0.1:{port}", tls / "client.crt", tls / "client.key", tls / "server-ca.crt"
+        ) as c:
             assert search(c, request_id=rid).status_code == 200
             assert_problem(search(c, request_id=rid), 409, "replay-detected")
     finally:
@@ -42,8 +48,9 @@ def test_replayed_request_id_is_rejected_after_sigkill_and_restart(tmp_path: Pat
         proc.wait(10)
     proc, port = _spawn(tmp_path)
     try:
-        with RelayClient(f"https://127.0.0.1:{port}", tls / "client.crt", tls / "client.key",
-                         tls / "server-ca.crt") as c:
+        with RelayClient(
+            f"https://127.0.0.1:{port}", tls / "client.crt", tls / "client.key", tls / "server-ca.crt"
+        ) as c:
             assert_problem(search(c, request_id=rid), 409, "replay-detected")
             assert search(c).status_code == 200
     finally:

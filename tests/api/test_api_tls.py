@@ -27,8 +27,10 @@ def _assert_no_http(agent, ctx: ssl.SSLContext) -> None:
 
 
 def test_valid_relay_client_gets_health(agent) -> None:
-    ok, received, _ = exchange(agent.server.address, client_context(agent.certs.server_ca, agent.certs.client_cert,
-                                                                    agent.certs.client_key))
+    ok, received, _ = exchange(
+        agent.server.address,
+        client_context(agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key),
+    )
     assert ok and received.startswith(b"HTTP/1.1 200 ")
 
 
@@ -40,7 +42,9 @@ def test_self_signed_client_certificate_gets_no_http_bytes(agent, tmp_path: Path
     key, cert = pki.make_ca("silson24-relay-01")  # self-signed
     pki.write_certs(tmp_path / "self.crt", cert)
     pki.write_key(tmp_path / "self.key", key)
-    _assert_no_http(agent, client_context(agent.certs.server_ca, tmp_path / "self.crt", tmp_path / "self.key"))
+    _assert_no_http(
+        agent, client_context(agent.certs.server_ca, tmp_path / "self.crt", tmp_path / "self.key")
+    )
 
 
 def test_certificate_from_another_ca_gets_no_http_bytes(agent, tmp_path: Path) -> None:
@@ -53,7 +57,9 @@ def test_certificate_from_another_ca_gets_no_http_bytes(agent, tmp_path: Path) -
 
 def test_expired_relay_ca_certificate_gets_no_http_bytes(agent) -> None:
     start = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
-    cert, key, _ = agent.certs.issue_client("expired", not_before=start, not_after=start + dt.timedelta(days=1))
+    cert, key, _ = agent.certs.issue_client(
+        "expired", not_before=start, not_after=start + dt.timedelta(days=1)
+    )
     _assert_no_http(agent, client_context(agent.certs.server_ca, cert, key))
 
 
@@ -65,17 +71,32 @@ def test_server_auth_only_certificate_gets_no_http_bytes(agent) -> None:
 def test_key_usage_without_digital_signature_gets_no_http_bytes(agent, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "badku")]))
-            .issuer_name(agent.certs.relay_ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=True, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(agent.certs.relay_ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "badku")]))
+        .issuer_name(agent.certs.relay_ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=True,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(agent.certs.relay_ca_key, hashes.SHA256())
+    )
     pki.write_certs(tmp_path / "ku.crt", cert)
     pki.write_key(tmp_path / "ku.key", key)
     _assert_no_http(agent, client_context(agent.certs.server_ca, tmp_path / "ku.crt", tmp_path / "ku.key"))
@@ -109,22 +130,37 @@ def test_system_trust_store_is_not_loaded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
 def test_tls10_and_tls11_are_refused(agent, version: ssl.TLSVersion) -> None:
-    ctx = client_context(agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key, version=version,
-                         ciphers="DEFAULT:@SECLEVEL=0")
+    ctx = client_context(
+        agent.certs.server_ca,
+        agent.certs.client_cert,
+        agent.certs.client_key,
+        version=version,
+        ciphers="DEFAULT:@SECLEVEL=0",
+    )
     ok, received, _ = exchange(agent.server.address, ctx)
     assert not ok and received == b""
 
 
 def test_tls12_cbc_only_is_refused(agent) -> None:
-    ctx = client_context(agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key,
-                         version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA")
+    ctx = client_context(
+        agent.certs.server_ca,
+        agent.certs.client_cert,
+        agent.certs.client_key,
+        version=ssl.TLSVersion.TLSv1_2,
+        ciphers="ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA",
+    )
     ok, received, _ = exchange(agent.server.address, ctx)
     assert not ok and received == b""
 
 
 def test_tls12_ecdhe_ecdsa_aes128_gcm_succeeds_with_aead(agent) -> None:
-    ctx = client_context(agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key,
-                         version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+    ctx = client_context(
+        agent.certs.server_ca,
+        agent.certs.client_cert,
+        agent.certs.client_key,
+        version=ssl.TLSVersion.TLSv1_2,
+        ciphers="ECDHE-ECDSA-AES128-GCM-SHA256",
+    )
     ok, received, sock = exchange(agent.server.address, ctx)
     assert ok and received.startswith(b"HTTP/1.1 200 ")
     assert sock is not None and sock.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
@@ -132,14 +168,19 @@ def test_tls12_ecdhe_ecdsa_aes128_gcm_succeeds_with_aead(agent) -> None:
 
 
 def test_tls13_succeeds_and_server_key_is_p256(agent) -> None:
-    ctx = client_context(agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key,
-                         version=ssl.TLSVersion.TLSv1_3)
+    ctx = client_context(
+        agent.certs.server_ca, agent.certs.client_cert, agent.certs.client_key, version=ssl.TLSVersion.TLSv1_3
+    )
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     ok, received, sock = exchange(agent.server.address, ctx)
     assert ok and received.startswith(b"HTTP/1.1 200 ")
     assert sock is not None
     assert sock.version() == "TLSv1.3" and sock.selected_alpn_protocol() == "http/1.1"
-    assert sock.cipher()[0] in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+    assert sock.cipher()[0] in (
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_AES_256_GCM_SHA384",
+        "TLS_CHACHA20_POLY1305_SHA256",
+    )
     server_cert = x509.load_der_x509_certificate(sock.getpeercert(binary_form=True))
     assert isinstance(server_cert.public_key(), ec.EllipticCurvePublicKey)
     assert server_cert.public_key().curve.name == "secp256r1"
@@ -152,8 +193,12 @@ def test_allow_list_matches_spki_or_certificate_fingerprint(tmp_path: Path) -> N
     cert_a1, key_a1, a1 = certs.issue_client("relay-a1", key=key_a)
     cert_a2, key_a2, _ = certs.issue_client("relay-a2", key=key_a)  # re-issued: same key, new cert
     cert_b, key_b, b = certs.issue_client("relay-b")
-    agent = start_agent(tmp_path, certs=certs, limits=NO_LIMITS,
-                        api={"allowed_client_fingerprints": [pki.spki_sha256(a1), pki.cert_sha256(b)]})
+    agent = start_agent(
+        tmp_path,
+        certs=certs,
+        limits=NO_LIMITS,
+        api={"allowed_client_fingerprints": [pki.spki_sha256(a1), pki.cert_sha256(b)]},
+    )
     try:
         for cert, key in ((cert_a1, key_a1), (cert_a2, key_a2), (cert_b, key_b)):
             ok, received, _ = exchange(agent.server.address, client_context(certs.server_ca, cert, key))
@@ -175,8 +220,9 @@ def test_reload_tls_new_connections_see_new_cert_and_open_connection_keeps_worki
         # Renewal: new key and certificate written in place, then the SIGHUP hook.
         server_ca_key = ec.generate_private_key(ec.SECP256R1())
         _, server_ca = pki.make_ca("test server CA 2", key=server_ca_key)
-        new_key, new_cert = pki.make_cert(server_ca_key, server_ca, "99000001", dns=["localhost"],
-                                          ips=["127.0.0.1"], server=True)
+        new_key, new_cert = pki.make_cert(
+            server_ca_key, server_ca, "99000001", dns=["localhost"], ips=["127.0.0.1"], server=True
+        )
         pki.write_certs(certs.server_cert, new_cert, server_ca)
         pki.write_key(certs.server_key, new_key)
         pki.write_certs(certs.server_ca, server_ca)

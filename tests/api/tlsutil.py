@@ -9,8 +9,14 @@ from pathlib import Path
 HEALTH_REQUEST = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
-def client_context(server_ca: Path, cert: Path | None = None, key: Path | None = None, *,
-                   version: ssl.TLSVersion | None = None, ciphers: str | None = None) -> ssl.SSLContext:
+def client_context(
+    server_ca: Path,
+    cert: Path | None = None,
+    key: Path | None = None,
+    *,
+    version: ssl.TLSVersion | None = None,
+    ciphers: str | None = None,
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(server_ca)
     if cert is not None:
@@ -23,8 +29,9 @@ def client_context(server_ca: Path, cert: Path | None = None, key: Path | None =
     return ctx
 
 
-def exchange(address: tuple[str, int], ctx: ssl.SSLContext, request: bytes = HEALTH_REQUEST,
-             timeout: float = 5.0) -> tuple[bool, bytes, ssl.SSLSocket | None]:
+def exchange(
+    address: tuple[str, int], ctx: ssl.SSLContext, request: bytes = HEALTH_REQUEST, timeout: float = 5.0
+) -> tuple[bool, bytes, ssl.SSLSocket | None]:
     """Handshake, send ``request``, read until EOF/timeout/error.
 
     Returns (handshake_completed_on_client_side, bytes received, the socket for inspection).

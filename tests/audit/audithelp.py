@@ -26,8 +26,9 @@ def write_installation(root: Path, *, keys: bool = True) -> Path:
     """agent.toml with ``[agent] data_dir`` (+ key files); returns the config path."""
     root.mkdir(parents=True, exist_ok=True)
     config_path = root / "agent.toml"
-    config_path.write_text('[agent]\ninstitution_code = "99000001"\ndata_dir = "data"\nlog_dir = "logs"\n',
-                           encoding="utf-8")
+    config_path.write_text(
+        '[agent]\ninstitution_code = "99000001"\ndata_dir = "data"\nlog_dir = "logs"\n', encoding="utf-8"
+    )
     if keys:
         generate_keys(root / "keys")
     return config_path
@@ -37,11 +38,16 @@ def load(config_path: Path) -> Config:
     return load_config(config_path, {})
 
 
-def relay_event(i: int, *, action: str = "documents.fetch", subject: str | None = SUBJECT_A,
-                **extra: Any) -> dict[str, Any]:
+def relay_event(
+    i: int, *, action: str = "documents.fetch", subject: str | None = SUBJECT_A, **extra: Any
+) -> dict[str, Any]:
     event: dict[str, Any] = {
-        "actor": {"kind": "relay", "relay_id": "test-relay-01", "cert_sha256": "f" * 64,
-                  "cert_subject": "CN=test-relay-01,O=TEST"},
+        "actor": {
+            "kind": "relay",
+            "relay_id": "test-relay-01",
+            "cert_sha256": "f" * 64,
+            "cert_subject": "CN=test-relay-01,O=TEST",
+        },
         "source": {"ip": "192.0.2.10", "port": 40000 + i % 1000},
         "action": action,
         "request_id": f"00000000-0000-4000-8000-{i:012d}",
@@ -100,9 +106,10 @@ class Tamper:
         forged = dict(before)
         forged.update({"seq": seq + 1, "prev_hash": before["hash"], "claim_no": "CLM-FORGED-0001"})
         forged["hash"] = record_hash(forged)
-        self.conn.execute("INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)",
-                          (seq + 1, forged["ts_utc"], forged["action"], forged["subject_ref"],
-                           canonical_text(forged)))
+        self.conn.execute(
+            "INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)",
+            (seq + 1, forged["ts_utc"], forged["action"], forged["subject_ref"], canonical_text(forged)),
+        )
         return forged
 
     def close(self) -> None:

@@ -95,7 +95,9 @@ def test_appends_from_many_threads_form_one_unbroken_chain(tmp_path: Path) -> No
     log.close()
 
 
-def _append_in_threads(log: AuditLog, events: list[dict], results: dict[int, object]) -> list[threading.Thread]:
+def _append_in_threads(
+    log: AuditLog, events: list[dict], results: dict[int, object]
+) -> list[threading.Thread]:
     """Start one thread per event, all released at once; ``results[i]`` is its record or error."""
     barrier = threading.Barrier(len(events))
 
@@ -207,8 +209,15 @@ for i in range(int(sys.argv[2])):
 
 def test_two_processes_appending_at_once_never_fork_the_chain(tmp_path: Path) -> None:
     AuditLog.open(tmp_path).close()
-    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(tmp_path), "60", f"relay-{k}"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True) for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, str(tmp_path), "60", f"relay-{k}"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     seqs = sorted(int(line.split()[0]) for out in outputs for line in out.splitlines())
@@ -218,8 +227,12 @@ def test_two_processes_appending_at_once_never_fork_the_chain(tmp_path: Path) ->
 
 
 def test_every_acknowledged_record_survives_sigkill(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(tmp_path), "100000", "relay-k"],
-                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(tmp_path), "100000", "relay-k"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     acknowledged = []
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -285,7 +298,9 @@ def test_immutable_database_files_fail_closed_and_recover(tmp_path: Path) -> Non
             pytest.skip("chattr +i is not supported here")
         _chattr("-i", db)
         try:
-            _assert_unavailable_then_recovers(log, lambda: _chattr("+i", db, wal), lambda: _chattr("-i", db, wal))
+            _assert_unavailable_then_recovers(
+                log, lambda: _chattr("+i", db, wal), lambda: _chattr("-i", db, wal)
+            )
         finally:
             _chattr("-i", db, wal)
 
@@ -293,8 +308,9 @@ def test_immutable_database_files_fail_closed_and_recover(tmp_path: Path) -> Non
 def test_full_volume_fails_closed_and_recovers(tmp_path: Path) -> None:
     volume = tmp_path / "vol"
     volume.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(volume)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(volume)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     filler = volume / "filler"
@@ -384,7 +400,8 @@ def test_rate_limited_counters_accumulate_per_day_and_client(tmp_path: Path) -> 
         log.count_rate_limited("client-b", day="2025-12-02")
         assert log.rate_limited_counts("2025-12") == [
             {"day": "2025-12-01", "client": "client-a", "count": 5},
-            {"day": "2025-12-02", "client": "client-b", "count": 1}]
+            {"day": "2025-12-02", "client": "client-b", "count": 1},
+        ]
         assert log.rate_limited_counts("2025-11") == []
 
 
@@ -425,8 +442,10 @@ def test_any_single_byte_change_in_the_database_is_detected(tmp_path: Path) -> N
         byte = data.draw(st.integers(0, 255).filter(lambda b: b != text[position]))
         tamper = Tamper(db)
         # Stored as TEXT even when the bytes are not valid UTF-8, as a hex editor would leave it.
-        tamper.conn.execute("UPDATE records SET record = CAST(? AS TEXT) WHERE seq = ?",
-                            (text[:position] + bytes([byte]) + text[position + 1:], seq))
+        tamper.conn.execute(
+            "UPDATE records SET record = CAST(? AS TEXT) WHERE seq = ?",
+            (text[:position] + bytes([byte]) + text[position + 1 :], seq),
+        )
         try:
             result = log.verify()
             assert not result.ok and result.first_bad_seq == seq

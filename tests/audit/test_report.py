@@ -38,8 +38,12 @@ def test_month_bounds_are_seoul_calendar_months() -> None:
 
 
 def test_off_hours_are_22_to_07_local() -> None:
-    records = [rec(1, at(21, 59), relay_event(1)), rec(2, at(22, 0), relay_event(2)),
-               rec(3, at(6, 59), relay_event(3)), rec(4, at(7, 0), relay_event(4))]
+    records = [
+        rec(1, at(21, 59), relay_event(1)),
+        rec(2, at(22, 0), relay_event(2)),
+        rec(3, at(6, 59), relay_event(3)),
+        rec(4, at(7, 0), relay_event(4)),
+    ]
     assert [r["seq"] for r in report_of(records)["off_hours"]["requests"]] == [2, 3]
 
 
@@ -49,11 +53,22 @@ def test_top_subjects_distinct_subjects_and_large_claims() -> None:
     for subject, fetches in (("1" * 64, 3), ("2" * 64, 5), ("3" * 64, 1)):
         for _ in range(fetches):
             seq += 1
-            records.append(rec(seq, at(10), relay_event(seq, subject=subject, claim_no="CLM-BIG",
-                                                         document_ids=[f"doc_{seq:026d}"] * 1)))
+            records.append(
+                rec(
+                    seq,
+                    at(10),
+                    relay_event(
+                        seq, subject=subject, claim_no="CLM-BIG", document_ids=[f"doc_{seq:026d}"] * 1
+                    ),
+                )
+            )
     report = report_of(records)
     assert report["distinct_subjects"] == 3
-    assert [(t["subject_ref"][0], t["fetches"]) for t in report["top_subjects"]] == [("2", 5), ("1", 3), ("3", 1)]
+    assert [(t["subject_ref"][0], t["fetches"]) for t in report["top_subjects"]] == [
+        ("2", 5),
+        ("1", 3),
+        ("3", 1),
+    ]
     assert report["claims_over_20_documents"] == []
     many = [f"doc_{i:026d}" for i in range(21)]
     report = report_of(records + [rec(99, at(10), relay_event(99, claim_no="CLM-HUGE", document_ids=many))])
@@ -70,20 +85,27 @@ def test_selftest_records_are_counted_apart() -> None:
 
 def test_backup_restore_and_quarantine_show_are_flagged_confirm_reason() -> None:
     admin = {"kind": "admin", "os_user": "clinic-it", "uid": 1000, "host": "emr-01"}
-    records = [rec(1, at(10), {"action": "admin.backup", "actor": admin, "reason": "monthly offsite"}),
-               rec(2, at(10), {"action": "admin.restore", "actor": admin}),
-               rec(3, at(10), {"action": "admin.quarantine.show", "actor": admin, "reason": "fix profile"}),
-               rec(4, at(10), {"action": "admin.keys.rotate", "actor": admin})]
+    records = [
+        rec(1, at(10), {"action": "admin.backup", "actor": admin, "reason": "monthly offsite"}),
+        rec(2, at(10), {"action": "admin.restore", "actor": admin}),
+        rec(3, at(10), {"action": "admin.quarantine.show", "actor": admin, "reason": "fix profile"}),
+        rec(4, at(10), {"action": "admin.keys.rotate", "actor": admin}),
+    ]
     report = report_of(records)
     assert [(r["action"], r["reason"], r["flag"]) for r in report["reason_review"]] == [
-        ("admin.backup", "monthly offsite", "confirm reason"), ("admin.restore", None, "confirm reason"),
-        ("admin.quarantine.show", "fix profile", "confirm reason")]
+        ("admin.backup", "monthly offsite", "confirm reason"),
+        ("admin.restore", None, "confirm reason"),
+        ("admin.quarantine.show", "fix profile", "confirm reason"),
+    ]
     assert report["admin_actions"]["count"] == 4
     assert "confirm reason" in render_text(report)
 
 
 def test_rate_limited_counts_are_summed_per_client() -> None:
-    rate = [{"day": "2025-11-03", "client": "x", "count": 3}, {"day": "2025-11-04", "client": "x", "count": 4}]
+    rate = [
+        {"day": "2025-11-03", "client": "x", "count": 3},
+        {"day": "2025-11-04", "client": "x", "count": 4},
+    ]
     assert report_of([], rate)["rate_limited"]["by_client"] == [{"client": "x", "count": 7}]
 
 
@@ -103,6 +125,8 @@ def test_plain_cells_and_numbers_are_left_alone() -> None:
 
 def test_csv_report_defuses_an_operator_reason() -> None:
     admin = {"kind": "admin", "os_user": "clinic-it", "uid": 1000, "host": "emr-01"}
-    report = report_of([rec(1, at(10), {"action": "admin.backup", "actor": admin, "reason": '=HYPERLINK("x")'})])
+    report = report_of(
+        [rec(1, at(10), {"action": "admin.backup", "actor": admin, "reason": '=HYPERLINK("x")'})]
+    )
     cells = [c for row in csv.reader(io.StringIO(render_csv(report))) for c in row]
-    assert "'=HYPERLINK(\"x\")" in cells and '=HYPERLINK("x")' not in cells
+    assert '\'=HYPERLINK("x")' in cells and '=HYPERLINK("x")' not in cells

@@ -116,8 +116,10 @@ def test_forged_record_appended_with_a_wrong_link_exits_6(inst: Path) -> None:
     from agent.audit.chain import canonical_text, record_hash
 
     forged["hash"] = record_hash(forged)
-    tamper.conn.execute("INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)",
-                        (1001, forged["ts_utc"], forged["action"], forged["subject_ref"], canonical_text(forged)))
+    tamper.conn.execute(
+        "INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)",
+        (1001, forged["ts_utc"], forged["action"], forged["subject_ref"], canonical_text(forged)),
+    )
     tamper.close()
     result = verify(inst)
     assert result.code == 6
@@ -127,7 +129,12 @@ def test_forged_record_appended_with_a_wrong_link_exits_6(inst: Path) -> None:
 def test_expect_head_matching_the_head_exits_0(inst: Path) -> None:
     seq, digest = AuditLog.open(load(inst / "agent.toml")).head()
     assert verify(inst, "--expect-head", f"{seq}:{digest}").code == 0
-    assert verify(inst, "--expect-head", f"{seq - 10}:{Tamper(inst / 'data' / 'audit.db').record(seq - 10)['hash']}").code == 0
+    assert (
+        verify(
+            inst, "--expect-head", f"{seq - 10}:{Tamper(inst / 'data' / 'audit.db').record(seq - 10)['hash']}"
+        ).code
+        == 0
+    )
 
 
 def test_expect_head_not_reached_exits_6(inst: Path) -> None:
@@ -147,7 +154,9 @@ def test_expect_head_malformed_is_a_usage_error(inst: Path) -> None:
     assert verify(inst, "--expect-head", "nonsense").code == 2
 
 
-def test_report_lists_actions_off_hours_mismatches_admin_actions_and_appears_in_the_log(tmp_path: Path) -> None:
+def test_report_lists_actions_off_hours_mismatches_admin_actions_and_appears_in_the_log(
+    tmp_path: Path,
+) -> None:
     config_path = write_installation(tmp_path / "inst")
     config = load(config_path)
     # 2025-11-03 05:12 UTC = 14:12 KST (office hours); 13:30 UTC = 22:30 KST (off hours).
@@ -156,12 +165,22 @@ def test_report_lists_actions_off_hours_mismatches_admin_actions_and_appears_in_
         log.append(relay_event(1, action="documents.search", result_count=2, withheld_count=0))
         log.append(relay_event(2))
         clock.advance(8 * 3600 + 18 * 60)
-        log.append(relay_event(3, action="documents.search", reason="name_mismatch", result_count=0,
-                               withheld_count=1))
-        log.append(relay_event(4, result="denied", status=403, problem_type="claim-not-bound", document_ids=[]))
+        log.append(
+            relay_event(
+                3, action="documents.search", reason="name_mismatch", result_count=0, withheld_count=1
+            )
+        )
+        log.append(
+            relay_event(4, result="denied", status=403, problem_type="claim-not-bound", document_ids=[])
+        )
         log.count_rate_limited("f" * 64, n=5)
-        audit_admin(config, "backup", reason='=HYPERLINK("x")', log=log,
-                    environ={"SUDO_USER": "clinic-it", "SUDO_UID": "1000"})
+        audit_admin(
+            config,
+            "backup",
+            reason='=HYPERLINK("x")',
+            log=log,
+            environ={"SUDO_USER": "clinic-it", "SUDO_UID": "1000"},
+        )
 
     result = run_cli("audit", "report", "--month", "2025-11", "--json", "--config", str(config_path))
     assert result.code == 0, result.stderr
@@ -194,15 +213,17 @@ def test_report_csv_is_formula_safe(tmp_path: Path) -> None:
     result = run_cli("audit", "report", "--month", "2025-11", "--csv", "--config", str(config_path))
     assert result.code == 0, result.stderr
     cells = [cell for row in csv.reader(io.StringIO(result.stdout)) for cell in row]
-    assert "'=HYPERLINK(\"x\")" in cells
+    assert '\'=HYPERLINK("x")' in cells
     assert '=HYPERLINK("x")' not in cells
 
 
 def test_report_rejects_a_bad_month_and_both_formats(tmp_path: Path) -> None:
     config_path = write_installation(tmp_path / "inst", keys=False)
     assert run_cli("audit", "report", "--month", "2025-13", "--config", str(config_path)).code == 2
-    assert run_cli("audit", "report", "--month", "2025-11", "--json", "--csv",
-                   "--config", str(config_path)).code == 2
+    assert (
+        run_cli("audit", "report", "--month", "2025-11", "--json", "--csv", "--config", str(config_path)).code
+        == 2
+    )
 
 
 def test_report_is_refused_with_exit_5_when_its_record_cannot_be_written(tmp_path: Path) -> None:

@@ -29,17 +29,40 @@ def test_unknown_command_and_option_are_usage_errors(cli) -> None:
 
 def test_init_dev_certs_creates_the_documented_layout(cli, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    result = cli("init", "--dir", str(target), "--institution-code", "12345678",
-                 "--institution-type", "pharmacy", "--dev-certs")
+    result = cli(
+        "init",
+        "--dir",
+        str(target),
+        "--institution-code",
+        "12345678",
+        "--institution-type",
+        "pharmacy",
+        "--dev-certs",
+    )
     assert result.code == 0, result.stderr
-    for name in ("agent.toml", "keys/kek-1.key", "keys/blind-index.key", "keys/signing.key",
-                 "tls/server.crt", "tls/server.key", "tls/relay-ca.crt", "tls/relay-server-ca.crt",
-                 "tls/relay-client.crt", "tls/relay-client.key", "tls/dev-ca.crt"):
+    for name in (
+        "agent.toml",
+        "keys/kek-1.key",
+        "keys/blind-index.key",
+        "keys/signing.key",
+        "tls/server.crt",
+        "tls/server.key",
+        "tls/relay-ca.crt",
+        "tls/relay-server-ca.crt",
+        "tls/relay-client.crt",
+        "tls/relay-client.key",
+        "tls/dev-ca.crt",
+    ):
         assert (target / name).is_file(), name
     for name in ("inbox", "data", "logs"):
         assert (target / name).is_dir(), name
-    for key in ("keys/kek-1.key", "keys/blind-index.key", "keys/signing.key", "tls/server.key",
-                "tls/relay-client.key"):
+    for key in (
+        "keys/kek-1.key",
+        "keys/blind-index.key",
+        "keys/signing.key",
+        "tls/server.key",
+        "tls/relay-client.key",
+    ):
         assert stat.S_IMODE(os.stat(target / key).st_mode) == 0o600, key
     assert stat.S_IMODE(os.stat(target / "keys").st_mode) == 0o700
 

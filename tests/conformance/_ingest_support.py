@@ -48,12 +48,23 @@ def agent_env(extra: dict[str, str] | None = None, *, drop: tuple[str, ...] = ()
     return env
 
 
-def cli(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None,
-        stdin: str | bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(
+    *args: str | os.PathLike,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | bytes | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
     """Run ``python -m agent ARGS`` as a subprocess; stdout/stderr as text."""
-    return subprocess.run([sys.executable, "-m", "agent", *map(str, args)], cwd=str(cwd or REPO),
-                          env=env if env is not None else agent_env(), input=stdin,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *map(str, args)],
+        cwd=str(cwd or REPO),
+        env=env if env is not None else agent_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_inproc(*args: str | os.PathLike, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -63,8 +74,9 @@ def cli_inproc(*args: str | os.PathLike, cwd: Path | None = None) -> subprocess.
     from agent.cli import Environment, main
 
     out, err = io.StringIO(), io.StringIO()
-    env = Environment(stdin=io.StringIO(""), stdout=out, stderr=err, environ=agent_env(),
-                      cwd=str(cwd or REPO))
+    env = Environment(
+        stdin=io.StringIO(""), stdout=out, stderr=err, environ=agent_env(), cwd=str(cwd or REPO)
+    )
     code = main([str(a) for a in args], env)
     return subprocess.CompletedProcess(list(map(str, args)), code, out.getvalue(), err.getvalue())
 
@@ -162,8 +174,13 @@ def _xml_children(obj: dict, indent: str) -> str:
     return "".join(parts)
 
 
-def to_xml(docs: list[dict], *, declaration: str = '<?xml version="1.0" encoding="UTF-8"?>\n',
-           keep_type_child: bool = False, type_attr: bool = True) -> str:
+def to_xml(
+    docs: list[dict],
+    *,
+    declaration: str = '<?xml version="1.0" encoding="UTF-8"?>\n',
+    keep_type_child: bool = False,
+    type_attr: bool = True,
+) -> str:
     """The standard XML serialisation of exports.md §2."""
     out = [declaration, "<documents>\n"]
     for d in docs:
@@ -186,8 +203,9 @@ schema_version,document_type,document_no,version,status,issued_on,institution.yk
 """
 
 
-def fresh_receipt(no: str, *, version: int = 1, name: str | None = None, rrn: str | None = None,
-                  **changes: Any) -> dict:
+def fresh_receipt(
+    no: str, *, version: int = 1, name: str | None = None, rrn: str | None = None, **changes: Any
+) -> dict:
     """The §12.1 receipt with another document_no (a distinct natural key)."""
     d = example("receipt")
     d["document_no"] = no
@@ -288,8 +306,16 @@ class Install:
         self.toml = root / "agent.toml"
 
     @classmethod
-    def create(cls, tmp: Path, *, code: str = "99000001", kind: str = "clinic",
-               watch: dict | None = None, config: dict | None = None, name: str = "inst") -> Install:
+    def create(
+        cls,
+        tmp: Path,
+        *,
+        code: str = "99000001",
+        kind: str = "clinic",
+        watch: dict | None = None,
+        config: dict | None = None,
+        name: str = "inst",
+    ) -> Install:
         root = tmp / name
         shutil.copytree(_template(code, kind), root, symlinks=True)
         inst = cls(root)
@@ -369,10 +395,15 @@ class Install:
 def counters(status: dict) -> dict:
     ing = status["ingest"]
     docs = status["documents"]
-    return {"accepted": ing["files_accepted"], "duplicate": ing["files_duplicate"],
-            "quarantined": ing["files_quarantined"], "active": docs["current_active"],
-            "cancelled": docs["current_cancelled"], "versions": docs["versions_total"],
-            "records": ing["records_committed"]}
+    return {
+        "accepted": ing["files_accepted"],
+        "duplicate": ing["files_duplicate"],
+        "quarantined": ing["files_quarantined"],
+        "active": docs["current_active"],
+        "cancelled": docs["current_cancelled"],
+        "versions": docs["versions_total"],
+        "records": ing["records_committed"],
+    }
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.15, what: str = "") -> Any:
@@ -402,9 +433,13 @@ class Daemon:
 
     def start(self, timeout: float = 40.0) -> Daemon:
         self._err = open(self.err_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.inst.toml)],
-                                     stdout=subprocess.DEVNULL, stderr=self._err, cwd=str(self.inst.root),
-                                     env=agent_env())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(self.inst.toml)],
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            cwd=str(self.inst.root),
+            env=agent_env(),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.stderr().splitlines():
@@ -455,8 +490,15 @@ class Daemon:
     # -- ingest helpers
     _last: dict | None = None
 
-    def ingest(self, name: str, content: bytes | str, *, timeout: float = 30.0, atomic: bool = True,
-               stays: bool = False) -> dict:
+    def ingest(
+        self,
+        name: str,
+        content: bytes | str,
+        *,
+        timeout: float = 30.0,
+        atomic: bool = True,
+        stays: bool = False,
+    ) -> dict:
         """Drop a file and wait for its outcome; return the counter delta.
 
         In move mode the file leaves the folder once its records are committed or it is quarantined
@@ -466,15 +508,24 @@ class Daemon:
         done0 = before["accepted"] + before["duplicate"] + before["quarantined"]
         path = self.inst.drop(name, content, atomic=atomic)
         if stays:
-            wait_for(lambda: files_done(self.inst.status()) > done0, timeout, interval=0.3,
-                     what=f"outcome for {name}")
+            wait_for(
+                lambda: files_done(self.inst.status()) > done0,
+                timeout,
+                interval=0.3,
+                what=f"outcome for {name}",
+            )
         else:
             wait_for(lambda: not path.exists(), timeout, interval=0.05, what=f"{name} taken from the folder")
         after = counters(self.inst.status())
         if not stays and after["accepted"] + after["duplicate"] + after["quarantined"] == done0:
-            after = wait_for(lambda: (lambda c: c if c["accepted"] + c["duplicate"] + c["quarantined"] > done0
-                                      else None)(counters(self.inst.status())), timeout, interval=0.3,
-                             what=f"counters for {name}")
+            after = wait_for(
+                lambda: (lambda c: c if c["accepted"] + c["duplicate"] + c["quarantined"] > done0 else None)(
+                    counters(self.inst.status())
+                ),
+                timeout,
+                interval=0.3,
+                what=f"counters for {name}",
+            )
         self._last = after
         return {k: after[k] - before[k] for k in after}
 
@@ -503,8 +554,9 @@ _HANGUL_UTF8 = re.compile(rb"(?:[\xea-\xed][\x80-\xbf][\x80-\xbf])+")
 _HANGUL_CP949 = re.compile(rb"(?:[\xb0-\xc8][\xa1-\xfe])+")
 
 
-def scan_phi(roots: list[Path], names: set[str], rrns: set[str], extra: dict[str, bytes] | None = None
-             ) -> dict[str, list[str]]:
+def scan_phi(
+    roots: list[Path], names: set[str], rrns: set[str], extra: dict[str, bytes] | None = None
+) -> dict[str, list[str]]:
     """Like ``scan_bytes(roots, phi_needles(...))`` but fast for many needles."""
     rrn_forms: dict[bytes, str] = {}
     for rrn in rrns:

@@ -49,18 +49,22 @@ def test_version_prints_name_and_semver():
     assert r.stdout.count("\n") <= 1
 
 
-@pytest.mark.parametrize("argv", [
-    ["frobnicate"],
-    ["check"],
-    ["check", "--no-such-option", str(EXAMPLES / "receipt.json")],
-    ["convert", "--to", "html", str(EXAMPLES / "receipt.json")],
-    ["synth", "--out", "OUT", "--format", "yaml"],
-    ["synth", "--out", "OUT", "--encoding", "latin-1"],
-    ["synth", "--out", "OUT", "--count", "many"],
-    ["quarantine", "explode"],
-    ["init", "--dir", "OUT", "--institution-type", "dentist"],
-    ["status", "--json", "surplus-argument"],
-], ids=lambda a: "-".join(a)[:40])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["frobnicate"],
+        ["check"],
+        ["check", "--no-such-option", str(EXAMPLES / "receipt.json")],
+        ["convert", "--to", "html", str(EXAMPLES / "receipt.json")],
+        ["synth", "--out", "OUT", "--format", "yaml"],
+        ["synth", "--out", "OUT", "--encoding", "latin-1"],
+        ["synth", "--out", "OUT", "--count", "many"],
+        ["quarantine", "explode"],
+        ["init", "--dir", "OUT", "--institution-type", "dentist"],
+        ["status", "--json", "surplus-argument"],
+    ],
+    ids=lambda a: "-".join(a)[:40],
+)
 def test_usage_errors_exit_2(argv, tmp_path):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
     r = cli(*argv, cwd=tmp_path)
@@ -98,36 +102,35 @@ def _mutate(cfg: dict, path: str, value) -> dict:
 
 CONFIG_ERRORS = [
     # (key path, value, text expected in the message)
-    ("agent.colour", "red", "colour"),                 # unknown key
-    ("bogus_section.x", 1, "bogus_section"),           # unknown table
-    ("watch.colour", "red", "colour"),                 # unknown key inside [[watch]]
-    ("api.limits.colour", 1, "colour"),                # unknown key inside [api.limits]
-    ("agent.institution_code", 99000001, "institution_code"),      # wrong type (int for string)
-    ("watch.recursive", "yes", "recursive"),           # wrong type (string for bool)
+    ("agent.colour", "red", "colour"),  # unknown key
+    ("bogus_section.x", 1, "bogus_section"),  # unknown table
+    ("watch.colour", "red", "colour"),  # unknown key inside [[watch]]
+    ("api.limits.colour", 1, "colour"),  # unknown key inside [api.limits]
+    ("agent.institution_code", 99000001, "institution_code"),  # wrong type (int for string)
+    ("watch.recursive", "yes", "recursive"),  # wrong type (string for bool)
     ("watch.max_file_size", "64MiB", "max_file_size"),  # wrong type
-    ("backup.keep", "7", "keep"),                      # wrong type
+    ("backup.keep", "7", "keep"),  # wrong type
     ("api.limits.max_body_bytes", "big", "max_body_bytes"),
-    ("watch.scan_interval", "30", "scan_interval"),    # duration without unit
+    ("watch.scan_interval", "30", "scan_interval"),  # duration without unit
     ("watch.scan_interval", "30 s", "scan_interval"),  # blank inside
-    ("watch.settle", "1.5s", "settle"),                # not an integer
-    ("watch.settle", "0s", "settle"),                  # not positive
+    ("watch.settle", "1.5s", "settle"),  # not an integer
+    ("watch.settle", "0s", "settle"),  # not positive
     ("watch.settle", "-2s", "settle"),
-    ("watch.settle", "2w", "settle"),                  # unknown unit
+    ("watch.settle", "2w", "settle"),  # unknown unit
     ("relay.heartbeat_interval", 300, "heartbeat_interval"),  # duration must be a string
     ("retention.keep", "3 years", "keep"),
     ("agent.institution_code", "1234567", "institution_code"),  # out of range: 8 digits
     ("agent.institution_type", "dentist", "institution_type"),
     ("watch.sentinel", "sometimes", "sentinel"),
     ("watch.source_mode", "copy", "source_mode"),
-    ("api.limits.max_body_bytes", 65536 * 101, "max_body_bytes"),   # looser than 100x the default
-    ("api.limits.header_timeout", "1000s", "header_timeout"),       # 10s * 100 = 1000s allowed? see below
-    ("retention.audit_keep", "2y", "audit_keep"),      # below the 3y minimum
+    ("api.limits.max_body_bytes", 65536 * 101, "max_body_bytes"),  # looser than 100x the default
+    ("api.limits.header_timeout", "1000s", "header_timeout"),  # 10s * 100 = 1000s allowed? see below
+    ("retention.audit_keep", "2y", "audit_keep"),  # below the 3y minimum
     ("admin.listen", "0.0.0.0:8780", "admin.listen"),  # non-loopback admin
 ]
 
 
-@pytest.mark.parametrize("path,value,needle", CONFIG_ERRORS,
-                         ids=[f"{p}={v!r}" for p, v, _ in CONFIG_ERRORS])
+@pytest.mark.parametrize("path,value,needle", CONFIG_ERRORS, ids=[f"{p}={v!r}" for p, v, _ in CONFIG_ERRORS])
 def test_config_errors_exit_4_naming_key_and_file(tmp_path, path, value, needle):
     if path == "api.limits.header_timeout":
         value = "1001s"  # just beyond 100x the 10 s default
@@ -211,8 +214,14 @@ def test_config_lookup_env_var_before_cwd(two_installs):
 
 def test_config_option_wins_over_env_var(two_installs, tmp_path):
     a, b = two_installs
-    r = cli("status", "--json", "--config", b.toml, cwd=a.root,
-            env=agent_env({"SILSON_AGENT_CONFIG": str(a.toml)}))
+    r = cli(
+        "status",
+        "--json",
+        "--config",
+        b.toml,
+        cwd=a.root,
+        env=agent_env({"SILSON_AGENT_CONFIG": str(a.toml)}),
+    )
     assert _code(r) == "99000022"
 
 
@@ -239,9 +248,17 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
 
 
 DEV_LAYOUT = [
-    "agent.toml", "keys/kek-1.key", "keys/blind-index.key", "keys/signing.key",
-    "tls/server.crt", "tls/server.key", "tls/relay-ca.crt", "tls/relay-server-ca.crt",
-    "tls/relay-client.crt", "tls/relay-client.key", "tls/dev-ca.crt",
+    "agent.toml",
+    "keys/kek-1.key",
+    "keys/blind-index.key",
+    "keys/signing.key",
+    "tls/server.crt",
+    "tls/server.key",
+    "tls/relay-ca.crt",
+    "tls/relay-server-ca.crt",
+    "tls/relay-client.crt",
+    "tls/relay-client.key",
+    "tls/dev-ca.crt",
 ]
 
 
@@ -251,15 +268,28 @@ def _mode(p: Path) -> int:
 
 def test_init_dev_certs_layout_and_modes(tmp_path):
     root = tmp_path / "site"
-    r = cli("init", "--dir", root, "--institution-code", "99000123", "--institution-type", "pharmacy",
-            "--dev-certs")
+    r = cli(
+        "init",
+        "--dir",
+        root,
+        "--institution-code",
+        "99000123",
+        "--institution-type",
+        "pharmacy",
+        "--dev-certs",
+    )
     assert r.returncode == 0, r.stderr
     for rel in DEV_LAYOUT:
         assert (root / rel).is_file(), rel
     for d in ("inbox", "data", "logs", "keys", "tls"):
         assert (root / d).is_dir(), d
-    for key in ("keys/kek-1.key", "keys/blind-index.key", "keys/signing.key",
-                "tls/server.key", "tls/relay-client.key"):
+    for key in (
+        "keys/kek-1.key",
+        "keys/blind-index.key",
+        "keys/signing.key",
+        "tls/server.key",
+        "tls/relay-client.key",
+    ):
         assert _mode(root / key) == 0o600, (key, oct(_mode(root / key)))
     for d in ("keys", "data", "inbox", "tls"):
         assert _mode(root / d) == 0o700, (d, oct(_mode(root / d)))
@@ -304,8 +334,10 @@ def test_init_without_dev_certs_has_no_dev_files(tmp_path):
 def test_init_refuses_to_overwrite_keys(tmp_path):
     root = tmp_path / "site"
     assert cli("init", "--dir", root, "--dev-certs").returncode == 0
-    before = {p: (root / p).read_bytes() for p in ("keys/kek-1.key", "keys/blind-index.key",
-                                                   "keys/signing.key", "tls/server.key")}
+    before = {
+        p: (root / p).read_bytes()
+        for p in ("keys/kek-1.key", "keys/blind-index.key", "keys/signing.key", "tls/server.key")
+    }
     r = cli("init", "--dir", root, "--dev-certs")
     assert r.returncode not in (0, 1), r.returncode
     assert "Traceback" not in r.stderr
@@ -323,7 +355,9 @@ def _write(tmp_path: Path, name: str, doc) -> Path:
 
 
 def test_check_valid_examples_exit_0(tmp_path):
-    files = [EXAMPLES / f"{n}.json" for n in ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")]
+    files = [
+        EXAMPLES / f"{n}.json" for n in ("receipt", "receipt_detail", "prescription", "pharmacy_receipt")
+    ]
     r = cli("check", *files, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert not any(p["rule"].startswith("R-") for p in problems(r.stdout))
@@ -379,11 +413,12 @@ def test_check_r034_uses_check_time_not_input_received_at(tmp_path):
     doc = example("receipt")
     future = today_kst().toordinal() + 2
     import datetime as dt
+
     day = dt.date.fromordinal(future).isoformat()
     doc.pop("issued_at")
     doc["issued_on"] = day
     doc["care_period"] = {"start": day, "end": day}
-    doc["received_at"] = "2099-12-31T00:00:00+09:00"   # would make the document "not from the future"
+    doc["received_at"] = "2099-12-31T00:00:00+09:00"  # would make the document "not from the future"
     r = cli("check", _write(tmp_path, "f.json", doc), cwd=tmp_path)
     assert r.returncode == 3
     rules = rules_of(r)
@@ -404,6 +439,7 @@ def test_check_today_is_not_future(tmp_path):
 
 def test_check_w023_uses_check_time(tmp_path):
     import datetime as dt
+
     old = today_kst().replace(year=today_kst().year - 11).isoformat()
     doc = example("receipt")
     doc.pop("issued_at")
@@ -468,6 +504,7 @@ def test_check_missing_input_file_is_not_a_crash(tmp_path):
 @pytest.mark.parametrize("name", ["receipt", "receipt_detail", "prescription", "pharmacy_receipt"])
 def test_convert_standard_is_canonical_form(name, tmp_path):
     from tests.conformance._ingest_support import content_hash
+
     expected = json.loads((EXAMPLES / f"{name}.json").read_text(encoding="utf-8"))["content_hash"]
     for extra in ([], ["--to", "standard"]):
         r = cli("convert", *extra, EXAMPLES / f"{name}.json", cwd=tmp_path)
@@ -490,7 +527,9 @@ def test_convert_fhir_bundle(name, tmp_path):
     assert bundle["entry"][0]["resource"]["resourceType"] == "Composition"
     src = example(name)
     assert bundle["identifier"]["value"] == src["document_no"]
-    assert bundle["identifier"]["system"].endswith(f"/sid/{src['document_type']}/{src['institution']['ykiho']}")
+    assert bundle["identifier"]["system"].endswith(
+        f"/sid/{src['document_type']}/{src['institution']['ykiho']}"
+    )
     assert bundle["meta"]["versionId"] == "1"
     assert "9001011000001" not in r.stdout and "900101-1000001" not in r.stdout  # RRN never rendered
     r4b = pytest.importorskip("fhir.resources.R4B.bundle")
@@ -535,7 +574,7 @@ def test_schema_per_type_is_draft_2020_12_and_accepts_example(name, tmp_path):
     v = jsonschema.Draft202012Validator(schema)
     assert not list(v.iter_errors(example(name)))
     bad = example(name)
-    bad["total_charge" if "total_charge" in bad else "version"] = "12"   # int given as string
+    bad["total_charge" if "total_charge" in bad else "version"] = "12"  # int given as string
     assert list(v.iter_errors(bad)), "a wrong JSON type must fail the schema"
     bad = example(name)
     bad["no_such_field"] = "x"
@@ -610,29 +649,71 @@ def test_synth_cp949_encoding(tmp_path):
 
 def test_synth_corpus_contents(tmp_path):
     out = tmp_path / "o"
-    r = cli("synth", "--out", out, "--count", "120", "--seed", "3", "--format", "jsonl", "--encoding", "utf-8", cwd=tmp_path)
+    r = cli(
+        "synth",
+        "--out",
+        out,
+        "--count",
+        "120",
+        "--seed",
+        "3",
+        "--format",
+        "jsonl",
+        "--encoding",
+        "utf-8",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0
     docs = []
     for p in _exports(out):
         docs += [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert {d["document_type"] for d in docs} == {"receipt", "receipt_detail", "prescription", "pharmacy_receipt"}
+    assert {d["document_type"] for d in docs} == {
+        "receipt",
+        "receipt_detail",
+        "prescription",
+        "pharmacy_receipt",
+    }
     assert any(d["status"] == "cancelled" for d in docs), "cancellations"
     assert any(d["version"] > 1 and d["status"] == "active" for d in docs), "corrections"
     rx = {d["document_no"] for d in docs if d["document_type"] == "prescription"}
-    assert any(d.get("prescription_issue_no") in rx for d in docs if d["document_type"] == "pharmacy_receipt"), \
-        "linked prescriptions / pharmacy receipts"
+    assert any(
+        d.get("prescription_issue_no") in rx for d in docs if d["document_type"] == "pharmacy_receipt"
+    ), "linked prescriptions / pharmacy receipts"
     more = tmp_path / "more"
-    cli("synth", "--out", more, "--count", "240", "--seed", "3", "--format", "jsonl", "--encoding", "utf-8", cwd=tmp_path)
-    n_more = sum(1 for p in _exports(more) for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
+    cli(
+        "synth",
+        "--out",
+        more,
+        "--count",
+        "240",
+        "--seed",
+        "3",
+        "--format",
+        "jsonl",
+        "--encoding",
+        "utf-8",
+        cwd=tmp_path,
+    )
+    n_more = sum(
+        1 for p in _exports(more) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()
+    )
     assert n_more > len(docs)
 
 
 def test_synth_invalid_rate(tmp_path):
     good, bad = tmp_path / "good", tmp_path / "bad"
-    assert cli("synth", "--out", good, "--count", "40", "--seed", "4", "--invalid-rate", "0",
-               cwd=tmp_path).returncode == 0
-    assert cli("synth", "--out", bad, "--count", "40", "--seed", "4", "--invalid-rate", "1",
-               cwd=tmp_path).returncode == 0
+    assert (
+        cli(
+            "synth", "--out", good, "--count", "40", "--seed", "4", "--invalid-rate", "0", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    assert (
+        cli(
+            "synth", "--out", bad, "--count", "40", "--seed", "4", "--invalid-rate", "1", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     assert cli("check", *_exports(good), cwd=tmp_path).returncode == 0
     r = cli("check", *_exports(bad), cwd=tmp_path)
     assert r.returncode == 3
@@ -643,13 +724,31 @@ def test_synth_invalid_rate(tmp_path):
 def test_synth_sigint_exits_130(tmp_path):
     err_path = tmp_path / "synth.err"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "synth", "--out", str(tmp_path / "o"),
-                                 "--count", "5000000", "--seed", "1"], env=agent_env(),
-                                stdout=subprocess.DEVNULL, stderr=err, cwd=str(tmp_path))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "synth",
+                "--out",
+                str(tmp_path / "o"),
+                "--count",
+                "5000000",
+                "--seed",
+                "1",
+            ],
+            env=agent_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=str(tmp_path),
+        )
         try:
             # interrupt once it is working (progress lines on a non-terminal stderr, cli.md §1)
-            wait_for(lambda: b"synth" in err_path.read_bytes() or proc.poll() is not None, 60,
-                     what="synth progress line")
+            wait_for(
+                lambda: b"synth" in err_path.read_bytes() or proc.poll() is not None,
+                60,
+                what="synth progress line",
+            )
             assert proc.poll() is None, "synth finished too early for the test"
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
@@ -720,7 +819,7 @@ def test_run_audit_keep_2y_exit_4(tmp_path):
 
 def test_run_audit_keep_3y_in_days_accepted(tmp_path):
     inst = Install.create(tmp_path)
-    inst.edit("retention", audit_keep="1095d")   # = 3y (1 y = 365 d)
+    inst.edit("retention", audit_keep="1095d")  # = 3y (1 y = 365 d)
     r = inst.run_cli("status")
     assert r.returncode == 0, r.stderr
 
@@ -753,11 +852,19 @@ def test_run_port_in_use_exit_5(tmp_path, which):
 
 
 STATUS_SHAPE = {
-    "agent_version": str, "running": bool, "institution_code": str,
+    "agent_version": str,
+    "running": bool,
+    "institution_code": str,
     "documents": {"current_active": int, "current_cancelled": int, "versions_total": int},
-    "ingest": {"files_accepted": int, "files_duplicate": int, "files_quarantined": int,
-               "files_pending": int, "files_deferred": int, "records_committed": int,
-               "last_commit_at": (str, type(None))},
+    "ingest": {
+        "files_accepted": int,
+        "files_duplicate": int,
+        "files_quarantined": int,
+        "files_pending": int,
+        "files_deferred": int,
+        "records_committed": int,
+        "last_commit_at": (str, type(None)),
+    },
     "api": {"listen": str, "last_request_at": (str, type(None)), "server_cert_expires_in_days": int},
     "disk": {"data_dir_free_bytes": int},
 }
@@ -813,14 +920,21 @@ def test_status_json_running_then_stopped_counts_from_store(tmp_path):
         assert delta["quarantined"] == 1
         st = inst.status()
         assert st["ingest"]["last_commit_at"] is not None
-        assert re.match(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
-                        st["ingest"]["last_commit_at"])
+        assert re.match(
+            r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+            st["ingest"]["last_commit_at"],
+        )
     finally:
         assert d.stop() == 0
     st = inst.status()
     _check_shape(st)
     assert st["running"] is False
-    assert st["documents"] == {**st["documents"], "current_active": 1, "current_cancelled": 0, "versions_total": 1}
+    assert st["documents"] == {
+        **st["documents"],
+        "current_active": 1,
+        "current_cancelled": 0,
+        "versions_total": 1,
+    }
     assert st["ingest"]["files_accepted"] == 1
     assert st["ingest"]["files_quarantined"] == 1
     assert st["ingest"]["records_committed"] == 1
@@ -890,13 +1004,17 @@ def test_quarantine_retry_reprocesses(tmp_path):
 # --------------------------------------------------------------------------- more §2/§3/§5 cases
 
 
-@pytest.mark.parametrize("argv", [
-    ["synth", "--out", "OUT", "--invalid-rate", "1.5"],
-    ["synth", "--out", "OUT", "--count", "-1"],
-    ["init", "--dir", "OUT", "--institution-code", "123"],
-    ["quarantine", "retry", "--config", "CONFIG"],
-    ["check", "--json"],
-], ids=lambda a: "-".join(a)[:40])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", "--out", "OUT", "--invalid-rate", "1.5"],
+        ["synth", "--out", "OUT", "--count", "-1"],
+        ["init", "--dir", "OUT", "--institution-code", "123"],
+        ["quarantine", "retry", "--config", "CONFIG"],
+        ["check", "--json"],
+    ],
+    ids=lambda a: "-".join(a)[:40],
+)
 def test_bad_arguments_exit_2(argv, tmp_path):
     if "CONFIG" in argv:
         inst = Install.create(tmp_path)
@@ -907,11 +1025,23 @@ def test_bad_arguments_exit_2(argv, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("argv", [
-    ["schema"], ["synth", "--out", "OUT", "--count", "1"], ["check", str(EXAMPLES / "receipt.json")],
-    ["convert", str(EXAMPLES / "receipt.json")], ["quarantine", "list"], ["status", "--json"], ["doctor", "--json"],
-    ["keys", "public"], ["store", "verify"], ["audit", "verify"], ["purge", "--dry-run"],
-], ids=lambda a: a[0] + ("-" + a[1] if len(a) > 1 and not a[1].startswith("/") else ""))
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["schema"],
+        ["synth", "--out", "OUT", "--count", "1"],
+        ["check", str(EXAMPLES / "receipt.json")],
+        ["convert", str(EXAMPLES / "receipt.json")],
+        ["quarantine", "list"],
+        ["status", "--json"],
+        ["doctor", "--json"],
+        ["keys", "public"],
+        ["store", "verify"],
+        ["audit", "verify"],
+        ["purge", "--dry-run"],
+    ],
+    ids=lambda a: a[0] + ("-" + a[1] if len(a) > 1 and not a[1].startswith("/") else ""),
+)
 def test_every_command_accepts_config_option(tmp_path, argv):
     inst = Install.create(tmp_path)
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
@@ -926,16 +1056,20 @@ def test_config_option_before_the_command(tmp_path):
     assert json.loads(r.stdout)["institution_code"] == "99000033"
 
 
-@pytest.mark.parametrize("argv", [["service", "status"], ["provision", "BUNDLE"]], ids=["service", "provision"])
-@pytest.mark.xfail(strict=True, reason="DEVIATION: cli.md §3 `service` and `provision` are not implemented "
-                   "(exit 1 'not available in this build', exit 1 is reserved for bugs)")
+@pytest.mark.parametrize(
+    "argv", [["service", "status"], ["provision", "BUNDLE"]], ids=["service", "provision"]
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="DEVIATION: cli.md §3 `service` and `provision` are not implemented "
+    "(exit 1 'not available in this build', exit 1 is reserved for bugs)",
+)
 def test_service_and_provision_commands_exist(tmp_path, argv):
     inst = Install.create(tmp_path)
     argv = [str(tmp_path / "missing.bundle") if a == "BUNDLE" else a for a in argv]
     r = cli(*argv, "--config", inst.toml, cwd=tmp_path)
     assert "not available" not in r.stderr
     assert r.returncode != 1, r.stderr
-
 
 
 @pytest.mark.parametrize("key", ["server_cert", "server_key", "client_ca"])
@@ -962,14 +1096,28 @@ def test_config_fingerprint_must_be_sha256(tmp_path):
     assert r.returncode == 4, r.stderr
 
 
-@pytest.mark.parametrize("path,value", [
-    ("retention.purge_at", "25:00"), ("backup.at", "2am"), ("api.listen", "localhost"),
-    ("api.limits.rate_per_s", -1), ("watch.max_file_size", 0), ("api.limits.header_timeout", "0s"),
-    ("api.limits.header_timeout", "500ms"), ("api.limits.max_connections", 64 * 100 + 1), ("keys.protect", "vault"),
-    ("retention.keep", "0d"), ("retention.audit_keep", "1094d"), ("backup.keep", 0),
-    ("watch.settle", "+5s"), ("watch.settle", "5S"), ("watch.settle", "5sec"), ("watch.settle", " 5s"),
-    ("watch.settle", "1y1d"),
-])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        ("retention.purge_at", "25:00"),
+        ("backup.at", "2am"),
+        ("api.listen", "localhost"),
+        ("api.limits.rate_per_s", -1),
+        ("watch.max_file_size", 0),
+        ("api.limits.header_timeout", "0s"),
+        ("api.limits.header_timeout", "500ms"),
+        ("api.limits.max_connections", 64 * 100 + 1),
+        ("keys.protect", "vault"),
+        ("retention.keep", "0d"),
+        ("retention.audit_keep", "1094d"),
+        ("backup.keep", 0),
+        ("watch.settle", "+5s"),
+        ("watch.settle", "5S"),
+        ("watch.settle", "5sec"),
+        ("watch.settle", " 5s"),
+        ("watch.settle", "1y1d"),
+    ],
+)
 def test_more_config_errors_exit_4(tmp_path, path, value):
     inst = Install.create(tmp_path)
     inst.write_config(_mutate(inst.config(), path, value))
@@ -1051,7 +1199,12 @@ def test_sigkill_during_ingest_loses_nothing_and_stores_nothing_twice(tmp_path):
         if d.alive():
             d.kill()
     with Daemon(inst) as d2:
-        wait_for(lambda: not [p for p in inst.inbox.iterdir()], 60, interval=0.3, what="inbox drained after restart")
+        wait_for(
+            lambda: not [p for p in inst.inbox.iterdir()],
+            60,
+            interval=0.3,
+            what="inbox drained after restart",
+        )
         st = inst.status()
         assert st["documents"]["versions_total"] == n, st["documents"]
         assert st["documents"]["current_active"] == n
@@ -1072,19 +1225,44 @@ def test_demo_initialises_ingests_and_prints_a_query_command(tmp_path):
                 pytest.skip(f"port {port} busy on this machine")
     out_path, err_path = tmp_path / "demo.out", tmp_path / "demo.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "demo"], cwd=str(tmp_path), env=agent_env(),
-                                stdout=out, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "demo"],
+            cwd=str(tmp_path),
+            env=agent_env(),
+            stdout=out,
+            stderr=err,
+        )
         try:
-            wait_for(lambda: b"ready:" in err_path.read_bytes() or proc.poll() is not None, 120,
-                     what="demo ready")
+            wait_for(
+                lambda: b"ready:" in err_path.read_bytes() or proc.poll() is not None, 120, what="demo ready"
+            )
             assert proc.poll() is None, err_path.read_text(errors="replace")[-1000:]
-            wait_for(lambda: b"--cert" in out_path.read_bytes() or b"--cert" in err_path.read_bytes(), 60,
-                     what="a ready-to-paste mTLS command")
+            wait_for(
+                lambda: b"--cert" in out_path.read_bytes() or b"--cert" in err_path.read_bytes(),
+                60,
+                what="a ready-to-paste mTLS command",
+            )
             demo = tmp_path / "demo"
-            for rel in ("agent.toml", "keys/kek-1.key", "tls/relay-client.crt", "tls/dev-ca.crt", "inbox", "data"):
+            for rel in (
+                "agent.toml",
+                "keys/kek-1.key",
+                "tls/relay-client.crt",
+                "tls/dev-ca.crt",
+                "inbox",
+                "data",
+            ):
                 assert (demo / rel).exists(), rel
-            wait_for(lambda: json.loads(cli("status", "--json", "--config", demo / "agent.toml").stdout)
-                     ["documents"]["versions_total"] > 0, 60, interval=0.5, what="demo documents ingested")
+            wait_for(
+                lambda: (
+                    json.loads(cli("status", "--json", "--config", demo / "agent.toml").stdout)["documents"][
+                        "versions_total"
+                    ]
+                    > 0
+                ),
+                60,
+                interval=0.5,
+                what="demo documents ingested",
+            )
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
         finally:
@@ -1093,12 +1271,16 @@ def test_demo_initialises_ingests_and_prints_a_query_command(tmp_path):
                 proc.wait()
 
 
-@pytest.mark.parametrize("argv", [
-    ["init", "--dir", "FILE/sub"],
-    ["init", "--dir", "FILE"],
-    ["synth", "--out", "FILE/sub", "--count", "2"],
-    ["backup", "--out", "FILE/x.bak", "--config", "CONFIG"],
-], ids=["init-under-a-file", "init-on-a-file", "synth", "backup"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["init", "--dir", "FILE/sub"],
+        ["init", "--dir", "FILE"],
+        ["synth", "--out", "FILE/sub", "--count", "2"],
+        ["backup", "--out", "FILE/x.bak", "--config", "CONFIG"],
+    ],
+    ids=["init-under-a-file", "init-on-a-file", "synth", "backup"],
+)
 def test_unusable_output_path_is_a_user_error_not_a_bug(tmp_path, argv):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")

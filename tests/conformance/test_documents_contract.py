@@ -208,8 +208,8 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("doctype-missing", mut(R, ("document_type", DELETE)), {"R-005"}, {"R-020"}),
     ("version-0", mut(R, ("version", 0)), {"R-011"}, {"R-028"}),
     ("version-string", mut(R, ("version", "1")), {"R-011"}, {"R-021"}),
-    ("version-2^53", mut(R, ("version", 2 ** 53)), {"R-011"}, set()),
-    ("version-2^53-1", mut(R, ("version", 2 ** 53 - 1)), set(), {"R-011"}),
+    ("version-2^53", mut(R, ("version", 2**53)), {"R-011"}, set()),
+    ("version-2^53-1", mut(R, ("version", 2**53 - 1)), set(), {"R-011"}),
     ("status-void", mut(R, ("status", "void")), {"R-012"}, {"R-026"}),
     ("cancel-reason-active", mut(R, ("cancel_reason", "환불")), {"R-013"}, set()),
     ("revision-reason-bad", mut(R, ("revision_reason", "typo")), {"R-026"}, set()),
@@ -231,8 +231,12 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("bad-datetime-no-seconds", mut(R, ("issued_at", "2025-03-14T10:42+09:00")), {"R-024"}, set()),
     ("unknown-field", mut(R, ("colour", "red")), {"R-025"}, set()),
     ("unknown-nested-field", mut(R, ("institution.colour", "red")), {"R-025"}, set()),
-    ("fax-email-allowed", mut(R, ("institution.fax", "02-000-0001"), ("institution.email", "a@example.invalid")),
-     set(), {"R-025"}),
+    (
+        "fax-email-allowed",
+        mut(R, ("institution.fax", "02-000-0001"), ("institution.email", "a@example.invalid")),
+        set(),
+        {"R-025"},
+    ),
     ("enum-bad", mut(R, ("patient_category", "vip")), {"R-026"}, set()),
     ("phone-pattern", mut(R, ("institution.phone", "02-000-000O")), {"R-029"}, set()),
     ("reg-no-pattern", mut(R, ("patient.patient_reg_no", "0001 2345")), {"R-029"}, set()),
@@ -249,13 +253,30 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("rrn-no-checksum", mut(R, ("patient.rrn", "9001011000002")), set(), {"R-032"}),
     ("rrn-born-after-issue", mut(R, ("patient.rrn", "3001013000001")), {"R-035"}, {"R-032"}),
     ("rrn-and-masked", mut(R, ("patient.rrn_masked", "9001011******")), {"R-033"}, set()),
-    ("masked-malformed", mut(R, ("patient.rrn", DELETE), ("patient.rrn_masked", "900101-1******")),
-     {"R-033"}, set()),
-    ("masked-only", mut(R, ("patient.rrn", DELETE), ("patient.rrn_masked", "9001011******")),
-     {"W-021"}, set()),
+    (
+        "masked-malformed",
+        mut(R, ("patient.rrn", DELETE), ("patient.rrn_masked", "900101-1******")),
+        {"R-033"},
+        set(),
+    ),
+    (
+        "masked-only",
+        mut(R, ("patient.rrn", DELETE), ("patient.rrn_masked", "9001011******")),
+        {"W-021"},
+        set(),
+    ),
     ("rrn-absent", mut(R, ("patient.rrn", DELETE)), {"W-020"}, set()),
-    ("issued-before-2000", mut(R, ("issued_on", "1999-12-31"), ("issued_at", DELETE),
-                               ("care_period", {"start": "1999-12-31", "end": "1999-12-31"})), {"R-035"}, set()),
+    (
+        "issued-before-2000",
+        mut(
+            R,
+            ("issued_on", "1999-12-31"),
+            ("issued_at", DELETE),
+            ("care_period", {"start": "1999-12-31", "end": "1999-12-31"}),
+        ),
+        {"R-035"},
+        set(),
+    ),
     ("w002-issued-at-date", mut(R, ("issued_at", "2025-03-13T10:00:00+09:00")), {"W-002"}, set()),
     ("w002-kst-date-same", mut(R, ("issued_at", "2025-03-13T16:00:00Z")), set(), {"W-002"}),
     ("w002-kst-date-differs", mut(R, ("issued_at", "2025-03-14T16:00:00Z")), {"W-002"}, set()),
@@ -264,8 +285,12 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("type-code-absent", mut(R, ("institution.type_code", DELETE)), {"W-022"}, set()),
     ("null-is-omitted", mut(R, ("night_care", None)), set(), {"R-021", "R-022"}),
     ("leading-space-trimmed", mut(R, ("institution.name", " 예시가정의원 ")), set(), {"R-023"}),
-    ("length-counted-after-nfc", mut(R, ("department_name", unicodedata.normalize("NFD", "가" * 50))), set(),
-     {"R-023"}),
+    (
+        "length-counted-after-nfc",
+        mut(R, ("department_name", unicodedata.normalize("NFD", "가" * 50))),
+        set(),
+        {"R-023"},
+    ),
     ("length-counted-after-trim", mut(R, ("department_name", "  " + "가" * 50 + "  ")), set(), {"R-023"}),
     ("version-float", mut(R, ("version", 1.0)), {"R-011"}, set()),
     ("date-not-padded", mut(R, ("issued_on", "2025-3-14")), {"R-024"}, set()),
@@ -302,18 +327,47 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("r114", mut(R, ("paid.total", 41401)), {"R-114"}, set()),
     ("r115", mut(R, ("unpaid", 1)), {"R-115"}, set()),
     ("r116-empty-lines", mut(R, ("lines", [])), {"R-116"}, {"R-020", "R-028"}),
-    ("r117", mut(R, ("amount_due_rounding", 100), ("amount_due", 41300), ("paid.total", 41300),
-                 ("paid.card", 39900)), {"R-117"}, {"R-028"}),
-    ("w106-rounding", mut(R, ("amount_due_rounding", 10), ("amount_due", 41390), ("paid.total", 41390),
-                          ("paid.card", 39990)), {"W-106"}, set()),
+    (
+        "r117",
+        mut(
+            R,
+            ("amount_due_rounding", 100),
+            ("amount_due", 41300),
+            ("paid.total", 41300),
+            ("paid.card", 39900),
+        ),
+        {"R-117"},
+        {"R-028"},
+    ),
+    (
+        "w106-rounding",
+        mut(
+            R, ("amount_due_rounding", 10), ("amount_due", 41390), ("paid.total", 41390), ("paid.card", 39990)
+        ),
+        {"W-106"},
+        set(),
+    ),
     ("w107-unpaid", mut(R, ("unpaid", 400), ("paid.total", 41000), ("paid.card", 39600)), {"W-107"}, set()),
     ("w111-general", mut(R, ("patient_category", "general")), {"W-111"}, set()),
     ("w112-representative", mut(R, ("institution.representative", DELETE)), {"W-112"}, set()),
     ("w113-approval-without-cash", mut(R, ("paid.cash_receipt", 0), ("paid.card", 41400)), {"W-113"}, set()),
     ("other-category-needs-text", mut(R, ("patient_category", "other")), {"R-020"}, set()),
     ("money-negative", mut(R, ("lines.0.copay", -5400), ("totals.copay", -900)), {"R-028"}, set()),
-    ("receipt-lines-101", mut(R, ("lines", [dict(R["lines"][0], item="other_optional", label=f"L{i}",
-                                                 copay=0, insurer=0) for i in range(101)])), {"R-028"}, set()),
+    (
+        "receipt-lines-101",
+        mut(
+            R,
+            (
+                "lines",
+                [
+                    dict(R["lines"][0], item="other_optional", label=f"L{i}", copay=0, insurer=0)
+                    for i in range(101)
+                ],
+            ),
+        ),
+        {"R-028"},
+        set(),
+    ),
     # ---- §4 itemised statement
     ("rd2-within-1-silent", copy.deepcopy(D), set(), {"W-201", "R-204"}),
     ("w201", _detail_line5(2003, 603), {"W-201"}, {"R-204"}),
@@ -324,8 +378,18 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("r206", mut(D, ("totals.total", 64501)), {"R-206"}, set()),
     ("r208-item-without-date", mut(D, ("lines.0.date", DELETE)), {"R-208"}, {"R-020"}),
     ("r208-adjustment-with-date", mut(D, ("lines.7.date", "2025-03-14")), {"R-208"}, set()),
-    ("r210", mut(D, ("lines.7.copay", 10000), ("lines.7.insurer", -10000), ("totals.copay", 19890),
-                 ("totals.insurer", 13110)), {"R-210"}, set()),
+    (
+        "r210",
+        mut(
+            D,
+            ("lines.7.copay", 10000),
+            ("lines.7.insurer", -10000),
+            ("totals.copay", 19890),
+            ("totals.insurer", 13110),
+        ),
+        {"R-210"},
+        set(),
+    ),
     ("r211", mut(D, ("lines.0.code_type", DELETE)), {"R-211"}, set()),
     ("r212", mut(D, ("lines", [])), {"R-212"}, {"R-020", "R-028"}),
     ("detail-count-0", mut(D, ("lines.0.count", "0")), {"R-028"}, set()),
@@ -355,18 +419,36 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("r307", mut(P, ("diagnosis_withheld", True)), {"R-307"}, set()),
     ("r308", mut(P, ("diagnosis_codes", ["123"])), {"R-308"}, set()),
     ("r308-normalised-ok", mut(P, ("diagnosis_codes", ["s7200"])), set(), {"R-308"}),
-    ("diagnosis-11-codes", mut(P, ("diagnosis_codes", [f"J0{i % 10}.{i}" for i in range(11)])), {"R-028"}, set()),
+    (
+        "diagnosis-11-codes",
+        mut(P, ("diagnosis_codes", [f"J0{i % 10}.{i}" for i in range(11)])),
+        {"R-028"},
+        set(),
+    ),
     ("diagnosis-number", mut(P, ("diagnosis_codes", [69])), {"R-308"}, {"R-021"}),
     ("license-type-number", mut(P, ("prescriber.license_type", 1)), {"R-310"}, {"R-021"}),
-    ("prescription-lines-201", mut(P, ("lines", [dict(P["lines"][0], line_no=i + 1) for i in range(201)]),
-                                   ("injection_dispensing", DELETE)), {"R-028"}, set()),
+    (
+        "prescription-lines-201",
+        mut(
+            P,
+            ("lines", [dict(P["lines"][0], line_no=i + 1) for i in range(201)]),
+            ("injection_dispensing", DELETE),
+        ),
+        {"R-028"},
+        set(),
+    ),
     ("r309-missing", mut(P, ("injection_dispensing", DELETE)), {"R-309"}, set()),
     ("r309-without-injection", mut(P, ("lines", P["lines"][:3])), {"R-309"}, set()),
     ("r310", mut(P, ("prescriber.license_type", "nurse")), {"R-310"}, {"R-026"}),
     ("r311", mut(P, ("valid_days", 0)), {"R-311"}, {"R-028"}),
     ("r311-366", mut(P, ("valid_days", 366)), {"R-311"}, set()),
     ("r312", mut(P, ("patient.rrn", DELETE)), {"R-312"}, {"W-020"}),
-    ("r312-masked-ok", mut(P, ("patient.rrn", DELETE), ("patient.rrn_masked", "9001011******")), set(), {"R-312"}),
+    (
+        "r312-masked-ok",
+        mut(P, ("patient.rrn", DELETE), ("patient.rrn_masked", "9001011******")),
+        set(),
+        {"R-312"},
+    ),
     ("r313", mut(P, ("dispensing", {"dispensed_on": "2025-03-13"})), {"R-313"}, set()),
     ("r314", mut(P, ("lines.1.line_no", 1)), {"R-314"}, set()),
     ("w301", mut(P, ("diagnosis_codes", DELETE)), {"W-301"}, set()),
@@ -395,24 +477,45 @@ CASES: list[tuple[str, dict, set[str], set[str]]] = [
     ("w402", mut(F, ("dispensed_on", "2025-03-15")), {"W-402"}, set()),
     ("w403", mut(F, ("pharmacist_name", DELETE)), {"W-403"}, set()),
     ("w404", mut(F, ("institution.type_code", "31")), {"W-404"}, set()),
-    ("w405", mut(F, ("dispensed_on", "2025-04-20"), ("issued_on", "2025-04-20"), ("issued_at", DELETE)),
-     {"W-405"}, set()),
+    (
+        "w405",
+        mut(F, ("dispensed_on", "2025-04-20"), ("issued_on", "2025-04-20"), ("issued_at", DELETE)),
+        {"W-405"},
+        set(),
+    ),
     ("w406", mut(F, ("lines.1.coverage", "covered")), {"W-406"}, set()),
     ("w407", mut(F, ("lines.0.code", "abc")), {"W-407"}, set()),
-    ("w408", mut(F, ("lines.0.amount", 100), ("lines.1.amount", 100), ("lines.2.amount", 100)), {"W-408"}, set()),
+    (
+        "w408",
+        mut(F, ("lines.0.amount", 100), ("lines.1.amount", 100), ("lines.2.amount", 100)),
+        {"W-408"},
+        set(),
+    ),
     ("w408-not-all-lines", mut(F, ("lines.0.amount", 100)), set(), {"W-408"}),
     ("pharmacy-no-lines", mut(F, ("lines", DELETE)), set(), {"R-020", "R-303"}),
     # ---- §9.4 cancellations (minimal records)
     ("cancel-minimal-receipt", minimal_cancellation(R, 2), set(), {"W-020", "W-022", "W-112", "R-020"}),
     ("cancel-minimal-detail", minimal_cancellation(D, 2), set(), {"W-020", "W-022", "W-207", "R-020"}),
-    ("cancel-minimal-prescription", minimal_cancellation(P, 2), set(),
-     {"R-312", "W-301", "W-302", "R-020", "W-022"}),
+    (
+        "cancel-minimal-prescription",
+        minimal_cancellation(P, 2),
+        set(),
+        {"R-312", "W-301", "W-302", "R-020", "W-022"},
+    ),
     ("cancel-minimal-pharmacy", minimal_cancellation(F, 2), set(), {"W-020", "W-022", "W-403", "R-020"}),
-    ("cancel-with-reason", dict(minimal_cancellation(R, 2), cancel_reason="전액환불", revision_reason="cancellation"),
-     set(), {"R-013"}),
+    (
+        "cancel-with-reason",
+        dict(minimal_cancellation(R, 2), cancel_reason="전액환불", revision_reason="cancellation"),
+        set(),
+        {"R-013"},
+    ),
     ("cancel-missing-patient-name", mut(minimal_cancellation(R, 2), ("patient", {})), {"R-020"}, set()),
-    ("cancel-present-fields-validated", mut(minimal_cancellation(R, 2), ("patient.rrn", "900101-1000001")),
-     {"R-032"}, set()),
+    (
+        "cancel-present-fields-validated",
+        mut(minimal_cancellation(R, 2), ("patient.rrn", "900101-1000001")),
+        {"R-032"},
+        set(),
+    ),
 ]
 
 _IDS = [c[0] for c in CASES]
@@ -439,7 +542,7 @@ def checked(tmp_path_factory) -> dict[str, set[str]]:
 def test_rule(checked, cid):
     _cid, _doc, must, must_not = next(c for c in CASES if c[0] == cid)
     got = checked[cid]
-    for m in must:   # "R-029|R-023": either reading of the spec is fine
+    for m in must:  # "R-029|R-023": either reading of the spec is fine
         assert set(m.split("|")) & got, f"expected {m}, got {sorted(got)}"
     assert not (must_not & got), f"must not report {sorted(must_not & got)}; got {sorted(got)}"
     if not any(x.startswith("R-") for x in must):
@@ -518,8 +621,11 @@ def test_fhir_composition_common(tmp_path):
         assert comp["status"] == "final"
         assert (f"{BASE}/CodeSystem/document-type", name) in _codings(comp["type"])
         ident = comp["identifier"] if isinstance(comp["identifier"], dict) else comp["identifier"][0]
-        assert ident == {**ident, "system": f"{BASE}/sid/{name}/{doc['institution']['ykiho']}",
-                         "value": doc["document_no"]}
+        assert ident == {
+            **ident,
+            "system": f"{BASE}/sid/{name}/{doc['institution']['ykiho']}",
+            "value": doc["document_no"],
+        }
         assert comp["meta"]["versionId"] == "1" and b["meta"]["versionId"] == "1"
         assert comp.get("title")
         assert _resolve(b, comp["subject"])["resourceType"] == "Patient"
@@ -536,18 +642,23 @@ def test_fhir_composition_common(tmp_path):
 def test_fhir_organization_and_patient(tmp_path):
     b = _fhir(tmp_path, example("receipt"))
     comp = b["entry"][0]["resource"]
-    org = [o for o in _resources(b, "Organization") if any(i.get("value") == "99000001" for i in o["identifier"])][0]
+    org = [
+        o for o in _resources(b, "Organization") if any(i.get("value") == "99000001" for i in o["identifier"])
+    ][0]
     ids = {(i["system"], i["value"]) for i in org["identifier"]}
     assert (f"{KR}/Identifier/hira-krnpi", "99000001") in ids
     assert (f"{BASE}/sid/business-reg-no", "1234567891") in ids
     assert org["name"] == "예시가정의원"
     assert org["address"][0]["text"] == "서울특별시 예시구 예시로 1"
     assert any(t.get("value") == "02-000-0000" for t in org["telecom"])
-    assert any((f"{KR}/CodeSystem/hira-healthcare-organization-types", "31") in _codings(t) for t in org["type"])
+    assert any(
+        (f"{KR}/CodeSystem/hira-healthcare-organization-types", "31") in _codings(t) for t in org["type"]
+    )
     pat = _resolve(b, comp["subject"])
     assert pat["name"][0]["text"] == "홍길동"
-    assert {(i["system"], i["value"]) for i in pat["identifier"]} == {(f"{BASE}/sid/patient-reg-no/99000001",
-                                                                     "00012345")}
+    assert {(i["system"], i["value"]) for i in pat["identifier"]} == {
+        (f"{BASE}/sid/patient-reg-no/99000001", "00012345")
+    }
 
 
 def test_fhir_receipt_invoice(tmp_path):
@@ -560,11 +671,15 @@ def test_fhir_receipt_invoice(tmp_path):
     _money(inv["totalNet"], 41400)
     items = inv["lineItem"]
     assert [li["sequence"] for li in items] == [1, 2, 3, 4, 5, 6]
-    assert (f"{BASE}/CodeSystem/receipt-item", "consultation") in _codings(items[0]["chargeItemCodeableConcept"])
+    assert (f"{BASE}/CodeSystem/receipt-item", "consultation") in _codings(
+        items[0]["chargeItemCodeableConcept"]
+    )
     pcs = items[0]["priceComponent"]
     assert pcs[0]["type"] == "base"
     _money(pcs[0]["amount"], 18000)
-    info = {c["code"]["coding"][0]["code"]: c["amount"]["value"] for c in pcs[1:] if c["type"] == "informational"}
+    info = {
+        c["code"]["coding"][0]["code"]: c["amount"]["value"] for c in pcs[1:] if c["type"] == "informational"
+    }
     assert info.get("copay") == 5400 and info.get("insurer") == 12600
 
 
@@ -600,8 +715,10 @@ def test_fhir_prescription_medication_requests(tmp_path):
     pr = _resolve(b, mr["requester"])
     assert pr["name"][0]["text"] == "이몽룡"
     q = pr["qualification"][0]
-    assert any(i.get("value") == "99999" and i.get("system") == f"{KR}/Identifier/mohw-md-license-id"
-               for i in q["identifier"])
+    assert any(
+        i.get("value") == "99999" and i.get("system") == f"{KR}/Identifier/mohw-md-license-id"
+        for i in q["identifier"]
+    )
 
 
 def test_fhir_prescription_withheld_diagnosis_not_rendered(tmp_path):
@@ -658,7 +775,8 @@ def test_fhir_receipt_detail(tmp_path):
     assert len(refs) == 7
     adj = [li for li in inv["lineItem"] if "chargeItemCodeableConcept" in li]
     assert adj and (f"{BASE}/CodeSystem/receipt-item", "rounding_adjustment") in _codings(
-        adj[0]["chargeItemCodeableConcept"])
+        adj[0]["chargeItemCodeableConcept"]
+    )
     _validate_r4b(b)
 
 

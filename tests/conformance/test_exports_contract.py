@@ -129,13 +129,17 @@ def test_xml_type_attribute_is_authoritative_child_must_agree(tmp_path):
     assert "R-005" in rules_of(r)
 
 
-@pytest.mark.parametrize("prolog", [
-    '<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n',
-    '<?xml version="1.0"?>\n<!DOCTYPE documents SYSTEM "http://127.0.0.1:9/x.dtd">\n',
-    '<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY a "aaaa">]>\n',
-    '<?xml version="1.0"?>\n<!DOCTYPE documents>\n',
-    '<?xml version="1.0"?>\n<?xml-stylesheet href="x.xsl"?>\n',
-], ids=["external-entity", "external-dtd", "internal-entity", "bare-doctype", "processing-instruction"])
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        '<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n',
+        '<?xml version="1.0"?>\n<!DOCTYPE documents SYSTEM "http://127.0.0.1:9/x.dtd">\n',
+        '<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY a "aaaa">]>\n',
+        '<?xml version="1.0"?>\n<!DOCTYPE documents>\n',
+        '<?xml version="1.0"?>\n<?xml-stylesheet href="x.xsl"?>\n',
+    ],
+    ids=["external-entity", "external-dtd", "internal-entity", "bare-doctype", "processing-instruction"],
+)
 def test_xml_dtd_entities_pi_are_r003(tmp_path, prolog):
     xml = to_xml([example("receipt")], declaration=prolog)
     r = _check(tmp_path, "x.xml", xml)
@@ -143,9 +147,11 @@ def test_xml_dtd_entities_pi_are_r003(tmp_path, prolog):
     assert "R-003" in rules_of(r), r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("decl", ['<?xml version="1.0" encoding="UTF-8"?>\n',
-                                  '<?xml version="1.0" encoding="EUC-KR"?>\n', ""],
-                         ids=["declares-utf8", "declares-euc-kr", "no-declaration"])
+@pytest.mark.parametrize(
+    "decl",
+    ['<?xml version="1.0" encoding="UTF-8"?>\n', '<?xml version="1.0" encoding="EUC-KR"?>\n', ""],
+    ids=["declares-utf8", "declares-euc-kr", "no-declaration"],
+)
 def test_xml_cp949_detected_encoding_wins(tmp_path, decl):
     xml = to_xml([example("receipt")], declaration=decl).encode("cp949")
     with pytest.raises(UnicodeDecodeError):
@@ -163,16 +169,20 @@ def test_xml_utf8_declared_euc_kr_is_still_utf8(tmp_path):
 
 def test_xml_depth_beyond_32_is_r004(tmp_path):
     deep = "<x>" * 40 + "1" + "</x>" * 40
-    xml = to_xml([example("receipt")]).replace("<remarks>", "").replace(
-        "</document>", f"<remarks>{deep}</remarks></document>", 1)
+    xml = (
+        to_xml([example("receipt")])
+        .replace("<remarks>", "")
+        .replace("</document>", f"<remarks>{deep}</remarks></document>", 1)
+    )
     r = _check(tmp_path, "deep.xml", xml)
     assert r.returncode == 3
     assert "R-004" in rules_of(r), r.stdout
 
 
 def test_xml_text_not_a_literal_of_the_type_is_r021(tmp_path):
-    xml = to_xml([example("receipt")]).replace("<total_charge>64500</total_charge>",
-                                               "<total_charge>64,500</total_charge>")
+    xml = to_xml([example("receipt")]).replace(
+        "<total_charge>64500</total_charge>", "<total_charge>64,500</total_charge>"
+    )
     r = _check(tmp_path, "t.xml", xml)
     assert r.returncode == 3
     assert "R-021" in rules_of(r)
@@ -204,8 +214,15 @@ def test_csv_example_verbatim(tmp_path):
     assert b["patient"] == {"name": "김철수", "rrn": "9203152000003"}
     # the same data as documents.md §12.4 (the example file minus the optional fields left out here)
     ex = example("pharmacy_receipt")
-    for k in ("dispensed_on", "days_supplied", "prescription_issue_no", "total_charge",
-              "patient_charge_total", "paid", "pharmacist_name"):
+    for k in (
+        "dispensed_on",
+        "days_supplied",
+        "prescription_issue_no",
+        "total_charge",
+        "patient_charge_total",
+        "paid",
+        "pharmacist_name",
+    ):
         assert a[k] == ex[k], k
 
 
@@ -239,23 +256,38 @@ def _col(rows, name):
 
 
 CSV_CASES = {
-    "duplicate-column": (lambda rows: [r.append(r[_col(rows, "status")]) for r in rows] and
-                         rows[0].__setitem__(-1, "status"), "R-004"),
+    "duplicate-column": (
+        lambda rows: [r.append(r[_col(rows, "status")]) for r in rows] and rows[0].__setitem__(-1, "status"),
+        "R-004",
+    ),
     "row-cell-count": (lambda rows: rows[2].append("extra"), "R-004"),
-    "non-field-column": (lambda rows: [r.append("x") for r in rows] and rows[0].__setitem__(-1, "vendor_note"),
-                         "R-025"),
+    "non-field-column": (
+        lambda rows: [r.append("x") for r in rows] and rows[0].__setitem__(-1, "vendor_note"),
+        "R-025",
+    ),
     "no-document_type-column": (lambda rows: [r.pop(1) for r in rows], "R-005"),
     "mixed-types": (lambda rows: rows[4].__setitem__(1, "receipt"), "R-004"),
-    "blank-in-continuation-row": (lambda rows: rows[2].__setitem__(_col(rows, "pharmacist_name"), ""), "R-004"),
-    "disagreeing-continuation-row": (lambda rows: rows[3].__setitem__(_col(rows, "total_charge"), "12301"),
-                                     "R-004"),
+    "blank-in-continuation-row": (
+        lambda rows: rows[2].__setitem__(_col(rows, "pharmacist_name"), ""),
+        "R-004",
+    ),
+    "disagreeing-continuation-row": (
+        lambda rows: rows[3].__setitem__(_col(rows, "total_charge"), "12301"),
+        "R-004",
+    ),
     "not-contiguous": (lambda rows: rows.insert(2, rows.pop(4)), "R-004"),
-    "thousands-separator": (lambda rows: [r.__setitem__(_col(rows, "total_charge"), '"12,300"')
-                                          for r in rows[1:4]], "R-021"),
-    "int-with-fraction": (lambda rows: [r.__setitem__(_col(rows, "total_charge"), "12300.0")
-                                        for r in rows[1:4]], "R-021"),
-    "boolean-not-literal": (lambda rows: [r.append("Y" if i else "night_care") for i, r in enumerate(rows)],
-                            "R-021"),
+    "thousands-separator": (
+        lambda rows: [r.__setitem__(_col(rows, "total_charge"), '"12,300"') for r in rows[1:4]],
+        "R-021",
+    ),
+    "int-with-fraction": (
+        lambda rows: [r.__setitem__(_col(rows, "total_charge"), "12300.0") for r in rows[1:4]],
+        "R-021",
+    ),
+    "boolean-not-literal": (
+        lambda rows: [r.append("Y" if i else "night_care") for i, r in enumerate(rows)],
+        "R-021",
+    ),
 }
 
 
@@ -268,8 +300,9 @@ def test_csv_rules(tmp_path, case):
 
 
 def test_csv_quoted_cells_rfc4180(tmp_path):
-    text = _csv_mut(lambda rows: [r.__setitem__(_col(rows, "lines.name"), '"예시정, ""500"" mg"')
-                                  for r in rows[1:2]])
+    text = _csv_mut(
+        lambda rows: [r.__setitem__(_col(rows, "lines.name"), '"예시정, ""500"" mg"') for r in rows[1:2]]
+    )
     docs = _convert(tmp_path, "q.csv", text)
     assert docs[0]["lines"][0]["name"] == '예시정, "500" mg'
 
@@ -288,6 +321,7 @@ def test_csv_blank_optional_cell_is_absent_and_whitespace_trimmed(tmp_path):
             r.append("  비고  ")
         rows[4].append("")
         rows[4].append("")
+
     docs = _convert(tmp_path, "b.csv", _csv_mut(fn))
     assert "phone" not in docs[0]["institution"]
     assert docs[0]["remarks"] == "비고"
@@ -296,15 +330,56 @@ def test_csv_blank_optional_cell_is_absent_and_whitespace_trimmed(tmp_path):
 
 def test_csv_diagnosis_codes_joined_by_semicolon(tmp_path):
     rx = example("prescription")
-    header = ["schema_version", "document_type", "document_no", "version", "status", "issued_on",
-              "institution.ykiho", "institution.name", "patient.name", "patient.rrn", "insurance_type",
-              "diagnosis_withheld", "diagnosis_codes", "prescriber.name", "prescriber.license_type",
-              "prescriber.license_no", "valid_days", "lines.line_no", "lines.kind", "lines.code_type",
-              "lines.code", "lines.name", "lines.dose", "lines.daily_count", "lines.days"]
-    common = ["1.0", "prescription", rx["document_no"], "1", "active", rx["issued_on"], "99000001", "예시가정의원",
-              "홍길동", "9001011000001", "health_insurance", "false", "J06.9;J20.9", "이몽룡", "physician", "99999", "3"]
-    rows = [common + ["1", "medication", "3", "699999991", "예시정", "1", "3", "3"],
-            common + ["2", "medication", "3", "699999992", "예시시럽", "2.50", "3", "3"]]
+    header = [
+        "schema_version",
+        "document_type",
+        "document_no",
+        "version",
+        "status",
+        "issued_on",
+        "institution.ykiho",
+        "institution.name",
+        "patient.name",
+        "patient.rrn",
+        "insurance_type",
+        "diagnosis_withheld",
+        "diagnosis_codes",
+        "prescriber.name",
+        "prescriber.license_type",
+        "prescriber.license_no",
+        "valid_days",
+        "lines.line_no",
+        "lines.kind",
+        "lines.code_type",
+        "lines.code",
+        "lines.name",
+        "lines.dose",
+        "lines.daily_count",
+        "lines.days",
+    ]
+    common = [
+        "1.0",
+        "prescription",
+        rx["document_no"],
+        "1",
+        "active",
+        rx["issued_on"],
+        "99000001",
+        "예시가정의원",
+        "홍길동",
+        "9001011000001",
+        "health_insurance",
+        "false",
+        "J06.9;J20.9",
+        "이몽룡",
+        "physician",
+        "99999",
+        "3",
+    ]
+    rows = [
+        common + ["1", "medication", "3", "699999991", "예시정", "1", "3", "3"],
+        common + ["2", "medication", "3", "699999992", "예시시럽", "2.50", "3", "3"],
+    ]
     text = ",".join(header) + "\n" + "\n".join(",".join(r) for r in rows) + "\n"
     docs = _convert(tmp_path, "rx.csv", text)
     assert docs[0]["diagnosis_codes"] == ["J06.9", "J20.9"]
@@ -316,14 +391,18 @@ def test_csv_diagnosis_codes_joined_by_semicolon(tmp_path):
 # --------------------------------------------------------------------------- reading rules common to all
 
 
-@pytest.mark.parametrize("name,content", [
-    ("empty.json", b""),
-    ("arr.json", b"[]"),
-    ("blank.jsonl", b"\n\n  \n"),
-    ("header.csv", CSV_EXAMPLE.split("\n")[0].encode() + b"\n"),
-    ("empty.xml", b"<documents/>"),
-    ("empty2.xml", b'<?xml version="1.0"?>\n<documents>\n</documents>\n'),
-], ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("empty.json", b""),
+        ("arr.json", b"[]"),
+        ("blank.jsonl", b"\n\n  \n"),
+        ("header.csv", CSV_EXAMPLE.split("\n")[0].encode() + b"\n"),
+        ("empty.xml", b"<documents/>"),
+        ("empty2.xml", b'<?xml version="1.0"?>\n<documents>\n</documents>\n'),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
 def test_zero_records_is_r004(tmp_path, name, content):
     r = _check(tmp_path, name, content)
     assert r.returncode == 3
@@ -338,7 +417,11 @@ def test_json_duplicate_key_is_r004(tmp_path):
 
 
 def test_json_nested_duplicate_key_is_r004(tmp_path):
-    text = jdump(example("receipt")).decode().replace('"ykiho": "99000001"', '"ykiho": "99000001", "ykiho": "99000001"', 1)
+    text = (
+        jdump(example("receipt"))
+        .decode()
+        .replace('"ykiho": "99000001"', '"ykiho": "99000001", "ykiho": "99000001"', 1)
+    )
     r = _check(tmp_path, "dup.json", text)
     assert r.returncode == 3 and "R-004" in rules_of(r), r.stdout
 
@@ -346,7 +429,7 @@ def test_json_nested_duplicate_key_is_r004(tmp_path):
 def _with_nesting(depth_total: int, top_array: bool = False) -> bytes:
     """A receipt whose unknown field ``x`` nests so that the whole file has the given depth."""
     doc = example("receipt")
-    inner = depth_total - 1 - (1 if top_array else 0)   # the document object itself is one level
+    inner = depth_total - 1 - (1 if top_array else 0)  # the document object itself is one level
     doc["x"] = "__X__"
     text = json.dumps([doc] if top_array else doc, ensure_ascii=False)
     return text.replace('"__X__"', "[" * inner + "]" * inner).encode()
@@ -376,7 +459,7 @@ def test_json_string_over_1mib_is_r004(tmp_path):
     doc["remarks"] = "가" * ((1 << 20) // 3 + 10)  # > 1 MiB of UTF-8
     r = _check(tmp_path, "big.json", jdump(doc))
     assert r.returncode == 3 and "R-004" in rules_of(r), r.stdout
-    doc["remarks"] = "가" * 1001   # too long for the field but a small string: R-023, not R-004
+    doc["remarks"] = "가" * 1001  # too long for the field but a small string: R-023, not R-004
     r = _check(tmp_path, "long.json", jdump(doc))
     assert "R-023" in rules_of(r) and "R-004" not in rules_of(r), r.stdout
 
@@ -463,14 +546,24 @@ def _settle_wait(seconds: float = 3.5) -> None:
 def test_temporary_names_and_unknown_extensions_are_left_alone(tmp_path):
     inst = Install.create(tmp_path)
     content = jdump(example("receipt"))
-    ignored = [".hidden.json", "~lock.json", "r.json.tmp", "r2.tmp", "r.json.part", "r.json.partial",
-               "r.json.crdownload", "notes.txt", "batch.zip", "scan.pdf"]
+    ignored = [
+        ".hidden.json",
+        "~lock.json",
+        "r.json.tmp",
+        "r2.tmp",
+        "r.json.part",
+        "r.json.partial",
+        "r.json.crdownload",
+        "notes.txt",
+        "batch.zip",
+        "scan.pdf",
+    ]
     with Daemon(inst) as d:
         for n in ignored:
             (inst.inbox / n).write_bytes(content)
         (inst.inbox / "sub").mkdir()
         (inst.inbox / "sub" / "nested.json").write_bytes(content)
-        _settle_wait(3.5)   # settle (1 s) + two scans (1 s) several times over
+        _settle_wait(3.5)  # settle (1 s) + two scans (1 s) several times over
         st = inst.status()
         c = counters(st)
         assert c["accepted"] == c["quarantined"] == c["duplicate"] == 0, c
@@ -524,8 +617,11 @@ def test_sentinel_auto(tmp_path):
         (inst.inbox / "b.json.ok").write_bytes(b"")
         (inst.inbox / "c.json.done").write_bytes(b"")
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 2, 15, what="b/c ingested")
-        wait_for(lambda: not (inst.inbox / "b.json.ok").exists() and not (inst.inbox / "c.json.done").exists(),
-                 10, what="sentinels removed with their files")
+        wait_for(
+            lambda: not (inst.inbox / "b.json.ok").exists() and not (inst.inbox / "c.json.done").exists(),
+            10,
+            what="sentinels removed with their files",
+        )
         assert not (inst.inbox / "b.json").exists() and not (inst.inbox / "c.json").exists()
         # the EMR's order: write name.json, then the empty name.json.done
         (inst.inbox / "e.json").write_bytes(jdump(fresh_receipt("S-000005")))
@@ -536,8 +632,11 @@ def test_sentinel_auto(tmp_path):
         d.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: exports.md §1.2 a sentinel arriving just after its "
-                   "(already read) file is never removed; it stays in the watch folder for ever")
+@pytest.mark.xfail(
+    strict=True,
+    reason="DEVIATION: exports.md §1.2 a sentinel arriving just after its "
+    "(already read) file is never removed; it stays in the watch folder for ever",
+)
 def test_sentinel_written_after_its_file_is_removed_too(tmp_path):
     """exports.md §1.2: write name.json, then an empty name.json.done; the sentinel is removed with its
     file. In a folder that has not seen a sentinel yet the closed file is read at once (no needless
@@ -554,7 +653,7 @@ def test_sentinel_written_after_its_file_is_removed_too(tmp_path):
 def test_sentinel_required(tmp_path):
     inst = Install.create(tmp_path, watch={"sentinel": "required"})
     with Daemon(inst) as d:
-        inst.drop("c.json", jdump(example("receipt")))   # even a renamed-in file waits
+        inst.drop("c.json", jdump(example("receipt")))  # even a renamed-in file waits
         _settle_wait(3)
         assert (inst.inbox / "c.json").exists()
         st = inst.status()
@@ -587,7 +686,7 @@ def test_too_large_file_r001_left_in_place_not_rechecked(tmp_path):
         st = inst.status()
         assert st["ingest"]["files_quarantined"] == 1
         assert st["documents"]["versions_total"] == 0
-        _settle_wait(2.5)   # several scans later: not looked at again
+        _settle_wait(2.5)  # several scans later: not looked at again
         assert len(inst.quarantine()) == 1
         assert inst.status()["ingest"]["files_quarantined"] == 1
         # the entry holds only the reason, never content
@@ -606,8 +705,11 @@ def test_too_large_file_rechecked_when_changed(tmp_path):
         tmp.write_bytes(json.dumps(example("receipt"), ensure_ascii=False, separators=(",", ":")).encode())
         assert tmp.stat().st_size < 2048
         os.replace(tmp, path)
-        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15,
-                 what="changed file is looked at again")
+        wait_for(
+            lambda: inst.status()["documents"]["versions_total"] == 1,
+            15,
+            what="changed file is looked at again",
+        )
         d.stop()
 
 
@@ -628,9 +730,12 @@ def test_symlink_outside_ignored_inside_followed(tmp_path):
         inside = fresh_receipt("IN-000001")
         (inst.inbox / "sub" / "doc.json").write_bytes(jdump(inside))
         (inst.inbox / "inlink.json").symlink_to(inst.inbox / "sub" / "doc.json")
-        wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="inside symlink ingested")
+        wait_for(
+            lambda: inst.status()["documents"]["versions_total"] == 1, 15, what="inside symlink ingested"
+        )
         d.stop()
     from tests.conformance._ingest_support import scan_bytes
+
     assert not scan_bytes([inst.data_dir, inst.log_dir], {"name": "외부환자".encode()})
 
 
@@ -652,8 +757,15 @@ def _seq() -> str:
 def test_outcome_accepted_move_mode(daemon):
     doc = fresh_receipt("ACC-" + _seq())
     delta = daemon.ingest("acc.json", jdump(doc))
-    assert delta == {**delta, "accepted": 1, "duplicate": 0, "quarantined": 0, "active": 1, "versions": 1,
-                     "records": 1}
+    assert delta == {
+        **delta,
+        "accepted": 1,
+        "duplicate": 0,
+        "quarantined": 0,
+        "active": 1,
+        "versions": 1,
+        "records": 1,
+    }
     assert not (daemon.inst.inbox / "acc.json").exists(), "move mode: the file leaves the folder"
 
 
@@ -731,7 +843,7 @@ def test_version_conflict_false_vs_absent_boolean_r010(daemon):
     no = "CB-" + _seq()
     assert daemon.ingest("b1.json", jdump(fresh_receipt(no)))["accepted"] == 1
     other = fresh_receipt(no)
-    del other["night_care"]   # documents.md §9.3: omitting instead of false at the same version
+    del other["night_care"]  # documents.md §9.3: omitting instead of false at the same version
     delta = daemon.ingest("b2.json", jdump(other))
     assert delta["quarantined"] == 1
 
@@ -796,7 +908,7 @@ def test_cancellation_for_unknown_key_then_older_original_conflicts(daemon):
     base = fresh_receipt("CU-" + _seq())
     delta = daemon.ingest("u1.json", jdump(minimal_cancellation(base, 2)))
     assert delta["accepted"] == 1 and delta["cancelled"] == 1
-    delta = daemon.ingest("u2.json", jdump(base))   # version 1 < 2
+    delta = daemon.ingest("u2.json", jdump(base))  # version 1 < 2
     assert delta["quarantined"] == 1
 
 
@@ -848,8 +960,11 @@ def test_deferred_when_share_unreachable_is_not_empty(tmp_path):
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 15)
         moved = tmp_path / "unmounted"
         os.rename(inst.inbox, moved)
-        st = wait_for(lambda: (lambda s: s if s["watch"][0]["reachable"] is False else None)(inst.status()),
-                      15, what="watch folder reported unreachable")
+        st = wait_for(
+            lambda: (lambda s: s if s["watch"][0]["reachable"] is False else None)(inst.status()),
+            15,
+            what="watch folder reported unreachable",
+        )
         assert st["documents"]["versions_total"] == 1
         os.rename(moved, inst.inbox)
         wait_for(lambda: inst.status()["watch"][0]["reachable"] is True, 15, what="reachable again")
@@ -951,16 +1066,19 @@ def test_lone_surrogate_escape_is_rejected_not_a_crash(tmp_path):
 
 def test_cp949_extension_characters(tmp_path):
     doc = example("receipt")
-    doc["patient"]["name"] = "똠방각하"   # CP949 extension syllables (not in plain EUC-KR)
+    doc["patient"]["name"] = "똠방각하"  # CP949 extension syllables (not in plain EUC-KR)
     docs = _convert(tmp_path, "x.json", json.dumps(doc, ensure_ascii=False).encode("cp949"))
     assert docs[0]["patient"]["name"] == "똠방각하"
 
 
-@pytest.mark.parametrize("ext,make", [
-    (".csv", lambda: CSV_EXAMPLE.encode()),
-    (".xml", lambda: to_xml([example("receipt")]).encode()),
-    (".jsonl", lambda: json.dumps(example("receipt"), ensure_ascii=False).encode() + b"\n"),
-])
+@pytest.mark.parametrize(
+    "ext,make",
+    [
+        (".csv", lambda: CSV_EXAMPLE.encode()),
+        (".xml", lambda: to_xml([example("receipt")]).encode()),
+        (".jsonl", lambda: json.dumps(example("receipt"), ensure_ascii=False).encode() + b"\n"),
+    ],
+)
 def test_utf8_bom_every_serialisation(tmp_path, ext, make):
     r = _check(tmp_path, "bom" + ext, b"\xef\xbb\xbf" + make())
     assert r.returncode == 0, r.stdout
@@ -983,7 +1101,7 @@ def test_half_written_plain_file_is_never_read(tmp_path):
             f.write(data[: len(data) // 2])
             f.flush()
             time.sleep(2.5)
-            f.write(data[len(data) // 2:])
+            f.write(data[len(data) // 2 :])
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 20, what="slow file ingested")
         c = counters(inst.status())
         assert c["quarantined"] == 0 and c["accepted"] == 1
@@ -1039,14 +1157,21 @@ def test_each_serialisation_ingested(daemon):
     ph["document_no"] = "PX-" + base
     delta = daemon.ingest("s.xml", to_xml([dict(example("receipt"), document_no="XM-" + base), ph]))
     assert delta["accepted"] == 1 and delta["versions"] == 2
-    delta = daemon.ingest("s.jsonl", "\n".join(json.dumps(dict(example("receipt"), document_no=f"JL-{base}-{i}"),
-                                                          ensure_ascii=False) for i in range(3)) + "\n")
+    delta = daemon.ingest(
+        "s.jsonl",
+        "\n".join(
+            json.dumps(dict(example("receipt"), document_no=f"JL-{base}-{i}"), ensure_ascii=False)
+            for i in range(3)
+        )
+        + "\n",
+    )
     assert delta["accepted"] == 1 and delta["versions"] == 3
     csv_text = CSV_EXAMPLE.replace("P202503-000042", "C1-" + base).replace("P202503-000043", "C2-" + base)
     delta = daemon.ingest("s.csv", csv_text.encode("cp949"))
     assert delta["accepted"] == 1 and delta["versions"] == 2
-    delta = daemon.ingest("s.ndjson", json.dumps(dict(example("receipt"), document_no="ND-" + base),
-                                                 ensure_ascii=False))
+    delta = daemon.ingest(
+        "s.ndjson", json.dumps(dict(example("receipt"), document_no="ND-" + base), ensure_ascii=False)
+    )
     assert delta["accepted"] == 1 and delta["versions"] == 1
 
 
@@ -1064,8 +1189,12 @@ def test_renamed_in_file_is_ingested_well_under_a_second(tmp_path):
         for i in range(5):
             t0 = time.monotonic()
             inst.drop(f"fast{i}.json", jdump(fresh_receipt(f"FAST-{i:04d}")))
-            wait_for(lambda n=i + 1: inst.status()["documents"]["versions_total"] == n, 10, interval=0.01,
-                     what="renamed-in file committed")
+            wait_for(
+                lambda n=i + 1: inst.status()["documents"]["versions_total"] == n,
+                10,
+                interval=0.01,
+                what="renamed-in file committed",
+            )
             times.append(time.monotonic() - t0)
         d.stop()
     times.sort()
@@ -1085,6 +1214,7 @@ def test_future_document_quarantined_r034_on_ingest(daemon):
     import datetime as dt
 
     from tests.conformance._ingest_support import today_kst
+
     day = (today_kst() + dt.timedelta(days=2)).isoformat()
     doc = fresh_receipt("FUT-" + _seq())
     doc.pop("issued_at")
@@ -1098,6 +1228,7 @@ def test_future_document_quarantined_r034_on_ingest(daemon):
 
 def test_today_kst_document_accepted_on_ingest(daemon):
     from tests.conformance._ingest_support import today_kst
+
     day = today_kst().isoformat()
     doc = fresh_receipt("TOD-" + _seq())
     doc.pop("issued_at")
@@ -1135,11 +1266,13 @@ def test_name_change_in_new_version_is_only_a_warning(daemon):
 
 def _profiles() -> list[Path]:
     from tests.conformance._ingest_support import REPO
+
     return sorted((REPO / "config" / "profiles").glob("*.toml"))
 
 
 def test_at_least_two_vendor_profiles_with_samples_pass_check(tmp_path):
     from tests.conformance._ingest_support import REPO
+
     profiles = _profiles()
     assert len(profiles) >= 2
     samples = [p for p in (REPO / "config" / "profiles").rglob("*") if p.is_file() and p.suffix != ".toml"]
@@ -1167,6 +1300,7 @@ def _is_cp949(p: Path) -> bool:
 
 def test_site_profile_next_to_the_config(tmp_path):
     from tests.conformance._ingest_support import REPO
+
     profiles = _profiles()
     src = next(p for p in profiles if "csv" in p.read_text(encoding="utf-8").lower())
     inst = Install.create(tmp_path)
@@ -1224,6 +1358,7 @@ def test_unknown_extension_logged_once(tmp_path):
 
 def test_quarantine_entry_names_the_file_by_content_id(daemon):
     import hashlib
+
     bad = fresh_receipt("FID-" + _seq())
     bad["total_charge"] = 3
     data = jdump(bad)
@@ -1249,6 +1384,7 @@ def test_files_pending_while_stopped_counts_waiting_files(tmp_path):
 @pytest.mark.slow
 def test_store_locked_defers_without_consuming(tmp_path):
     import sqlite3
+
     inst = Install.create(tmp_path)
     with Daemon(inst) as d:
         con = sqlite3.connect(inst.data_dir / "store.db", timeout=5, isolation_level=None)

@@ -63,8 +63,15 @@ def _decode(raw: bytes) -> str:
         return raw.decode("cp949")
 
 
-_CSV_PHI = {"patient.name": "n", "patient.rrn": "r", "patient.rrn_masked": "m", "prescriber.name": "n",
-            "prescriber_name": "n", "pharmacist_name": "n", "institution.representative": "n"}
+_CSV_PHI = {
+    "patient.name": "n",
+    "patient.rrn": "r",
+    "patient.rrn_masked": "m",
+    "prescriber.name": "n",
+    "prescriber_name": "n",
+    "pharmacist_name": "n",
+    "institution.representative": "n",
+}
 
 
 def _phi_of_file(path: Path) -> tuple[set[str], set[str]]:
@@ -130,9 +137,14 @@ def loaded(tmp_path_factory):
         else:
             info = _build_loaded(shared / "s08")
             done.write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
-    return {"inst": Install(Path(info["root"])), "phi": (set(info["names"]), set(info["rrns"])),
-            "originals": [Path(x) for x in info["originals"]], "backup": Path(info["backup"]),
-            "purge_code": info["purge_code"], "purge_err": info["purge_err"]}
+    return {
+        "inst": Install(Path(info["root"])),
+        "phi": (set(info["names"]), set(info["rrns"])),
+        "originals": [Path(x) for x in info["originals"]],
+        "backup": Path(info["backup"]),
+        "purge_code": info["purge_code"],
+        "purge_err": info["purge_err"],
+    }
 
 
 def _build_loaded(base: Path) -> dict:
@@ -175,14 +187,18 @@ def _build_loaded(base: Path) -> dict:
     try:
         for p in files + sorted(extra.iterdir()):
             inst.drop(p.name, p.read_bytes())
-        wait_for(lambda: not any(x for x in inst.inbox.iterdir() if not x.name.endswith(".tmp")),
-                 120, interval=0.5, what="inbox drained")
+        wait_for(
+            lambda: not any(x for x in inst.inbox.iterdir() if not x.name.endswith(".tmp")),
+            120,
+            interval=0.5,
+            what="inbox drained",
+        )
         wait_for(lambda: inst.status()["ingest"]["files_quarantined"] >= 1, 30, what="bad file quarantined")
         # a backup written into data_dir while running
         backup = inst.data_dir / "s08.bak"
         rb = inst.run_cli("backup", "--out", backup, "--reason", "S-08")
         assert rb.returncode == 0, rb.stderr
-        d.kill()   # SIGKILL
+        d.kill()  # SIGKILL
     finally:
         if d.alive():
             d.kill()
@@ -190,9 +206,15 @@ def _build_loaded(base: Path) -> dict:
     time.sleep(1.0)
     rp = inst.run_cli("purge")
     assert d.stop() == 0
-    return {"root": str(inst.root), "names": sorted(names), "rrns": sorted(rrns),
-            "originals": [str(corpus), str(extra)], "backup": str(backup),
-            "purge_code": rp.returncode, "purge_err": rp.stderr}
+    return {
+        "root": str(inst.root),
+        "names": sorted(names),
+        "rrns": sorted(rrns),
+        "originals": [str(corpus), str(extra)],
+        "backup": str(backup),
+        "purge_code": rp.returncode,
+        "purge_err": rp.stderr,
+    }
 
 
 def test_s08_corpus_was_ingested(loaded):
@@ -227,8 +249,10 @@ def test_s29_patient_name_in_file_name_leaks_nowhere(loaded):
         for dirpath, dirs, files in os.walk(root):
             for n in dirs + files:
                 assert "홍길동" not in n, os.path.join(dirpath, n)
-    assert not scan_bytes([inst.data_dir, inst.log_dir], {"n1": "홍길동".encode(), "n2": "홍길동_영수증".encode(),
-                                                          "n3": "홍길동".encode("cp949")})
+    assert not scan_bytes(
+        [inst.data_dir, inst.log_dir],
+        {"n1": "홍길동".encode(), "n2": "홍길동_영수증".encode(), "n3": "홍길동".encode("cp949")},
+    )
 
 
 def test_s21_modes_after_ingest_backup_purge(loaded):
@@ -322,13 +346,19 @@ def test_s24_unsafe_xml_quarantined_r003_fast(hostile, tmp_path, kind):
     canary_file.write_text(secret)
     body = to_xml([fresh_receipt(f"X-{kind}")], declaration="").split("\n", 1)[1]
     if kind == "xxe":
-        xml = (f'<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY xxe SYSTEM "file://{canary_file}">]>\n'
-               "<documents>\n" + body.replace("<remarks>", "").replace(
-                   "</document>", "<remarks>&xxe;</remarks></document>", 1))
+        xml = (
+            f'<?xml version="1.0"?>\n<!DOCTYPE documents [<!ENTITY xxe SYSTEM "file://{canary_file}">]>\n'
+            "<documents>\n"
+            + body.replace("<remarks>", "").replace("</document>", "<remarks>&xxe;</remarks></document>", 1)
+        )
     else:
         ents = ['<!ENTITY lol0 "lol">'] + [f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)]
-        xml = ('<?xml version="1.0"?>\n<!DOCTYPE documents [' + "".join(ents) + "]>\n<documents>\n"
-               + body.replace("</document>", "<remarks>&lol9;</remarks></document>", 1))
+        xml = (
+            '<?xml version="1.0"?>\n<!DOCTYPE documents ['
+            + "".join(ents)
+            + "]>\n<documents>\n"
+            + body.replace("</document>", "<remarks>&lol9;</remarks></document>", 1)
+        )
     n0 = len(hostile.inst.quarantine())
     t0 = time.monotonic()
     path = hostile.inst.drop(f"{kind}.xml", xml)
@@ -377,7 +407,9 @@ def test_s30_json_nested_10000_levels(hostile):
 
 def test_s30_deep_xml(hostile):
     n0 = len(hostile.inst.quarantine())
-    xml = "<documents>" + "<document type=\"receipt\">" + "<a>" * 5000 + "</a>" * 5000 + "</document></documents>"
+    xml = (
+        "<documents>" + '<document type="receipt">' + "<a>" * 5000 + "</a>" * 5000 + "</document></documents>"
+    )
     delta = hostile.ingest("deep.xml", xml)
     assert delta["quarantined"] == 1
     assert _quarantined_with(hostile, "R-004", n0)
@@ -400,9 +432,12 @@ def test_control_characters_in_file_name_quarantined(hostile):
     assert after["versions"] == before["versions"]
 
 
-@pytest.mark.xfail(strict=True, reason="DEVIATION: security.md §9 a file name with invalid encoding is not "
-                   "quarantined: processing fails (UnicodeEncodeError in store) and is retried for ever, "
-                   "status shows it deferred and ingest paused")
+@pytest.mark.xfail(
+    strict=True,
+    reason="DEVIATION: security.md §9 a file name with invalid encoding is not "
+    "quarantined: processing fails (UnicodeEncodeError in store) and is retried for ever, "
+    "status shows it deferred and ingest paused",
+)
 def test_invalid_encoding_file_name_quarantined(hostile):
     n0 = len(hostile.inst.quarantine())
     before = counters(hostile.inst.status())
@@ -452,14 +487,14 @@ def test_s25_65mib_file_r001_without_being_read(tmp_path):
             tmp = inst.inbox / "huge.json.tmp"
             with open(tmp, "wb") as f:
                 f.write(b'[{"a": "')
-                f.truncate(65 * 1024 * 1024)     # sparse; nothing readable past the first bytes matters
+                f.truncate(65 * 1024 * 1024)  # sparse; nothing readable past the first bytes matters
             wd = libc.inotify_add_watch(fd, os.fsencode(tmp), IN_ACCESS)
             assert wd >= 0
             os.replace(tmp, inst.inbox / "huge.json")
             entries = wait_for(inst.quarantine, 20, what="R-001 entry")
             assert "R-001" in json.dumps(entries)
             assert (inst.inbox / "huge.json").exists(), "a too-large file is left in place"
-            time.sleep(2.5)   # a few more scans
+            time.sleep(2.5)  # a few more scans
             assert len(inst.quarantine()) == 1
             assert not [m for m in _drain(fd) if m & IN_ACCESS], "the file content was read"
             assert counters(inst.status())["quarantined"] == 1

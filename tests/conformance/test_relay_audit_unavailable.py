@@ -29,7 +29,9 @@ OLD_NO = "OLD-000001"
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory):
-    a = S.AgentProcess(tmp_path_factory.mktemp("auditdown") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("auditdown") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     docs = S.main_documents()
     old = (dt.datetime.now(S.KST).date() - dt.timedelta(days=3 * 365 + 2)).isoformat()
     docs.append(S.make_doc("receipt", OLD_NO, name=S.B_NAME, rrn=S.B_RRN, issued_on=old))
@@ -95,8 +97,12 @@ def test_c28_search_and_fetch_fail_closed_and_recover_without_restart(agent, how
         bad = S.search_body()
         bad["x"] = 1
         _is_503(agent.search(bad), doc_data=doc_data)
-        _is_503(agent.request("POST", "/v1/documents/search", data=b"[]",
-                              headers={"Content-Type": "application/json"}), doc_data=doc_data)
+        _is_503(
+            agent.request(
+                "POST", "/v1/documents/search", data=b"[]", headers={"Content-Type": "application/json"}
+            ),
+            doc_data=doc_data,
+        )
         _is_503(agent.fetch(S.fetch_body(S.new_claim(), ids)), doc_data=doc_data)
         _is_503(agent.search(S.search_body(sent_at=S.utc_z(offset_s=-1000))), doc_data=doc_data)
         # C-08 / S-18: health reports it
@@ -143,7 +149,10 @@ def test_c28_unknown_route_and_health_not_audited_so_unchanged(agent) -> None:
 def _store_has(agent: S.AgentProcess, document_no: str) -> bool:
     conn = sqlite3.connect(f"file:{agent.data / 'store.db'}?mode=ro", uri=True, timeout=10)
     try:
-        return conn.execute("SELECT COUNT(*) FROM documents WHERE document_no = ?", (document_no,)).fetchone()[0] > 0
+        return (
+            conn.execute("SELECT COUNT(*) FROM documents WHERE document_no = ?", (document_no,)).fetchone()[0]
+            > 0
+        )
     finally:
         conn.close()
 
@@ -154,7 +163,9 @@ def test_s18_admin_purge_exits_5_and_deletes_nothing_while_audit_is_unwritable(a
         r = agent.cli("purge")
         assert r.returncode == 5, (r.returncode, r.stdout, r.stderr)
     assert _store_has(agent, OLD_NO)
-    _, res = agent.search_ok(name=S.B_NAME, rrn=S.hyph(S.B_RRN), period=(agent.old_issued_on, agent.old_issued_on))
+    _, res = agent.search_ok(
+        name=S.B_NAME, rrn=S.hyph(S.B_RRN), period=(agent.old_issued_on, agent.old_issued_on)
+    )
     assert [d["document_no"] for d in res["documents"]] == [OLD_NO]
 
 

@@ -116,7 +116,12 @@ def test_replay_ids_remembered_for_24_hours(clocked) -> None:
     clocked.set(base)
     rid = str(uuid.uuid4())
     claim = S.new_claim()
-    assert clocked.agent.search(S.search_body(claim=claim, request_id=rid, sent_at=clocked.sent_at())).status_code == 200
+    assert (
+        clocked.agent.search(
+            S.search_body(claim=claim, request_id=rid, sent_at=clocked.sent_at())
+        ).status_code
+        == 200
+    )
     clocked.set(base + 23 * 3600 + 50 * 60)
     r = clocked.agent.search(S.search_body(claim=claim, request_id=rid, sent_at=clocked.sent_at()))
     assert r.status_code == 409 and r.json()["type"] == S.PROBLEM_PREFIX + "replay-detected"

@@ -17,9 +17,20 @@ try:
 except ImportError:  # tests/conformance is not a package
     import test_relay_support as S  # type: ignore[no-redef]
 
-LIMITS = {"rate_per_s": 0, "health_rate_per_s": 0, "max_body_bytes": 4096, "max_fetch_ids": 5,
-          "max_search_results": 3, "max_response_bytes": 5000, "max_in_flight": 4, "max_connections": 8,
-          "header_timeout": "2s", "max_handshakes": 8, "body_timeout": "2s", "keepalive_timeout": "3s"}
+LIMITS = {
+    "rate_per_s": 0,
+    "health_rate_per_s": 0,
+    "max_body_bytes": 4096,
+    "max_fetch_ids": 5,
+    "max_search_results": 3,
+    "max_response_bytes": 5000,
+    "max_in_flight": 4,
+    "max_connections": 8,
+    "header_timeout": "2s",
+    "max_handshakes": 8,
+    "body_timeout": "2s",
+    "keepalive_timeout": "3s",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +56,29 @@ def _padded(body, size: int) -> bytes:
 
 
 def test_configured_body_limit(agent) -> None:
-    r = agent.request("POST", "/v1/documents/search", data=_padded(S.search_body(), 4097),
-                      headers={"Content-Type": "application/json"})
+    r = agent.request(
+        "POST",
+        "/v1/documents/search",
+        data=_padded(S.search_body(), 4097),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and _type(r) == "payload-too-large"
-    r = agent.request("POST", "/v1/documents/search", data=_padded(S.search_body(types=["prescription"]), 4096),
-                      headers={"Content-Type": "application/json"})
+    r = agent.request(
+        "POST",
+        "/v1/documents/search",
+        data=_padded(S.search_body(types=["prescription"]), 4096),
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 200, r.text
 
 
 def test_configured_search_result_limit(agent) -> None:
     r = agent.search(S.search_body())  # 7 matches
     assert r.status_code == 422 and _type(r) == "too-many-results"
-    assert agent.search(S.search_body(types=["receipt_detail", "prescription", "pharmacy_receipt"])).status_code == 200
+    assert (
+        agent.search(S.search_body(types=["receipt_detail", "prescription", "pharmacy_receipt"])).status_code
+        == 200
+    )
 
 
 def test_configured_fetch_id_limit(agent) -> None:
@@ -90,13 +112,16 @@ def test_response_too_large_releases_nothing(agent) -> None:
 
 
 def _hold(agent: S.AgentProcess, partial_head: bool = False):
-    tls = agent.client_context().wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port), timeout=10),
-                                             server_hostname="localhost")
+    tls = agent.client_context().wrap_socket(
+        socket.create_connection(("127.0.0.1", agent.api_port), timeout=10), server_hostname="localhost"
+    )
     if partial_head:
         tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: loc")
     else:
-        tls.sendall(b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 300\r\n\r\n{")
+        tls.sendall(
+            b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 300\r\n\r\n{"
+        )
     return tls
 
 
@@ -121,8 +146,12 @@ def test_configured_connection_limit(agent) -> None:
         got: bytes = b""
         try:
             ctx = agent.client_context()
-            _, got = S.raw_exchange(("127.0.0.1", agent.api_port), ctx,
-                                    b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", 3)
+            _, got = S.raw_exchange(
+                ("127.0.0.1", agent.api_port),
+                ctx,
+                b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                3,
+            )
         except OSError:
             got = b""
         assert not got.startswith(b"HTTP/1.1 200"), got[:200]

@@ -25,8 +25,17 @@ except ImportError:  # tests/conformance is not a package
 DOC_ID = re.compile(r"^doc_[0-9A-HJKMNP-TV-Z]{26}$")
 STANDARD_MEDIA = "application/vnd.silson.document+json; version=1"
 FHIR_MEDIA = "application/fhir+json; fhirVersion=4.0"
-ENTRY_MEMBERS = {"id", "type", "document_no", "version", "issued_on", "care_period", "total_amount_krw",
-                 "institution_code", "identity_match"}
+ENTRY_MEMBERS = {
+    "id",
+    "type",
+    "document_no",
+    "version",
+    "issued_on",
+    "care_period",
+    "total_amount_krw",
+    "institution_code",
+    "identity_match",
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +47,15 @@ def agent(tmp_path_factory: pytest.TempPathFactory):
 def ids(agent) -> dict[tuple[str, str], str]:
     """(document_type, document_no) -> id, found through searches."""
     out: dict[tuple[str, str], str] = {}
-    for name, rrn, period in [(S.A_NAME, S.A_RRN, ("2025-01-01", "2025-12-31")),
-                              (S.A_NAME2, S.A_RRN, S.MARCH), (S.B_NAME, S.B_RRN, S.MARCH),
-                              (S.E_NAME, S.E_RRN, S.MARCH), (S.H_NAME, S.H_RRN, ("2025-04-01", "2025-04-30")),
-                              (S.L_NAME, S.L_RRN, S.MARCH), (S.M_NAME, S.M_RRN, S.MARCH)]:
+    for name, rrn, period in [
+        (S.A_NAME, S.A_RRN, ("2025-01-01", "2025-12-31")),
+        (S.A_NAME2, S.A_RRN, S.MARCH),
+        (S.B_NAME, S.B_RRN, S.MARCH),
+        (S.E_NAME, S.E_RRN, S.MARCH),
+        (S.H_NAME, S.H_RRN, ("2025-04-01", "2025-04-30")),
+        (S.L_NAME, S.L_RRN, S.MARCH),
+        (S.M_NAME, S.M_RRN, S.MARCH),
+    ]:
         _, res = agent.search_ok(name=name, rrn=S.hyph(rrn), period=period)
         for d in res["documents"]:
             out[(d["type"], d["document_no"])] = d["id"]
@@ -55,8 +69,9 @@ def public_key(agent):
 
 
 def kid_of(key: Any) -> str:
-    return hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    return hashlib.sha256(
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ).hexdigest()
 
 
 def is_problem(r, name: str) -> dict[str, Any]:
@@ -140,8 +155,11 @@ def test_c15_document_types_filter(agent) -> None:
 
 def test_c15_care_period_overlap_not_issued_on(agent) -> None:
     _, res = agent.search_ok(period=("2025-02-01", "2025-02-28"))
-    assert keys_of(res) == {("receipt", "202503-000200", 1), ("receipt", "202503-000201", 1),
-                            ("receipt", "202502-000300", 1)}
+    assert keys_of(res) == {
+        ("receipt", "202503-000200", 1),
+        ("receipt", "202503-000201", 1),
+        ("receipt", "202502-000300", 1),
+    }
     _, res = agent.search_ok(period=("2025-03-01", "2025-03-01"))
     assert ("receipt", "202503-000200", 1) in keys_of(res)
     _, res = agent.search_ok(period=("2025-03-02", "2025-03-04"))
@@ -161,13 +179,17 @@ def test_c15_masked_only_document_is_listed_as_rrn_prefix(agent) -> None:
     assert by_no["202503-000700"]["identity_match"] == "rrn_prefix"
     assert all(d["identity_match"] == "rrn" for n, d in by_no.items() if n != "202503-000700")
     _, res = agent.search_ok(name=S.M_NAME, rrn=S.hyph(S.M_RRN))
-    assert [(d["document_no"], d["identity_match"]) for d in res["documents"]] == [("202503-004000", "rrn_prefix")]
+    assert [(d["document_no"], d["identity_match"]) for d in res["documents"]] == [
+        ("202503-004000", "rrn_prefix")
+    ]
 
 
 def test_c15_prefix_match_only_for_masked_documents(agent) -> None:
     """Another RRN sharing the first 7 digits finds the masked document, never the full-RRN ones."""
     _, res = agent.search_ok(rrn="900101-1999999")
-    assert [(d["document_no"], d["identity_match"]) for d in res["documents"]] == [("202503-000700", "rrn_prefix")]
+    assert [(d["document_no"], d["identity_match"]) for d in res["documents"]] == [
+        ("202503-000700", "rrn_prefix")
+    ]
 
 
 def test_c15_document_without_rrn_is_never_listed(agent) -> None:
@@ -214,7 +236,9 @@ def test_bindings_hold_no_plaintext_personal_data(agent) -> None:
         rows = []
         for t in tables:
             if "bind" in t or "replay" in t:
-                rows += [json.dumps(r, default=str, ensure_ascii=False) for r in conn.execute(f"SELECT * FROM {t}")]
+                rows += [
+                    json.dumps(r, default=str, ensure_ascii=False) for r in conn.execute(f"SELECT * FROM {t}")
+                ]
     finally:
         conn.close()
     assert rows
@@ -246,15 +270,32 @@ def test_c15_ids_are_opaque_and_stable(agent, ids) -> None:
 # =============================================================================================
 # C-16 / C-17 names
 # =============================================================================================
-@pytest.mark.parametrize("name", ["홍 길동", "홍길동 ", " 홍길동", "홍\u3000길동", "홍\t길\n동",
-                                  unicodedata.normalize("NFD", "홍길동"), "홍\u00a0길동"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "홍 길동",
+        "홍길동 ",
+        " 홍길동",
+        "홍\u3000길동",
+        "홍\t길\n동",
+        unicodedata.normalize("NFD", "홍길동"),
+        "홍\u00a0길동",
+    ],
+)
 def test_c16_name_variants_match(agent, name: str) -> None:
     _, res = agent.search_ok(name=name)
     assert keys_of(res) == S.A_MARCH_EXPECTED
 
 
-@pytest.mark.parametrize("name", ["müller strasse", "Müller Straße", "MULLER STRASSE".replace("U", "Ü"),
-                                  unicodedata.normalize("NFD", "müllerstraße")])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "müller strasse",
+        "Müller Straße",
+        "MULLER STRASSE".replace("U", "Ü"),
+        unicodedata.normalize("NFD", "müllerstraße"),
+    ],
+)
 def test_c16_casefold_for_latin_names(agent, name: str) -> None:
     _, res = agent.search_ok(name=name, rrn=S.hyph(S.L_RRN))
     assert [d["document_no"] for d in res["documents"]] == ["202503-003000"]
@@ -286,8 +327,11 @@ def test_c17_name_mismatch_looks_like_unknown_rrn_and_is_audited(agent, ids) -> 
     r = agent.search(S.search_body("김철수", S.hyph(S.A_RRN), claim=claim, request_id=rid))
     r_unknown = agent.search(S.search_body("김철수", "800101-1000001"))
     assert r.status_code == r_unknown.status_code == 200
-    assert _strip_volatile(r.json()) == _strip_volatile(r_unknown.json()) == {
-        "institution_code": "99000001", "count": 0, "documents": []}
+    assert (
+        _strip_volatile(r.json())
+        == _strip_volatile(r_unknown.json())
+        == {"institution_code": "99000001", "count": 0, "documents": []}
+    )
     assert set(r.json()) == set(r_unknown.json())
     assert dict(r.headers).keys() == dict(r_unknown.headers).keys()
     recs = agent.audit_for(rid)
@@ -429,7 +473,9 @@ def test_b2_searches_of_one_claim_accumulate_ids(agent, ids) -> None:
 
 def test_b5_id_listed_in_another_claim_only_is_not_fetchable(agent, ids) -> None:
     claim, _ = agent.search_ok(types=["receipt"])
-    is_problem(agent.fetch(S.fetch_body(claim, [ids[("prescription", "20250314-00017")]])), "document-not-found")
+    is_problem(
+        agent.fetch(S.fetch_body(claim, [ids[("prescription", "20250314-00017")]])), "document-not-found"
+    )
 
 
 def test_b6_fetch_may_be_repeated_and_each_is_audited(agent) -> None:
@@ -462,13 +508,28 @@ def _fetch_all(agent, fmt: str | None = None) -> tuple[dict[str, Any], list[str]
 
 def test_c24_standard_content(agent) -> None:
     body, want, listed = _fetch_all(agent)
-    assert set(body) >= {"request_id", "claim_no", "institution_code", "format", "generated_at", "count",
-                         "documents"}
+    assert set(body) >= {
+        "request_id",
+        "claim_no",
+        "institution_code",
+        "format",
+        "generated_at",
+        "count",
+        "documents",
+    }
     assert body["format"] == "standard" and body["count"] == len(want)
     assert body["institution_code"] == "99000001"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z", body["generated_at"])
     for entry in body["documents"]:
-        assert set(entry) >= {"id", "type", "version", "media_type", "content_base64", "content_sha256", "signature"}
+        assert set(entry) >= {
+            "id",
+            "type",
+            "version",
+            "media_type",
+            "content_base64",
+            "content_sha256",
+            "signature",
+        }
         assert entry["media_type"] == STANDARD_MEDIA
         b64 = entry["content_base64"]
         assert re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", b64) and len(b64) % 4 == 0
@@ -486,7 +547,9 @@ def test_c24_standard_content(agent) -> None:
         assert S.A_RRN not in raw.decode("utf-8") and S.hyph(S.A_RRN) not in raw.decode("utf-8")
         if "validation" in doc:
             for v in doc["validation"].values():
-                assert isinstance(v, list) and all(isinstance(x, str) and re.fullmatch(r"[RW]-\d{3}", x) for x in v)
+                assert isinstance(v, list) and all(
+                    isinstance(x, str) and re.fullmatch(r"[RW]-\d{3}", x) for x in v
+                )
         assert not S.has_float(doc)
 
 
@@ -503,7 +566,9 @@ def test_c24_standard_content_is_jcs(agent) -> None:
     for entry in body["documents"]:
         raw = base64.b64decode(entry["content_base64"])
         doc = json.loads(raw)
-        assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        assert raw == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
 
 
 def test_c25_hash_and_signature(agent, public_key) -> None:
@@ -568,7 +633,9 @@ def _check_fhir(raw: bytes, entry: dict[str, Any], meta: dict[str, Any] | None, 
     assert bundle["entry"][0]["resource"]["resourceType"] == "Composition"
     full = {e["fullUrl"] for e in bundle["entry"]}
     for e in bundle["entry"]:
-        assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", e["fullUrl"])
+        assert re.fullmatch(
+            r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", e["fullUrl"]
+        )
     for ref in _references(bundle):
         assert ref in full, ref
     for form in (rrn, S.hyph(rrn), rrn[:7] + "******", rrn[:6] + "-" + rrn[6] + "******"):
@@ -578,17 +645,27 @@ def _check_fhir(raw: bytes, entry: dict[str, Any], meta: dict[str, Any] | None, 
     comp = bundle["entry"][0]["resource"]
     if meta is not None:
         assert ident["value"] == meta["document_no"]
-        assert ident["system"] == f"https://silson-agent.invalid/fhir/sid/{meta['type']}/{meta['institution_code']}"
+        assert (
+            ident["system"]
+            == f"https://silson-agent.invalid/fhir/sid/{meta['type']}/{meta['institution_code']}"
+        )
         codings = comp["type"]["coding"]
-        assert {"system": "https://silson-agent.invalid/fhir/CodeSystem/document-type",
-                "code": meta["type"]}.items() <= codings[0].items()
+        assert {
+            "system": "https://silson-agent.invalid/fhir/CodeSystem/document-type",
+            "code": meta["type"],
+        }.items() <= codings[0].items()
     assert comp.get("meta", {}).get("versionId") == str(entry["version"])
     return bundle
 
 
 def test_c26_fhir_bundles(agent, public_key) -> None:
     claim, res = agent.search_ok(name=S.H_NAME, rrn=S.hyph(S.H_RRN), period=("2025-04-01", "2025-04-30"))
-    assert {d["type"] for d in res["documents"]} == {"receipt", "receipt_detail", "prescription", "pharmacy_receipt"}
+    assert {d["type"] for d in res["documents"]} == {
+        "receipt",
+        "receipt_detail",
+        "prescription",
+        "pharmacy_receipt",
+    }
     want = [d["id"] for d in res["documents"]]
     listed = {d["id"]: d for d in res["documents"]}
     r = agent.fetch(S.fetch_body(claim, want, fmt="fhir"))
@@ -628,8 +705,15 @@ def test_c24_cancelled_between_search_and_fetch_is_a_signed_tombstone(agent, pub
     assert res["count"] == 1
     doc_id = res["documents"][0]["id"]
     before = agent.status()["ingest"]["records_committed"]
-    cancel = S.make_doc("receipt", "202503-002000", name=S.E_NAME, rrn=S.E_RRN, issued_on="2025-03-10", version=2,
-                        status="cancelled")
+    cancel = S.make_doc(
+        "receipt",
+        "202503-002000",
+        name=S.E_NAME,
+        rrn=S.E_RRN,
+        issued_on="2025-03-10",
+        version=2,
+        status="cancelled",
+    )
     S.write_export(agent.inbox, "cancel-e.json", [cancel])
     agent.wait_ingest(before + 1)
     for fmt in ("standard", "fhir"):
@@ -650,8 +734,16 @@ def test_c24_cancelled_between_search_and_fetch_is_a_signed_tombstone(agent, pub
             assert "received_at" in doc
             assert "patient" not in doc and "lines" not in doc and "total_charge" not in doc
             # §9.6: natural key, version, status, issued_on, received_at — nothing else of substance
-            assert set(doc) <= {"document_type", "document_no", "institution", "version", "status", "issued_on",
-                                "received_at", "schema_version"}, set(doc)
+            assert set(doc) <= {
+                "document_type",
+                "document_no",
+                "institution",
+                "version",
+                "status",
+                "issued_on",
+                "received_at",
+                "schema_version",
+            }, set(doc)
             assert set(doc["institution"]) <= {"ykiho", "name"}
         else:
             bundle = json.loads(raw)
@@ -676,22 +768,34 @@ def test_c34_exactly_one_record_per_document_request_none_for_health(agent, ids)
     for _ in range(3):
         assert agent.health().status_code == 200
     assert len(agent.audit_records()) == n0
-    claim, res = agent.search_ok()                                      # 1
+    claim, res = agent.search_ok()  # 1
     good = S.fetch_body(claim, [res["documents"][0]["id"]])
-    assert agent.fetch(good).status_code == 200                       # 2
-    assert agent.fetch(good).status_code == 409                        # 3 replay
+    assert agent.fetch(good).status_code == 200  # 2
+    assert agent.fetch(good).status_code == 409  # 3 replay
     assert agent.fetch(S.fetch_body(S.new_claim(), [res["documents"][0]["id"]])).status_code == 403  # 4
-    assert agent.fetch(S.fetch_body(claim, ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"])).status_code == 404   # 5
+    assert agent.fetch(S.fetch_body(claim, ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"])).status_code == 404  # 5
     bad = S.search_body()
     bad["x"] = 1
-    assert agent.search(bad).status_code == 422                         # 6
-    assert agent.request("POST", "/v1/documents/search", data=b"[]",
-                         headers={"Content-Type": "application/json"}).status_code == 400  # 7
-    assert agent.request("POST", "/v1/documents/search", data=b"{}",
-                         headers={"Content-Type": "text/plain"}).status_code == 415        # 8
-    assert agent.head_only("POST", "/v1/documents/fetch", {"Content-Type": "application/json",
-                                                           "Content-Length": "70000"})[0] == 413  # 9
-    assert agent.request("PUT", "/v1/documents/fetch", data=b"{}").status_code == 405      # 10
+    assert agent.search(bad).status_code == 422  # 6
+    assert (
+        agent.request(
+            "POST", "/v1/documents/search", data=b"[]", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )  # 7
+    assert (
+        agent.request(
+            "POST", "/v1/documents/search", data=b"{}", headers={"Content-Type": "text/plain"}
+        ).status_code
+        == 415
+    )  # 8
+    assert (
+        agent.head_only(
+            "POST", "/v1/documents/fetch", {"Content-Type": "application/json", "Content-Length": "70000"}
+        )[0]
+        == 413
+    )  # 9
+    assert agent.request("PUT", "/v1/documents/fetch", data=b"{}").status_code == 405  # 10
     assert agent.search(S.search_body(sent_at=S.utc_z(offset_s=-900))).status_code == 422  # 11
     time.sleep(0.2)
     assert len(agent.audit_records()) == n0 + 11
@@ -706,8 +810,25 @@ def test_s16_audit_records_of_a_search_and_a_fetch(agent) -> None:
     assert len(recs) == n0 + 2
     search, fetch = recs[-2], recs[-1]
     expected_ref = blind(agent, "rrn:v1:" + S.A_RRN)
-    fields = {"seq", "ts_utc", "ts_local", "actor", "source", "action", "request_id", "claim_no", "subject_ref",
-              "document_ids", "result", "status", "problem_type", "reason", "bytes_out", "prev_hash", "hash"}
+    fields = {
+        "seq",
+        "ts_utc",
+        "ts_local",
+        "actor",
+        "source",
+        "action",
+        "request_id",
+        "claim_no",
+        "subject_ref",
+        "document_ids",
+        "result",
+        "status",
+        "problem_type",
+        "reason",
+        "bytes_out",
+        "prev_hash",
+        "hash",
+    }
     for rec, action in ((search, "documents.search"), (fetch, "documents.fetch")):
         assert fields <= set(rec), fields - set(rec)
         assert rec["action"] == action
@@ -797,8 +918,11 @@ sqlite3.connect = _connect
 def traced(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("trace")
     trace = base / "sql-trace.txt"
-    a = S.AgentProcess(base / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0},
-                       prelude=TRACE_PRELUDE.format(path=str(trace)))
+    a = S.AgentProcess(
+        base / "inst",
+        limits={"rate_per_s": 0, "health_rate_per_s": 0},
+        prelude=TRACE_PRELUDE.format(path=str(trace)),
+    )
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
     a.start()
@@ -821,4 +945,3 @@ def test_s10_traced_sql_never_holds_the_rrn_and_looks_up_the_hmac(traced) -> Non
     # neither during ingest nor during search/fetch does plaintext identity reach SQL
     for phi in S.phi_strings():
         assert phi not in text, phi
-

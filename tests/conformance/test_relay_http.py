@@ -21,8 +21,19 @@ FETCH = "/v1/documents/fetch"
 HEALTH = "/v1/health"
 CONTRACT_POINTERS = re.compile(
     r"^(|/request_id|/sent_at|/relay_id|/claim|/claim/claim_no|/claim/consent_id|/patient|/patient/name|"
-    r"/patient/rrn|/period|/period/from|/period/to|/document_types(/\d+)?|/document_ids(/\d+)?|/format)$")
-ERROR_CODES = {"missing", "type", "format", "pattern", "enum", "range", "too-long", "duplicate", "unknown-field"}
+    r"/patient/rrn|/period|/period/from|/period/to|/document_types(/\d+)?|/document_ids(/\d+)?|/format)$"
+)
+ERROR_CODES = {
+    "missing",
+    "type",
+    "format",
+    "pattern",
+    "enum",
+    "range",
+    "too-long",
+    "duplicate",
+    "unknown-field",
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +90,13 @@ def errors_of(body: dict[str, Any]) -> set[tuple[str, str]]:
     return {(e["pointer"], e["code"]) for e in body.get("errors", [])}
 
 
-def post_raw(agent: S.AgentProcess, path: str, data: bytes, content_type: str | None = "application/json",
-             **headers: str) -> requests.Response:
+def post_raw(
+    agent: S.AgentProcess,
+    path: str,
+    data: bytes,
+    content_type: str | None = "application/json",
+    **headers: str,
+) -> requests.Response:
     hdrs = dict(headers)
     if content_type is not None:
         hdrs["Content-Type"] = content_type
@@ -108,9 +124,25 @@ def enc(body: Any) -> bytes:
 # =============================================================================================
 # §2.1 routes — C-05, C-06, C-40
 # =============================================================================================
-@pytest.mark.parametrize("path", ["/metrics", "/status", "/docs", "/openapi.json", "/redoc", "/", "/v1",
-                                  "/v1/documents", "/v1/health/", "/v1/documents/search/", "/V1/HEALTH",
-                                  "/debug", "/v2/health", "/status.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metrics",
+        "/status",
+        "/docs",
+        "/openapi.json",
+        "/redoc",
+        "/",
+        "/v1",
+        "/v1/documents",
+        "/v1/health/",
+        "/v1/documents/search/",
+        "/V1/HEALTH",
+        "/debug",
+        "/v2/health",
+        "/status.json",
+    ],
+)
 def test_c05_unknown_paths_are_404_not_found(agent, path: str) -> None:
     problem(agent.request("GET", path), "not-found", request_id=None)
 
@@ -120,10 +152,19 @@ def test_c06_no_get_document_by_id_route(agent) -> None:
     problem(agent.request("POST", "/v1/documents/doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC", json_body={}), "not-found")
 
 
-@pytest.mark.parametrize("method,path,allow", [
-    ("PUT", SEARCH, "POST"), ("GET", SEARCH, "POST"), ("DELETE", FETCH, "POST"), ("PATCH", FETCH, "POST"),
-    ("GET", FETCH, "POST"), ("POST", HEALTH, "GET"), ("PUT", HEALTH, "GET"), ("DELETE", HEALTH, "GET"),
-])
+@pytest.mark.parametrize(
+    "method,path,allow",
+    [
+        ("PUT", SEARCH, "POST"),
+        ("GET", SEARCH, "POST"),
+        ("DELETE", FETCH, "POST"),
+        ("PATCH", FETCH, "POST"),
+        ("GET", FETCH, "POST"),
+        ("POST", HEALTH, "GET"),
+        ("PUT", HEALTH, "GET"),
+        ("DELETE", HEALTH, "GET"),
+    ],
+)
 def test_c06_wrong_method_is_405_with_allow(agent, method: str, path: str, allow: str) -> None:
     data = b"{}" if method in ("PUT", "POST", "PATCH") else None
     r = agent.request(method, path, data=data)
@@ -148,7 +189,9 @@ def test_c07_success_responses_carry_security_headers(agent) -> None:
 
 
 def test_c07_no_compression_even_when_asked(agent) -> None:
-    r = agent.request("POST", SEARCH, json_body=S.search_body(), headers={"Accept-Encoding": "gzip, deflate, br"})
+    r = agent.request(
+        "POST", SEARCH, json_body=S.search_body(), headers={"Accept-Encoding": "gzip, deflate, br"}
+    )
     assert r.raw.headers.get("Content-Encoding") in (None, "identity")
     ok_json(r)
 
@@ -167,12 +210,19 @@ def test_malformed_http_request_gets_no_plain_text_answer(agent) -> None:
         assert b"cache-control: no-store" in head and b"x-content-type-options: nosniff" in head, data[:300]
 
 
-@pytest.mark.parametrize("req", [
-    b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(70))
-    + b"Connection: close\r\n\r\n",
-    b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 17000 + b"\r\nConnection: close\r\n\r\n",
-], ids=["url-3000", "70-headers", "17k-header-block"])
+@pytest.mark.parametrize(
+    "req",
+    [
+        b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(70))
+        + b"Connection: close\r\n\r\n",
+        b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+        + b"a" * 17000
+        + b"\r\nConnection: close\r\n\r\n",
+    ],
+    ids=["url-3000", "70-headers", "17k-header-block"],
+)
 def test_limits_request_line_and_header_block(agent, req: bytes) -> None:
     """§9: 414/431 or connection close."""
     _, data = agent.raw_exchange(agent.client_context(), req)
@@ -184,8 +234,19 @@ def test_limits_request_line_and_header_block(agent, req: bytes) -> None:
 # =============================================================================================
 def test_c08_health_members(agent) -> None:
     body = ok_json(agent.health())
-    required = {"status", "agent_version", "api_version", "api_revision", "institution_code", "server_time",
-                "clock_tolerance_s", "storage", "audit_log", "ingest", "signing_key_id"}
+    required = {
+        "status",
+        "agent_version",
+        "api_version",
+        "api_revision",
+        "institution_code",
+        "server_time",
+        "clock_tolerance_s",
+        "storage",
+        "audit_log",
+        "ingest",
+        "signing_key_id",
+    }
     assert required <= set(body), set(body) ^ required
     assert body["status"] == "ok"
     assert body["api_version"] == "v1"
@@ -209,8 +270,9 @@ def test_c08_health_signing_key_id_is_kid_of_keys_public(agent) -> None:
 
     from cryptography.hazmat.primitives import serialization
 
-    kid = hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    kid = hashlib.sha256(
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    ).hexdigest()
     assert ok_json(agent.health())["signing_key_id"] == kid
 
 
@@ -250,7 +312,7 @@ def test_c09_streamed_chunked_body_over_limit_is_413(agent) -> None:
 
     def gen():
         for i in range(0, len(data), 8192):
-            yield data[i:i + 8192]
+            yield data[i : i + 8192]
 
     s = agent.session()
     try:
@@ -261,28 +323,47 @@ def test_c09_streamed_chunked_body_over_limit_is_413(agent) -> None:
 
 
 def test_c09_413_takes_precedence_over_415(agent) -> None:
-    status, _, body = head_only(agent, "POST", SEARCH, {"Content-Type": "text/plain", "Content-Length": "70000"})
+    status, _, body = head_only(
+        agent, "POST", SEARCH, {"Content-Type": "text/plain", "Content-Length": "70000"}
+    )
     assert status == 413 and body["type"] == S.PROBLEM_PREFIX + "payload-too-large"
 
 
-@pytest.mark.parametrize("ctype,extra", [
-    ("text/plain", {}), ("application/x-www-form-urlencoded", {}), ("application/json; charset=iso-8859-1", {}),
-    ("application/json; charset=utf-16", {}), (None, {}), ("application/json", {"Content-Encoding": "gzip"}),
-    ("application/json", {"Content-Encoding": "deflate"}), ("application/jsonx", {}),
-])
+@pytest.mark.parametrize(
+    "ctype,extra",
+    [
+        ("text/plain", {}),
+        ("application/x-www-form-urlencoded", {}),
+        ("application/json; charset=iso-8859-1", {}),
+        ("application/json; charset=utf-16", {}),
+        (None, {}),
+        ("application/json", {"Content-Encoding": "gzip"}),
+        ("application/json", {"Content-Encoding": "deflate"}),
+        ("application/jsonx", {}),
+    ],
+)
 def test_c09_unsupported_media_type_is_415(agent, ctype: str | None, extra: dict[str, str]) -> None:
     problem(post_raw(agent, SEARCH, enc(S.search_body()), ctype, **extra), "unsupported-media-type")
 
 
-@pytest.mark.parametrize("ctype", ["application/json", "application/json; charset=utf-8",
-                                   "application/json;charset=utf-8", "application/json; charset=UTF-8",
-                                   "Application/JSON"])
+@pytest.mark.parametrize(
+    "ctype",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=utf-8",
+        "application/json; charset=UTF-8",
+        "Application/JSON",
+    ],
+)
 def test_c09_json_content_types_accepted(agent, ctype: str) -> None:
     ok_json(post_raw(agent, SEARCH, enc(S.search_body()), ctype))
 
 
 def test_c09_identity_content_encoding_accepted(agent) -> None:
-    ok_json(post_raw(agent, SEARCH, enc(S.search_body()), "application/json", **{"Content-Encoding": "identity"}))
+    ok_json(
+        post_raw(agent, SEARCH, enc(S.search_body()), "application/json", **{"Content-Encoding": "identity"})
+    )
 
 
 def test_c09_415_takes_precedence_over_400(agent) -> None:
@@ -337,12 +418,23 @@ def _without(body: dict[str, Any], *path: str) -> dict[str, Any]:
     return b
 
 
-@pytest.mark.parametrize("path,pointer", [
-    (("request_id",), "/request_id"), (("sent_at",), "/sent_at"), (("relay_id",), "/relay_id"),
-    (("claim",), "/claim"), (("claim", "claim_no"), "/claim/claim_no"), (("claim", "consent_id"), "/claim/consent_id"),
-    (("patient",), "/patient"), (("patient", "name"), "/patient/name"), (("patient", "rrn"), "/patient/rrn"),
-    (("period",), "/period"), (("period", "from"), "/period/from"), (("period", "to"), "/period/to"),
-])
+@pytest.mark.parametrize(
+    "path,pointer",
+    [
+        (("request_id",), "/request_id"),
+        (("sent_at",), "/sent_at"),
+        (("relay_id",), "/relay_id"),
+        (("claim",), "/claim"),
+        (("claim", "claim_no"), "/claim/claim_no"),
+        (("claim", "consent_id"), "/claim/consent_id"),
+        (("patient",), "/patient"),
+        (("patient", "name"), "/patient/name"),
+        (("patient", "rrn"), "/patient/rrn"),
+        (("period",), "/period"),
+        (("period", "from"), "/period/from"),
+        (("period", "to"), "/period/to"),
+    ],
+)
 def test_c10_missing_member_of_search_is_422_missing(agent, path: tuple[str, ...], pointer: str) -> None:
     body = _without(S.search_body(), *path)
     b = problem(agent.search(body), "validation-failed")
@@ -354,19 +446,36 @@ def test_c10_missing_request_id_gives_null_request_id(agent) -> None:
     problem(agent.search(body), "validation-failed", request_id=None)
 
 
-@pytest.mark.parametrize("path,pointer", [
-    (("request_id",), "/request_id"), (("claim",), "/claim"), (("document_ids",), "/document_ids"),
-])
+@pytest.mark.parametrize(
+    "path,pointer",
+    [
+        (("request_id",), "/request_id"),
+        (("claim",), "/claim"),
+        (("document_ids",), "/document_ids"),
+    ],
+)
 def test_c10_missing_member_of_fetch_is_422(agent, path: tuple[str, ...], pointer: str) -> None:
     body = _without(S.fetch_body(S.new_claim(), ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"]), *path)
     b = problem(agent.fetch(body), "validation-failed")
     assert (pointer, "missing") in errors_of(b), b
 
 
-@pytest.mark.parametrize("sent_at", ["2025-11-03T05:12:00", "2025-11-03T05:12:00+00:00", "2025-11-03T14:12:00+09:00",
-                                     "2025-11-03 05:12:00Z", "2025-11-03", "2025-11-03T05:12Z",
-                                     "2025-11-03T05:12:00.1234567Z", "2025-13-03T05:12:00Z", "2025-11-03T25:12:00Z",
-                                     "", "now"])
+@pytest.mark.parametrize(
+    "sent_at",
+    [
+        "2025-11-03T05:12:00",
+        "2025-11-03T05:12:00+00:00",
+        "2025-11-03T14:12:00+09:00",
+        "2025-11-03 05:12:00Z",
+        "2025-11-03",
+        "2025-11-03T05:12Z",
+        "2025-11-03T05:12:00.1234567Z",
+        "2025-13-03T05:12:00Z",
+        "2025-11-03T25:12:00Z",
+        "",
+        "now",
+    ],
+)
 def test_c10_malformed_sent_at_is_422_not_clock_skew(agent, sent_at: str) -> None:
     body = S.search_body()
     body["sent_at"] = sent_at
@@ -376,7 +485,10 @@ def test_c10_malformed_sent_at_is_422_not_clock_skew(agent, sent_at: str) -> Non
 
 def test_sent_at_with_six_fraction_digits_and_milliseconds_accepted(agent) -> None:
     now = dt.datetime.now(dt.UTC)
-    for text in (now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"):
+    for text in (
+        now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+    ):
         body = S.search_body()
         body["sent_at"] = text
         ok_json(agent.search(body))
@@ -417,17 +529,21 @@ def test_search_members_are_not_allowed_in_fetch_and_vice_versa(agent) -> None:
 
 
 # -- request_id -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("rid", [
-    "0b6c2f3e-7d0a-1c1e-9a51-3f1f5f2d8a10",   # UUID version 1
-    "0b6c2f3e-7d0a-4c1e-7a51-3f1f5f2d8a10",   # v4 with wrong variant
-    "0b6c2f3e7d0a4c1e9a513f1f5f2d8a10",       # no hyphens
-    "{0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10}",
-    "01JBX5B3W8Q6E2N4T7Y9R1K3M",              # 25 chars
-    "01JBX5B3W8Q6E2N4T7Y9R1K3MUU",            # 27 chars
-    "01JBX5B3W8Q6E2N4T7Y9R1K3MU",             # U is not Crockford base32
-    "01JBX5B3W8Q6E2N4T7Y9R1K3MI",             # I neither
-    "", "x",
-])
+@pytest.mark.parametrize(
+    "rid",
+    [
+        "0b6c2f3e-7d0a-1c1e-9a51-3f1f5f2d8a10",  # UUID version 1
+        "0b6c2f3e-7d0a-4c1e-7a51-3f1f5f2d8a10",  # v4 with wrong variant
+        "0b6c2f3e7d0a4c1e9a513f1f5f2d8a10",  # no hyphens
+        "{0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10}",
+        "01JBX5B3W8Q6E2N4T7Y9R1K3M",  # 25 chars
+        "01JBX5B3W8Q6E2N4T7Y9R1K3MUU",  # 27 chars
+        "01JBX5B3W8Q6E2N4T7Y9R1K3MU",  # U is not Crockford base32
+        "01JBX5B3W8Q6E2N4T7Y9R1K3MI",  # I neither
+        "",
+        "x",
+    ],
+)
 def test_request_id_must_be_uuid4_or_ulid(agent, rid: str) -> None:
     body = S.search_body()
     body["request_id"] = rid
@@ -506,26 +622,54 @@ def test_patient_name_length_limit_after_normalisation(agent) -> None:
     assert any(p == "/patient/name" for p, _ in errors_of(b))
 
 
-@pytest.mark.parametrize("rrn", ["900101-100000", "90010-11000001", "900101--1000001", "900101 1000001",
-                                 "９００１０１-１０００００１", "90010110000011", "A00101-1000001", ""])
+@pytest.mark.parametrize(
+    "rrn",
+    [
+        "900101-100000",
+        "90010-11000001",
+        "900101--1000001",
+        "900101 1000001",
+        "９００１０１-１０００００１",
+        "90010110000011",
+        "A00101-1000001",
+        "",
+    ],
+)
 def test_rrn_shape_is_checked(agent, rrn: str) -> None:
     b = problem(agent.search(S.search_body(rrn=rrn)), "validation-failed")
     assert any(p == "/patient/rrn" for p, _ in errors_of(b))
 
 
-@pytest.mark.parametrize("rrn", ["901301-1000001", "900001-1000001", "900100-1000001", "900132-1000001",
-                                 "900229-1000001",   # 1990 is not a leap year
-                                 "000229-1000001",   # 1900 is not a leap year (7th digit 1 → 1900s)
-                                 "010229-3000001",   # 2001 not a leap year
-                                 "900431-2000001"])
+@pytest.mark.parametrize(
+    "rrn",
+    [
+        "901301-1000001",
+        "900001-1000001",
+        "900100-1000001",
+        "900132-1000001",
+        "900229-1000001",  # 1990 is not a leap year
+        "000229-1000001",  # 1900 is not a leap year (7th digit 1 → 1900s)
+        "010229-3000001",  # 2001 not a leap year
+        "900431-2000001",
+    ],
+)
 def test_c18_rrn_birth_date_must_be_valid_for_its_century(agent, rrn: str) -> None:
     b = problem(agent.search(S.search_body(rrn=rrn)), "validation-failed")
     assert any(p == "/patient/rrn" for p, _ in errors_of(b))
 
 
-@pytest.mark.parametrize("rrn", ["000229-3000001",   # 2000 is a leap year
-                                 "960229-1000001", "000101-4000001", "850505-5000002", "050505-7000001",
-                                 "900101-1000001", "9001011000001"])
+@pytest.mark.parametrize(
+    "rrn",
+    [
+        "000229-3000001",  # 2000 is a leap year
+        "960229-1000001",
+        "000101-4000001",
+        "850505-5000002",
+        "050505-7000001",
+        "900101-1000001",
+        "9001011000001",
+    ],
+)
 def test_c18_valid_birth_dates_accepted_without_check_digit(agent, rrn: str) -> None:
     ok_json(agent.search(S.search_body(rrn=rrn)))
 
@@ -540,23 +684,36 @@ def test_period_rules(agent) -> None:
     assert any(p.startswith("/period") for p, _ in errors_of(b))
 
 
-@pytest.mark.parametrize("value", ["2025-02-30", "2025-3-1", "20250301", "2025-03-01T00:00:00Z", "", "2025/03/01"])
+@pytest.mark.parametrize(
+    "value", ["2025-02-30", "2025-3-1", "20250301", "2025-03-01T00:00:00Z", "", "2025/03/01"]
+)
 def test_period_dates_must_be_calendar_dates(agent, value: str) -> None:
     b = problem(agent.search(S.search_body(period=(value, "2025-03-31"))), "validation-failed")
     assert any(p == "/period/from" for p, _ in errors_of(b)), b
 
 
-@pytest.mark.parametrize("types", [[], ["receipt", "receipt"], ["diagnosis_certificate"], ["Receipt"], "receipt",
-                                   [None]])
+@pytest.mark.parametrize(
+    "types", [[], ["receipt", "receipt"], ["diagnosis_certificate"], ["Receipt"], "receipt", [None]]
+)
 def test_document_types_rules(agent, types: Any) -> None:
     b = problem(agent.search(S.search_body(types=types)), "validation-failed")
     assert any(p.startswith("/document_types") for p, _ in errors_of(b)), b
 
 
 # -- fetch schema -------------------------------------------------------------------------------
-@pytest.mark.parametrize("ids", [[], ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"],
-                                 ["doc_01jbx4q7m2t9k3v8n5r6w1y0zc"], ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0Z"],
-                                 ["01JBX4Q7M2T9K3V8N5R6W1Y0ZC"], ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZU"], "doc_x", [1]])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [],
+        ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"],
+        ["doc_01jbx4q7m2t9k3v8n5r6w1y0zc"],
+        ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0Z"],
+        ["01JBX4Q7M2T9K3V8N5R6W1Y0ZC"],
+        ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZU"],
+        "doc_x",
+        [1],
+    ],
+)
 def test_c23_document_ids_rules(agent, ids: Any) -> None:
     b = problem(agent.fetch(S.fetch_body(S.new_claim(), ids)), "validation-failed")
     assert any(p.startswith("/document_ids") for p, _ in errors_of(b)), b
@@ -621,8 +778,12 @@ def test_c11_just_over_300s_past_is_rejected(agent) -> None:
 
 
 def test_c11_clock_skew_applies_to_fetch(agent) -> None:
-    problem(agent.fetch(S.fetch_body(S.new_claim(), ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"],
-                                     sent_at=S.utc_z(offset_s=-301))), "clock-skew")
+    problem(
+        agent.fetch(
+            S.fetch_body(S.new_claim(), ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"], sent_at=S.utc_z(offset_s=-301))
+        ),
+        "clock-skew",
+    )
 
 
 def test_c11_clock_skew_comes_after_schema(agent) -> None:
@@ -647,8 +808,10 @@ def test_c13_resend_after_413_succeeds(agent) -> None:
 def test_c13_resend_after_415_succeeds(agent) -> None:
     body = S.search_body()
     problem(post_raw(agent, SEARCH, enc(body), "text/plain"), "unsupported-media-type")
-    problem(post_raw(agent, SEARCH, enc(body), "application/json", **{"Content-Encoding": "gzip"}),
-            "unsupported-media-type")
+    problem(
+        post_raw(agent, SEARCH, enc(body), "application/json", **{"Content-Encoding": "gzip"}),
+        "unsupported-media-type",
+    )
     ok_json(agent.search(body))
 
 
@@ -687,15 +850,23 @@ def test_id_is_consumed_by_a_request_failing_business_rules(agent) -> None:
 def test_replay_is_whatever_the_body(agent) -> None:
     rid = str(uuid.uuid4())
     agent.search_ok(request_id=rid)
-    problem(agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), request_id=rid)), "replay-detected", request_id=rid)
-    problem(agent.fetch(S.fetch_body(S.new_claim(), ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"], request_id=rid)),
-            "replay-detected")
+    problem(
+        agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), request_id=rid)),
+        "replay-detected",
+        request_id=rid,
+    )
+    problem(
+        agent.fetch(S.fetch_body(S.new_claim(), ["doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"], request_id=rid)),
+        "replay-detected",
+    )
 
 
 # =============================================================================================
 # §8 processing order
 # =============================================================================================
-def head_only(agent: S.AgentProcess, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict, dict]:
+def head_only(
+    agent: S.AgentProcess, method: str, path: str, headers: dict[str, str]
+) -> tuple[int, dict, dict]:
     """Send a request head announcing a body that is never sent; the agent must answer from the head
     alone (§8: route, method and Content-Length come before the body). Returns (status, headers, json)."""
     head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
@@ -710,23 +881,28 @@ def head_only(agent: S.AgentProcess, method: str, path: str, headers: dict[str, 
 
 
 def test_order_404_before_everything(agent) -> None:
-    status, hdrs, body = head_only(agent, "POST", "/v1/documents/other",
-                                   {"Content-Type": "text/plain", "Content-Length": "70000"})
+    status, hdrs, body = head_only(
+        agent, "POST", "/v1/documents/other", {"Content-Type": "text/plain", "Content-Length": "70000"}
+    )
     assert status == 404 and body["type"] == S.PROBLEM_PREFIX + "not-found"
 
 
 def test_order_405_before_413(agent) -> None:
-    status, hdrs, body = head_only(agent, "PUT", SEARCH, {"Content-Type": "text/plain", "Content-Length": "70000"})
+    status, hdrs, body = head_only(
+        agent, "PUT", SEARCH, {"Content-Type": "text/plain", "Content-Length": "70000"}
+    )
     assert status == 405 and body["type"] == S.PROBLEM_PREFIX + "method-not-allowed"
     assert hdrs.get("allow") == "POST"
 
 
 def test_c09_declared_length_over_limit_is_413_without_reading_the_body(agent) -> None:
-    status, hdrs, body = head_only(agent, "POST", SEARCH, {"Content-Type": "application/json",
-                                                          "Content-Length": "65537"})
+    status, hdrs, body = head_only(
+        agent, "POST", SEARCH, {"Content-Type": "application/json", "Content-Length": "65537"}
+    )
     assert status == 413 and body["type"] == S.PROBLEM_PREFIX + "payload-too-large"
     assert hdrs.get("cache-control") == "no-store" and hdrs.get("content-type", "").startswith(
-        "application/problem+json")
+        "application/problem+json"
+    )
 
 
 def test_order_422_schema_before_replay(agent) -> None:
@@ -746,8 +922,12 @@ def test_order_clock_skew_before_replay(agent) -> None:
 def test_order_replay_before_business_rules(agent) -> None:
     claim, _ = agent.search_ok()
     rid = str(uuid.uuid4())
-    problem(agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), claim=claim, request_id=rid)), "claim-conflict")
-    problem(agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), claim=claim, request_id=rid)), "replay-detected")
+    problem(
+        agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), claim=claim, request_id=rid)), "claim-conflict"
+    )
+    problem(
+        agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), claim=claim, request_id=rid)), "replay-detected"
+    )
 
 
 # =============================================================================================
@@ -796,15 +976,23 @@ def _battery(agent: S.AgentProcess) -> list[requests.Response]:
     # a bound claim, then a foreign id and another consent
     bound, _ = agent.search_ok(claim={"claim_no": "CLM-SECRET-77232", "consent_id": "CNS-SECRET-99121"})
     out.append(agent.fetch(S.fetch_body(bound, [foreign])))
-    out.append(agent.fetch(S.fetch_body({"claim_no": bound["claim_no"], "consent_id": "CNS-OTHER-1"}, [foreign])))
+    out.append(
+        agent.fetch(S.fetch_body({"claim_no": bound["claim_no"], "consent_id": "CNS-OTHER-1"}, [foreign]))
+    )
     out.append(agent.search(S.search_body(S.B_NAME, S.hyph(S.B_RRN), claim=bound)))
     return out
 
 
 def test_c29_c30_problem_documents_never_contain_request_values(agent) -> None:
     responses = _battery(agent)
-    forbidden = S.phi_strings() + ["CLM-SECRET-77231", "CLM-SECRET-77232", "CNS-SECRET", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC",
-                                   "doc_" + S.A_RRN, "doc_01JBX4Q7M2T9K3V8N5R6W0"]
+    forbidden = S.phi_strings() + [
+        "CLM-SECRET-77231",
+        "CLM-SECRET-77232",
+        "CNS-SECRET",
+        "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC",
+        "doc_" + S.A_RRN,
+        "doc_01JBX4Q7M2T9K3V8N5R6W0",
+    ]
     for r in responses:
         assert r.status_code >= 400, r.text
         body = r.json()
@@ -815,7 +1003,9 @@ def test_c29_c30_problem_documents_never_contain_request_values(agent) -> None:
         for f in forbidden:
             assert f not in text and f not in unescaped, (f, text)
         detail = body.get("detail", "")
-        assert not re.search(r"Traceback|File \"|\.py|SELECT |sqlite|pydantic|input_value|/work/|/tmp/", detail), detail
+        assert not re.search(
+            r"Traceback|File \"|\.py|SELECT |sqlite|pydantic|input_value|/work/|/tmp/", detail
+        ), detail
 
 
 def test_c30_detail_is_fixed_text_per_type(agent) -> None:
@@ -862,8 +1052,23 @@ def test_c40_fuzzed_requests_get_only_documented_statuses(agent) -> None:
 
     rnd = random.Random(1234)
     base = S.search_body()
-    values: list[Any] = [None, True, 0, -1, 2 ** 70, "", "x" * 300, [], {}, [1, "a"], {"a": {}}, "\u0000", "\ud7ff",
-                         "2025-03-01", "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC"]
+    values: list[Any] = [
+        None,
+        True,
+        0,
+        -1,
+        2**70,
+        "",
+        "x" * 300,
+        [],
+        {},
+        [1, "a"],
+        {"a": {}},
+        "\u0000",
+        "\ud7ff",
+        "2025-03-01",
+        "doc_01JBX4Q7M2T9K3V8N5R6W1Y0ZC",
+    ]
     for i in range(120):
         body = json.loads(json.dumps(base))
         body["request_id"] = str(uuid.uuid4())
@@ -901,9 +1106,25 @@ def test_c40_schemathesis_against_documented_schema(agent, tmp_path) -> None:
     schema = S.REPO / "docs" / "relay-api.openapi.json"
     if not st.exists() or not schema.exists():
         pytest.skip("schemathesis or the documented schema is not available")
-    cmd = [str(st), "run", str(schema), "--url", agent.base, "--tls-verify", str(agent.server_ca),
-           "--request-cert", str(agent.client_cert), "--request-cert-key", str(agent.client_key), "-n", "30",
-           "--seed", "1", "-c", "not_a_server_error,status_code_conformance,content_type_conformance"]
+    cmd = [
+        str(st),
+        "run",
+        str(schema),
+        "--url",
+        agent.base,
+        "--tls-verify",
+        str(agent.server_ca),
+        "--request-cert",
+        str(agent.client_cert),
+        "--request-cert-key",
+        str(agent.client_key),
+        "-n",
+        "30",
+        "--seed",
+        "1",
+        "-c",
+        "not_a_server_error,status_code_conformance,content_type_conformance",
+    ]
     env = {k: v for k, v in __import__("os").environ.items() if "CA_BUNDLE" not in k}
     # run from tmp_path: schemathesis keeps a `.schemathesis/` cache in its working directory
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
@@ -924,8 +1145,10 @@ def test_limits_request_line_of_2048_bytes_is_served(agent) -> None:
 
 def test_limits_64_header_fields_and_15_kib_block_are_served(agent) -> None:
     fields = b"".join(b"X-H%d: v\r\n" % i for i in range(62))  # + Host + Connection = 64
-    assert _raw(agent, b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + fields + b"Connection: close\r\n\r\n") \
-        .startswith(b"HTTP/1.1 200")
+    assert _raw(
+        agent, b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + fields + b"Connection: close\r\n\r\n"
+    ).startswith(b"HTTP/1.1 200")
     pad = b"X-Pad: " + b"a" * 15000 + b"\r\n"
-    assert _raw(agent, b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + pad + b"Connection: close\r\n\r\n") \
-        .startswith(b"HTTP/1.1 200")
+    assert _raw(
+        agent, b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n" + pad + b"Connection: close\r\n\r\n"
+    ).startswith(b"HTTP/1.1 200")

@@ -46,8 +46,12 @@ def _burst(agent: S.AgentProcess, cert: tuple[Path, Path], n: int, path: str = "
             if path == "/v1/health":
                 r = s.get(agent.base + path, timeout=30)
             else:
-                r = s.post(agent.base + path, data=json.dumps(S.search_body(), ensure_ascii=False).encode(),
-                           headers={"Content-Type": "application/json"}, timeout=30)
+                r = s.post(
+                    agent.base + path,
+                    data=json.dumps(S.search_body(), ensure_ascii=False).encode(),
+                    headers={"Content-Type": "application/json"},
+                    timeout=30,
+                )
             out.append(r)
     finally:
         s.close()
@@ -137,8 +141,10 @@ def _hold(agent: S.AgentProcess, cert: tuple[Path, Path]) -> ssl.SSLSocket:
     ctx = agent.client_context(cert)
     raw = socket.create_connection(("127.0.0.1", agent.api_port), timeout=15)
     tls = ctx.wrap_socket(raw, server_hostname="localhost")
-    tls.sendall(b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 500\r\n\r\n{")
+    tls.sendall(
+        b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 500\r\n\r\n{"
+    )
     return tls
 
 
@@ -185,8 +191,9 @@ def test_c33_stalled_head_body_handshake_and_idle_are_cut_while_others_are_serve
     cert = fresh(agent, "slow")
 
     def half_head() -> None:
-        tls = agent.client_context(cert).wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port)),
-                                                       server_hostname="localhost")
+        tls = agent.client_context(cert).wrap_socket(
+            socket.create_connection(("127.0.0.1", agent.api_port)), server_hostname="localhost"
+        )
         tls.sendall(b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Ty")
         results["head"] = _time_until_closed(tls, 20)
 
@@ -195,28 +202,35 @@ def test_c33_stalled_head_body_handshake_and_idle_are_cut_while_others_are_serve
         results["handshake"] = _time_until_closed(s, 20)
 
     def stalled_body() -> None:
-        tls = agent.client_context(cert).wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port)),
-                                                       server_hostname="localhost")
-        tls.sendall(b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: 100\r\n\r\n{")
+        tls = agent.client_context(cert).wrap_socket(
+            socket.create_connection(("127.0.0.1", agent.api_port)), server_hostname="localhost"
+        )
+        tls.sendall(
+            b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
         results["body"] = _time_until_closed(tls, 20)
 
     def idle() -> None:
-        tls = agent.client_context(cert).wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port)),
-                                                       server_hostname="localhost")
+        tls = agent.client_context(cert).wrap_socket(
+            socket.create_connection(("127.0.0.1", agent.api_port)), server_hostname="localhost"
+        )
         results["idle"] = _time_until_closed(tls, 25)
 
     def after_response() -> None:
         """§9: idle keep-alive 15 s (the head deadline, 10 s after the previous response, may be shorter)."""
-        tls = agent.client_context(cert).wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port)),
-                                                       server_hostname="localhost")
+        tls = agent.client_context(cert).wrap_socket(
+            socket.create_connection(("127.0.0.1", agent.api_port)), server_hostname="localhost"
+        )
         tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         tls.settimeout(5)
         first = tls.recv(65536)
         elapsed, data = _time_until_closed(tls, 25)
         results["keepalive"] = (elapsed, first[:12] + b"|" + data)
 
-    threads = [threading.Thread(target=f) for f in (half_head, no_handshake, stalled_body, idle, after_response)]
+    threads = [
+        threading.Thread(target=f) for f in (half_head, no_handshake, stalled_body, idle, after_response)
+    ]
     for t in threads:
         t.start()
     good = fresh(agent, "good")
@@ -258,8 +272,12 @@ def test_s9_500_idle_tcp_connections_do_not_stop_authenticated_clients(agent) ->
         try:
             for _ in range(20):
                 t0 = time.monotonic()
-                r = s.post(agent.base + "/v1/documents/search", data=json.dumps(S.search_body()).encode(),
-                           headers={"Content-Type": "application/json"}, timeout=10)
+                r = s.post(
+                    agent.base + "/v1/documents/search",
+                    data=json.dumps(S.search_body()).encode(),
+                    headers={"Content-Type": "application/json"},
+                    timeout=10,
+                )
                 lat.append(time.monotonic() - t0)
                 assert r.status_code == 200
         finally:
@@ -278,8 +296,10 @@ def test_s9_60_dribbling_authenticated_connections_do_not_stop_others(agent) -> 
     conns = []
     try:
         for _ in range(60):
-            tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", agent.api_port), timeout=5),
-                                  server_hostname="localhost")
+            tls = ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", agent.api_port), timeout=5),
+                server_hostname="localhost",
+            )
             tls.sendall(b"GET /v1/health HTTP/1.1\r\n")
             conns.append(tls)
         good = fresh(agent, "dribble-good")

@@ -17,7 +17,9 @@ except ImportError:  # tests/conformance is not a package
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory):
-    a = S.AgentProcess(tmp_path_factory.mktemp("replay") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("replay") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
     a.start()
@@ -77,8 +79,12 @@ def test_c12_concurrent_sends_give_exactly_one_non_409(agent, route: str) -> Non
 
         def send(i: int, barrier=barrier, sessions=sessions, data=data, lock=lock, statuses=statuses) -> None:
             barrier.wait()
-            r = sessions[i].post(agent.base + f"/v1/documents/{route}", data=data,
-                                 headers={"Content-Type": "application/json"}, timeout=30)
+            r = sessions[i].post(
+                agent.base + f"/v1/documents/{route}",
+                data=data,
+                headers={"Content-Type": "application/json"},
+                timeout=30,
+            )
             with lock:
                 statuses.append(r.status_code)
 
@@ -100,7 +106,9 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory):
     """An agent holding the relay ids of an enrollment. The project has no `enroll` against a
     simulator we could drive here, so the list is written where the agent keeps its state
     (store key/value table under data_dir) while it is stopped."""
-    a = S.AgentProcess(tmp_path_factory.mktemp("enrolled") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("enrolled") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
     a.start()
@@ -108,8 +116,10 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory):
     assert a.stop() == 0
     conn = sqlite3.connect(a.data / "store.db")
     try:
-        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('relay_ids', ?)",
-                     (json.dumps(["silson24-relay-01", "silson24-relay-02"]),))
+        conn.execute(
+            "INSERT OR REPLACE INTO kv (key, value) VALUES ('relay_ids', ?)",
+            (json.dumps(["silson24-relay-01", "silson24-relay-02"]),),
+        )
         conn.commit()
     finally:
         conn.close()

@@ -71,13 +71,13 @@ PROBLEM_TABLE: dict[str, tuple[int, str]] = {
 # --------------------------------------------------------------------------------------------------
 # Synthetic patients and documents
 # --------------------------------------------------------------------------------------------------
-A_NAME, A_RRN = "홍길동", "9001011000001"          # the spec fixture (900101-1000001)
-A_NAME2 = "홍길순"                                  # same RRN, other name (name changed)
+A_NAME, A_RRN = "홍길동", "9001011000001"  # the spec fixture (900101-1000001)
+A_NAME2 = "홍길순"  # same RRN, other name (name changed)
 B_NAME, B_RRN = "김영희", "8505052000002"
-E_NAME, E_RRN = "이취소", "8808081000008"          # cancelled between search and fetch
-G_NAME, G_RRN = "정대량", "7707071000007"          # 1,001 documents (C-19)
-H_NAME, H_RRN = "박형식", "6606061000006"          # FHIR / misc
-M_NAME, M_RRN = "최가명", "9202022000009"          # only rrn_masked documents (own patient)
+E_NAME, E_RRN = "이취소", "8808081000008"  # cancelled between search and fetch
+G_NAME, G_RRN = "정대량", "7707071000007"  # 1,001 documents (C-19)
+H_NAME, H_RRN = "박형식", "6606061000006"  # FHIR / misc
+M_NAME, M_RRN = "최가명", "9202022000009"  # only rrn_masked documents (own patient)
 L_NAME, L_RRN = "MÜLLER STRASSE", "7001015000003"  # Latin name (casefold), foreigner number
 ALL_NAMES = [A_NAME, A_NAME2, B_NAME, E_NAME, G_NAME, H_NAME, M_NAME, L_NAME]
 ALL_RRNS = [A_RRN, B_RRN, E_RRN, G_RRN, H_RRN, M_RRN, L_RRN]
@@ -103,9 +103,18 @@ def example(doc_type: str) -> dict[str, Any]:
     return doc
 
 
-def make_doc(doc_type: str, document_no: str, *, name: str, rrn: str | None = None, rrn_masked: str | None = None,
-             issued_on: str = "2025-03-14", care: tuple[str, str] | None = None, version: int = 1,
-             status: str = "active") -> dict[str, Any]:
+def make_doc(
+    doc_type: str,
+    document_no: str,
+    *,
+    name: str,
+    rrn: str | None = None,
+    rrn_masked: str | None = None,
+    issued_on: str = "2025-03-14",
+    care: tuple[str, str] | None = None,
+    version: int = 1,
+    status: str = "active",
+) -> dict[str, Any]:
     doc = copy.deepcopy(example(doc_type))
     doc["document_no"] = document_no
     doc["version"] = version
@@ -148,11 +157,27 @@ def main_documents() -> list[dict[str, Any]]:
     d.append(make_doc("prescription", "20250314-00017", name=A_NAME, rrn=A_RRN))
     d.append(make_doc("pharmacy_receipt", "P202503-000042", name=A_NAME, rrn=A_RRN))
     # care period reaching into March although... issued in March; overlaps at 03-01
-    d.append(make_doc("receipt", "202503-000200", name=A_NAME, rrn=A_RRN, issued_on="2025-03-05",
-                      care=("2025-02-20", "2025-03-01")))
+    d.append(
+        make_doc(
+            "receipt",
+            "202503-000200",
+            name=A_NAME,
+            rrn=A_RRN,
+            issued_on="2025-03-05",
+            care=("2025-02-20", "2025-03-01"),
+        )
+    )
     # issued in March but care period entirely in February: NOT a March document (care period rules)
-    d.append(make_doc("receipt", "202503-000201", name=A_NAME, rrn=A_RRN, issued_on="2025-03-03",
-                      care=("2025-02-20", "2025-02-28")))
+    d.append(
+        make_doc(
+            "receipt",
+            "202503-000201",
+            name=A_NAME,
+            rrn=A_RRN,
+            issued_on="2025-03-03",
+            care=("2025-02-20", "2025-02-28"),
+        )
+    )
     # February document
     d.append(make_doc("receipt", "202502-000300", name=A_NAME, rrn=A_RRN, issued_on="2025-02-10"))
     # corrected: version 2 is current
@@ -160,18 +185,39 @@ def main_documents() -> list[dict[str, Any]]:
     d.append(make_doc("receipt", "202503-000400", name=A_NAME, rrn=A_RRN, issued_on="2025-03-20", version=2))
     # cancelled: version 2 cancelled, never listed
     d.append(make_doc("receipt", "202503-000500", name=A_NAME, rrn=A_RRN, issued_on="2025-03-21"))
-    d.append(make_doc("receipt", "202503-000500", name=A_NAME, rrn=A_RRN, issued_on="2025-03-21", version=2,
-                      status="cancelled"))
+    d.append(
+        make_doc(
+            "receipt",
+            "202503-000500",
+            name=A_NAME,
+            rrn=A_RRN,
+            issued_on="2025-03-21",
+            version=2,
+            status="cancelled",
+        )
+    )
     # cancelled, then re-activated: version 3 is current and active
     d.append(make_doc("receipt", "202503-000510", name=A_NAME, rrn=A_RRN, issued_on="2025-03-23"))
-    d.append(make_doc("receipt", "202503-000510", name=A_NAME, rrn=A_RRN, issued_on="2025-03-23", version=2,
-                      status="cancelled"))
+    d.append(
+        make_doc(
+            "receipt",
+            "202503-000510",
+            name=A_NAME,
+            rrn=A_RRN,
+            issued_on="2025-03-23",
+            version=2,
+            status="cancelled",
+        )
+    )
     d.append(make_doc("receipt", "202503-000510", name=A_NAME, rrn=A_RRN, issued_on="2025-03-23", version=3))
     # same RRN, other recorded name: withheld from a 홍길동 search
     d.append(make_doc("receipt", "202503-000600", name=A_NAME2, rrn=A_RRN, issued_on="2025-03-22"))
     # masked RRN only: rrn_prefix
-    d.append(make_doc("receipt", "202503-000700", name=A_NAME, rrn_masked=A_RRN[:7] + "******",
-                      issued_on="2025-03-25"))
+    d.append(
+        make_doc(
+            "receipt", "202503-000700", name=A_NAME, rrn_masked=A_RRN[:7] + "******", issued_on="2025-03-25"
+        )
+    )
     # no RRN at all: never listed
     d.append(make_doc("receipt", "202503-000800", name=A_NAME, issued_on="2025-03-26"))
     # patient B
@@ -182,8 +228,11 @@ def main_documents() -> list[dict[str, Any]]:
     # patient L: Latin name
     d.append(make_doc("receipt", "202503-003000", name=L_NAME, rrn=L_RRN, issued_on="2025-03-11"))
     # patient M: masked RRN only
-    d.append(make_doc("receipt", "202503-004000", name=M_NAME, rrn_masked=M_RRN[:7] + "******",
-                      issued_on="2025-03-12"))
+    d.append(
+        make_doc(
+            "receipt", "202503-004000", name=M_NAME, rrn_masked=M_RRN[:7] + "******", issued_on="2025-03-12"
+        )
+    )
     # patient H: one of each type for FHIR
     d.append(make_doc("receipt", "202504-000010", name=H_NAME, rrn=H_RRN, issued_on="2025-04-02"))
     d.append(make_doc("receipt_detail", "202504-000010", name=H_NAME, rrn=H_RRN, issued_on="2025-04-02"))
@@ -194,9 +243,13 @@ def main_documents() -> list[dict[str, Any]]:
 
 # what a 홍길동 / 900101-1000001 search over March 2025 must list (document_type, document_no, version)
 A_MARCH_EXPECTED = {
-    ("receipt", "202503-000123", 1), ("receipt_detail", "202503-000123", 1),
-    ("prescription", "20250314-00017", 1), ("pharmacy_receipt", "P202503-000042", 1),
-    ("receipt", "202503-000200", 1), ("receipt", "202503-000400", 2), ("receipt", "202503-000700", 1),
+    ("receipt", "202503-000123", 1),
+    ("receipt_detail", "202503-000123", 1),
+    ("prescription", "20250314-00017", 1),
+    ("pharmacy_receipt", "P202503-000042", 1),
+    ("receipt", "202503-000200", 1),
+    ("receipt", "202503-000400", 2),
+    ("receipt", "202503-000700", 1),
     ("receipt", "202503-000510", 3),
 }
 
@@ -228,41 +281,76 @@ def write_export(inbox: Path, name: str, docs: Sequence[dict[str, Any]], *, json
 # PKI
 # --------------------------------------------------------------------------------------------------
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn),
-                      x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "conformance")])
+    return x509.Name(
+        [
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "conformance"),
+        ]
+    )
 
 
 def make_ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
-def make_leaf(ca_key: Any, ca_cert: x509.Certificate, cn: str, *, key: Any = None,
-              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-              self_signed: bool = False) -> tuple[Any, x509.Certificate]:
+def make_leaf(
+    ca_key: Any,
+    ca_cert: x509.Certificate,
+    cn: str,
+    *,
+    key: Any = None,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    self_signed: bool = False,
+) -> tuple[Any, x509.Certificate]:
     key = key or ec.generate_private_key(ec.SECP256R1())
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     end = not_after or start + dt.timedelta(days=365)
     issuer = _name(cn) if self_signed else ca_cert.subject
     signer = key if self_signed else ca_key
-    builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
     if not self_signed:
-        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                        critical=False)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
     return key, builder.sign(signer, hashes.SHA256())
 
 
@@ -271,8 +359,9 @@ def cert_pem(*certs: x509.Certificate) -> bytes:
 
 
 def key_pem(key: Any) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def cert_sha256(cert: x509.Certificate) -> str:
@@ -280,8 +369,11 @@ def cert_sha256(cert: x509.Certificate) -> str:
 
 
 def spki_sha256(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    return hashlib.sha256(
+        cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).hexdigest()
 
 
 def write_pair(directory: Path, stem: str, key: Any, cert: x509.Certificate) -> tuple[Path, Path]:
@@ -306,9 +398,17 @@ def new_claim() -> dict[str, str]:
     return {"claim_no": f"CLM-T-{tag}", "consent_id": f"CNS-T-{tag}"}
 
 
-def search_body(name: str = A_NAME, rrn: str = hyph(A_RRN), *, claim: dict[str, str] | None = None,
-                period: tuple[str, str] = MARCH, types: list[str] | None = None, request_id: str | None = None,
-                sent_at: str | None = None, relay_id: str = "silson24-relay-01") -> dict[str, Any]:
+def search_body(
+    name: str = A_NAME,
+    rrn: str = hyph(A_RRN),
+    *,
+    claim: dict[str, str] | None = None,
+    period: tuple[str, str] = MARCH,
+    types: list[str] | None = None,
+    request_id: str | None = None,
+    sent_at: str | None = None,
+    relay_id: str = "silson24-relay-01",
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "request_id": request_id or str(uuid.uuid4()),
         "sent_at": sent_at or utc_z(),
@@ -322,10 +422,22 @@ def search_body(name: str = A_NAME, rrn: str = hyph(A_RRN), *, claim: dict[str, 
     return body
 
 
-def fetch_body(claim: dict[str, str], ids: list[str], *, fmt: str | None = None, request_id: str | None = None,
-               sent_at: str | None = None, relay_id: str = "silson24-relay-01") -> dict[str, Any]:
-    body: dict[str, Any] = {"request_id": request_id or str(uuid.uuid4()), "sent_at": sent_at or utc_z(),
-                            "relay_id": relay_id, "claim": dict(claim), "document_ids": list(ids)}
+def fetch_body(
+    claim: dict[str, str],
+    ids: list[str],
+    *,
+    fmt: str | None = None,
+    request_id: str | None = None,
+    sent_at: str | None = None,
+    relay_id: str = "silson24-relay-01",
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": request_id or str(uuid.uuid4()),
+        "sent_at": sent_at or utc_z(),
+        "relay_id": relay_id,
+        "claim": dict(claim),
+        "document_ids": list(ids),
+    }
     if fmt is not None:
         body["format"] = fmt
     return body
@@ -371,8 +483,16 @@ def strict_json(raw: bytes) -> Any:
 class AgentProcess:
     """One installation in ``root`` and (while running) its ``python -m agent run`` process."""
 
-    def __init__(self, root: Path, *, limits: dict[str, Any] | None = None, api: dict[str, Any] | None = None,
-                 clock_file: Path | None = None, extra_toml: str = "", prelude: str = "") -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        limits: dict[str, Any] | None = None,
+        api: dict[str, Any] | None = None,
+        clock_file: Path | None = None,
+        extra_toml: str = "",
+        prelude: str = "",
+    ) -> None:
         self.root = root
         self.config = root / "agent.toml"
         self.tls = root / "tls"
@@ -389,8 +509,13 @@ class AgentProcess:
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()
         self._sessions: dict[tuple[str, str], requests.Session] = {}
-        r = subprocess.run([PY, "-m", "agent", "init", "--dir", str(root), "--dev-certs"], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [PY, "-m", "agent", "init", "--dir", str(root), "--dev-certs"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
         self._edit_config(limits or {}, api or {}, extra_toml)
         # our own relay-client CA, bundled with the dev relay CA of init
@@ -407,7 +532,9 @@ class AgentProcess:
         text = re.sub(r'(?m)^listen = "127\.0\.0\.1:8780"', 'listen = "127.0.0.1:0"', text)
         if api:
             lines = "".join(f"{k} = {toml_value(v)}\n" for k, v in api.items())
-            text = text.replace('client_ca = "tls/relay-ca.crt"\n', 'client_ca = "tls/relay-ca.crt"\n' + lines)
+            text = text.replace(
+                'client_ca = "tls/relay-ca.crt"\n', 'client_ca = "tls/relay-ca.crt"\n' + lines
+            )
         if limits:
             text += "\n[api.limits]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in limits.items())
         text += extra
@@ -416,8 +543,10 @@ class AgentProcess:
     def set_api_option(self, key: str, value: Any) -> None:
         text = self.config.read_text(encoding="utf-8")
         text = re.sub(rf"(?m)^{re.escape(key)} = .*\n", "", text)
-        text = text.replace('client_ca = "tls/relay-ca.crt"\n',
-                            f'client_ca = "tls/relay-ca.crt"\n{key} = {toml_value(value)}\n')
+        text = text.replace(
+            'client_ca = "tls/relay-ca.crt"\n',
+            f'client_ca = "tls/relay-ca.crt"\n{key} = {toml_value(value)}\n',
+        )
         self.config.write_text(text, encoding="utf-8")
 
     def issue_client(self, cn: str, **kwargs: Any) -> tuple[Path, Path, x509.Certificate]:
@@ -431,8 +560,12 @@ class AgentProcess:
         if self.clock_file is None and not self.prelude:
             return [PY, "-m", "agent", "run", "--config", str(self.config)]
         if self.clock_file is None:
-            return [PY, "-c", self.prelude + "\nimport sys\nfrom agent.cli import main\n"
-                    f"sys.exit(main(['run', '--config', {str(self.config)!r}]))\n"]
+            return [
+                PY,
+                "-c",
+                self.prelude + "\nimport sys\nfrom agent.cli import main\n"
+                f"sys.exit(main(['run', '--config', {str(self.config)!r}]))\n",
+            ]
         # A fake clock for the real process: SystemClock.now() adds the offset (seconds) found in
         # clock_file, read at every call (relay-api.md C-20 "fake clock", security.md S-15).
         code = (
@@ -455,8 +588,15 @@ class AgentProcess:
     def start(self, timeout: float = 40.0, expect_ready: bool = True) -> None:
         assert self.proc is None or self.proc.poll() is not None
         self._ready.clear()
-        self.proc = subprocess.Popen(self.command(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         self._reader = threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True)
         self._reader.start()
         if not expect_ready:
@@ -509,9 +649,17 @@ class AgentProcess:
         self._sessions.clear()
 
     # -- CLI ------------------------------------------------------------------------------------
-    def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PY, "-m", "agent", *args, "--config", str(self.config)], cwd=REPO, input=input,
-                              capture_output=True, text=True, timeout=timeout)
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PY, "-m", "agent", *args, "--config", str(self.config)],
+            cwd=REPO,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def status(self) -> dict[str, Any]:
         r = self.cli("status", "--json")
@@ -525,7 +673,11 @@ class AgentProcess:
             st = self.status()
             ing = st["ingest"]
             left = [p for p in self.inbox.iterdir() if not p.name.endswith(".tmp")]
-            if ing.get("files_pending", 0) == 0 and ing.get("records_committed", 0) >= min_records and not left:
+            if (
+                ing.get("files_pending", 0) == 0
+                and ing.get("records_committed", 0) >= min_records
+                and not left
+            ):
                 return st
             time.sleep(0.3)
         raise AssertionError(f"ingest did not finish: {st.get('ingest')}")
@@ -564,9 +716,17 @@ class AgentProcess:
             s = self._sessions[key] = self.session((c, k))
         return s
 
-    def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
-                headers: dict[str, str] | None = None, cert: tuple[Path, Path] | None = None,
-                timeout: float = 30) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        cert: tuple[Path, Path] | None = None,
+        timeout: float = 30,
+    ) -> requests.Response:
         hdrs = {"Content-Type": "application/json"}
         if json_body is not None:
             data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
@@ -596,9 +756,15 @@ class AgentProcess:
         return claim, r.json()
 
     # -- TLS ------------------------------------------------------------------------------------
-    def client_context(self, cert: tuple[Path, Path] | None = None, *, use_default_cert: bool = True,
-                       version: ssl.TLSVersion | None = None, ciphers: str | None = None,
-                       max_version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    def client_context(
+        self,
+        cert: tuple[Path, Path] | None = None,
+        *,
+        use_default_cert: bool = True,
+        version: ssl.TLSVersion | None = None,
+        ciphers: str | None = None,
+        max_version: ssl.TLSVersion | None = None,
+    ) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(self.server_ca)
         if cert is not None:
@@ -614,8 +780,12 @@ class AgentProcess:
             ctx.set_ciphers(ciphers)
         return ctx
 
-    def raw_exchange(self, ctx: ssl.SSLContext, request: bytes = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\n"
-                     b"Connection: close\r\n\r\n", timeout: float = 5.0) -> tuple[bool, bytes]:
+    def raw_exchange(
+        self,
+        ctx: ssl.SSLContext,
+        request: bytes = b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        timeout: float = 5.0,
+    ) -> tuple[bool, bytes]:
         """(handshake completed on the client side, every byte received before EOF/error/timeout)."""
         return raw_exchange(("127.0.0.1", self.api_port), ctx, request, timeout)
 
@@ -708,8 +878,9 @@ def toml_value(v: Any) -> str:
     raise TypeError(v)
 
 
-def raw_exchange(address: tuple[str, int], ctx: ssl.SSLContext, request: bytes,
-                 timeout: float = 5.0) -> tuple[bool, bytes]:
+def raw_exchange(
+    address: tuple[str, int], ctx: ssl.SSLContext, request: bytes, timeout: float = 5.0
+) -> tuple[bool, bytes]:
     raw = socket.create_connection(address, timeout=timeout)
     try:
         try:
@@ -746,7 +917,9 @@ def start_main_agent(root: Path, **kw: Any) -> tuple[AgentProcess, dict[str, str
     return agent, {}
 
 
-def doc_ids_by_key(agent: AgentProcess, claim_searches: Sequence[dict[str, Any]]) -> dict[tuple[str, str], str]:
+def doc_ids_by_key(
+    agent: AgentProcess, claim_searches: Sequence[dict[str, Any]]
+) -> dict[tuple[str, str], str]:
     out = {}
     for body in claim_searches:
         r = agent.search(body)

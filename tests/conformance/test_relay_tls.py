@@ -71,24 +71,28 @@ def test_c01_certificate_from_another_ca_gets_no_http_bytes(agent, tmp_path: Pat
 
 def test_c01_expired_relay_ca_certificate_gets_no_http_bytes(agent) -> None:
     now = dt.datetime.now(dt.UTC)
-    c, k, _ = agent.issue_client("expired-relay", not_before=now - dt.timedelta(days=400),
-                                 not_after=now - dt.timedelta(days=1))
+    c, k, _ = agent.issue_client(
+        "expired-relay", not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=1)
+    )
     for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
         _no_http(agent, agent.client_context((c, k), version=version))
 
 
 def test_c01_not_yet_valid_relay_ca_certificate_gets_no_http_bytes(agent) -> None:
     now = dt.datetime.now(dt.UTC)
-    c, k, _ = agent.issue_client("future-relay", not_before=now + dt.timedelta(days=1),
-                                 not_after=now + dt.timedelta(days=30))
+    c, k, _ = agent.issue_client(
+        "future-relay", not_before=now + dt.timedelta(days=1), not_after=now + dt.timedelta(days=30)
+    )
     _no_http(agent, agent.client_context((c, k)))
 
 
 def test_c01_refused_client_cannot_get_a_response_even_after_sending_a_full_request(agent) -> None:
     """With TLS 1.3 the client may think the handshake worked; it still reads no HTTP byte."""
     ctx = agent.client_context(use_default_cert=False, version=ssl.TLSVersion.TLSv1_3)
-    req = (b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-           b"Content-Length: 2\r\n\r\n{}")
+    req = (
+        b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
     _, data = agent.raw_exchange(ctx, req)
     assert data == b""
 
@@ -141,16 +145,27 @@ def test_c04_tls10_refused_per_openssl_cli(agent) -> None:
         assert "Cipher is (NONE)" in out or "Cipher    : 0000" in out, out[-500:]
 
 
-@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
-                                   "ECDHE-ECDSA-AES128-SHA256", "AES128-GCM-SHA256", "AES128-SHA"])
+@pytest.mark.parametrize(
+    "suite",
+    [
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA384",
+        "ECDHE-ECDSA-AES128-SHA256",
+        "AES128-GCM-SHA256",
+        "AES128-SHA",
+    ],
+)
 def test_c04_tls12_cbc_or_static_rsa_suites_fail(agent, suite: str) -> None:
     ctx = agent.client_context(version=ssl.TLSVersion.TLSv1_2, ciphers=suite)
     done, data = agent.raw_exchange(ctx)
     assert not done and data == b""
 
 
-@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
-                                   "ECDHE-ECDSA-CHACHA20-POLY1305"])
+@pytest.mark.parametrize(
+    "suite",
+    ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+)
 def test_c04_tls12_aead_suites_matching_the_key_succeed(agent, suite: str) -> None:
     ctx = agent.client_context(version=ssl.TLSVersion.TLSv1_2, ciphers=suite)
     raw = socket.create_connection(("127.0.0.1", agent.api_port), timeout=5)
@@ -166,15 +181,19 @@ def test_c04_tls13_succeeds_with_an_allowed_suite(agent) -> None:
     raw = socket.create_connection(("127.0.0.1", agent.api_port), timeout=5)
     with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
         assert tls.version() == "TLSv1.3"
-        assert tls.cipher()[0] in {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-                                   "TLS_CHACHA20_POLY1305_SHA256"}
+        assert tls.cipher()[0] in {
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_CHACHA20_POLY1305_SHA256",
+        }
         assert tls.compression() is None
         tls.sendall(b"GET /v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert tls.recv(12).startswith(b"HTTP/1.1 200")
 
 
-@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
-                                   "TLS_CHACHA20_POLY1305_SHA256"])
+@pytest.mark.parametrize(
+    "suite", ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+)
 def test_tls13_each_listed_suite_is_accepted(agent, suite: str) -> None:
     out = _s_client(agent, ["-tls1_3", "-ciphersuites", suite])
     assert f"Cipher is {suite}" in out, out[-600:]
@@ -232,19 +251,44 @@ def test_plain_http_is_not_answered_with_http(agent) -> None:
 
 
 def test_client_initiated_renegotiation_is_refused(agent) -> None:
-    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{agent.api_port}", "-tls1_2",
-           "-cert", str(agent.client_cert), "-key", str(agent.client_key), "-CAfile", str(agent.server_ca)]
+    cmd = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{agent.api_port}",
+        "-tls1_2",
+        "-cert",
+        str(agent.client_cert),
+        "-key",
+        str(agent.client_key),
+        "-CAfile",
+        str(agent.server_ca),
+    ]
     script = "sleep 1; printf 'R\\n'; sleep 2"
-    p = subprocess.run(f"({script}) | {' '.join(cmd)}", shell=True, capture_output=True, text=True, timeout=20)
+    p = subprocess.run(
+        f"({script}) | {' '.join(cmd)}", shell=True, capture_output=True, text=True, timeout=20
+    )
     out = p.stdout + p.stderr
     assert "RENEGOTIATING" in out
     assert "no renegotiation" in out.lower() or "alert" in out.lower(), out[-800:]
 
 
 def _s_client(agent: S.AgentProcess, extra: list[str]) -> str:
-    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{agent.api_port}", "-servername", "localhost",
-           "-cert", str(agent.client_cert), "-key", str(agent.client_key), "-CAfile", str(agent.server_ca),
-           *extra]
+    cmd = [
+        "openssl",
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{agent.api_port}",
+        "-servername",
+        "localhost",
+        "-cert",
+        str(agent.client_cert),
+        "-key",
+        str(agent.client_key),
+        "-CAfile",
+        str(agent.server_ca),
+        *extra,
+    ]
     p = subprocess.run(cmd, input="", capture_output=True, text=True, timeout=20)
     return p.stdout + p.stderr
 
@@ -344,8 +388,10 @@ def test_resumed_connection_keeps_the_verified_identity(agent, version: ssl.TLSV
     raw = socket.create_connection(("127.0.0.1", agent.api_port), timeout=5)
     with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
         reused = tls.session_reused
-        tls.sendall(b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                    b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        tls.sendall(
+            b"POST /v1/documents/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
         data = b""
         while True:
             chunk = tls.recv(65536)
@@ -369,11 +415,19 @@ def with_crl(tmp_path_factory: pytest.TempPathFactory):
     now = dt.datetime.now(dt.UTC)
     from cryptography.hazmat.primitives import hashes, serialization
 
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(a.ca_cert.subject)
-           .last_update(now - dt.timedelta(minutes=5)).next_update(now + dt.timedelta(days=7))
-           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(revoked[2].serial_number)
-                                    .revocation_date(now - dt.timedelta(minutes=1)).build())
-           .sign(a.ca_key, hashes.SHA256()))
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(a.ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=7))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(revoked[2].serial_number)
+            .revocation_date(now - dt.timedelta(minutes=1))
+            .build()
+        )
+        .sign(a.ca_key, hashes.SHA256())
+    )
     (root / "tls" / "relay-crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     # the bundle holds only our CA here, so the CRL covers every issuer of the bundle
     (root / "tls" / "relay-ca.crt").write_bytes(S.cert_pem(a.ca_cert))
@@ -401,8 +455,9 @@ def rsa_agent(pki_agent):
     return pki_agent
 
 
-@pytest.mark.parametrize("suite", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
-                                   "ECDHE-RSA-CHACHA20-POLY1305"])
+@pytest.mark.parametrize(
+    "suite", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"]
+)
 def test_rsa_server_ecdhe_rsa_aead_suites_succeed(rsa_agent, suite: str) -> None:
     ctx = rsa_agent.client_context(version=ssl.TLSVersion.TLSv1_2, ciphers=suite)
     raw = socket.create_connection(("127.0.0.1", rsa_agent.api_port), timeout=5)
@@ -410,9 +465,18 @@ def test_rsa_server_ecdhe_rsa_aead_suites_succeed(rsa_agent, suite: str) -> None
         assert tls.cipher()[0] == suite
 
 
-@pytest.mark.parametrize("suite", ["AES128-GCM-SHA256", "AES256-GCM-SHA384", "DHE-RSA-AES128-GCM-SHA256",
-                                   "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES128-SHA256", "AES128-SHA",
-                                   "DHE-RSA-CHACHA20-POLY1305"])
+@pytest.mark.parametrize(
+    "suite",
+    [
+        "AES128-GCM-SHA256",
+        "AES256-GCM-SHA384",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-RSA-AES128-SHA256",
+        "AES128-SHA",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ],
+)
 def test_rsa_server_static_rsa_dhe_and_cbc_suites_fail(rsa_agent, suite: str) -> None:
     ctx = rsa_agent.client_context(version=ssl.TLSVersion.TLSv1_2, ciphers=suite)
     done, data = rsa_agent.raw_exchange(ctx)
@@ -430,8 +494,9 @@ def test_admin_listen_loopback_range(tmp_path: Path, listen: str, ok: bool) -> N
     a = S.AgentProcess(tmp_path / "inst")
     text = a.config.read_text(encoding="utf-8")
     head, sep, tail = text.partition("[admin]\n")
-    a.config.write_text(head + sep + tail.replace('listen = "127.0.0.1:0"', f'listen = "{listen}"', 1),
-                        encoding="utf-8")
+    a.config.write_text(
+        head + sep + tail.replace('listen = "127.0.0.1:0"', f'listen = "{listen}"', 1), encoding="utf-8"
+    )
     a.start(expect_ready=ok)
     try:
         if ok:
@@ -463,16 +528,35 @@ def _intermediate(root_key, root, cn: str):
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    cert = (x509.CertificateBuilder().subject_name(S._name(cn)).issuer_name(root.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1000))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
-            .sign(root_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(S._name(cn))
+        .issuer_name(root.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1000))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
+        )
+        .sign(root_key, hashes.SHA256())
+    )
     return key, cert
 
 
@@ -485,16 +569,27 @@ def _rsa_server(a: S.AgentProcess) -> None:
     ca_key, ca = S.make_ca("conformance server CA")
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    cert = (x509.CertificateBuilder().subject_name(S._name("99000001")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(S._name("99000001"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     (a.tls / "server.crt").write_bytes(S.cert_pem(cert, ca))
     (a.tls / "server.key").write_bytes(S.key_pem(key))
     os.chmod(a.tls / "server.key", 0o600)
@@ -507,7 +602,9 @@ def pki_agent(tmp_path_factory: pytest.TempPathFactory):
     """One agent for the PKI variants: RSA server certificate; api.client_ca = our test CA (a root),
     a relay-client issuing CA I1 WITHOUT its root (the form enrollment installs), and a root R2 whose
     intermediate I2 is not pinned."""
-    a = S.AgentProcess(tmp_path_factory.mktemp("pki") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("pki") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     _rsa_server(a)
     r1_key, r1 = S.make_ca("relay root CA 1")
     i1_key, i1 = _intermediate(r1_key, r1, "relay-client issuing CA 1")

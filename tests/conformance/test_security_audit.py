@@ -26,8 +26,14 @@ except ImportError:  # tests/conformance is not a package
 
 
 def _cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([S.PY, "-m", "agent", *args, "--config", str(root / "agent.toml")], cwd=S.REPO,
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [S.PY, "-m", "agent", *args, "--config", str(root / "agent.toml")],
+        cwd=S.REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 # =============================================================================================
@@ -46,8 +52,12 @@ def chain(tmp_path_factory: pytest.TempPathFactory):
         s = a.session()
         try:
             for _ in range(n):
-                s.post(a.base + "/v1/documents/search", data=body, headers={"Content-Type": "application/json"},
-                       timeout=30)
+                s.post(
+                    a.base + "/v1/documents/search",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=30,
+                )
         finally:
             s.close()
 
@@ -127,8 +137,11 @@ def _s17c_swapped_records(chain, tmp_path: Path) -> None:
     root = _copy(chain, tmp_path / "c")
     rows = _rows(root)
     (s1, r1), (s2, r2) = rows[400], rows[401]
-    _tamper(root, ("UPDATE records SET record = ? WHERE seq = ?", (r2, s1)),
-            ("UPDATE records SET record = ? WHERE seq = ?", (r1, s2)))
+    _tamper(
+        root,
+        ("UPDATE records SET record = ? WHERE seq = ?", (r2, s1)),
+        ("UPDATE records SET record = ? WHERE seq = ?", (r1, s2)),
+    )
     _verify_bad(root, {s1, s2})
 
 
@@ -176,14 +189,19 @@ def _s17e_inserted_forged_record(chain, tmp_path: Path) -> None:
     forged["prev_hash"] = forged["hash"]
     forged["status"] = 200
     forged.pop("hash")
-    forged["hash"] = hashlib.sha256(json.dumps(forged, sort_keys=True, separators=(",", ":"),
-                                               ensure_ascii=False).encode()).hexdigest()
+    forged["hash"] = hashlib.sha256(
+        json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
     text = json.dumps(forged, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     stmts: list[tuple[str, tuple[Any, ...]]] = []
     for seq, _ in reversed(rows[301:]):  # shift every later row up by one
         stmts.append(("UPDATE records SET seq = seq + 1 WHERE seq = ?", (seq,)))
-    stmts.append(("INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)",
-                  (k + 1, forged.get("ts_utc"), forged.get("action"), forged.get("subject_ref"), text)))
+    stmts.append(
+        (
+            "INSERT INTO records (seq, ts_utc, action, subject_ref, record) VALUES (?, ?, ?, ?, ?)",
+            (k + 1, forged.get("ts_utc"), forged.get("action"), forged.get("subject_ref"), text),
+        )
+    )
     _tamper(root, *stmts)
     _verify_bad(root, {k + 1, k + 2})
 
@@ -200,9 +218,15 @@ def _s17_expect_head_not_reached(chain, tmp_path: Path) -> None:
 def test_s17_chain_of_1000_records_and_every_kind_of_tampering(chain, tmp_path: Path) -> None:
     """S-17 (a)–(e) and --expect-head, each on its own copy of one 1,000-record installation (one test,
     so the chain is built once even under xdist)."""
-    cases = [_s17_intact_chain_verifies, _s17a_one_changed_character, _s17b_deleted_middle_record,
-             _s17c_swapped_records, _s17d_truncated_behind_an_anchor, _s17e_inserted_forged_record,
-             _s17_expect_head_not_reached]
+    cases = [
+        _s17_intact_chain_verifies,
+        _s17a_one_changed_character,
+        _s17b_deleted_middle_record,
+        _s17c_swapped_records,
+        _s17d_truncated_behind_an_anchor,
+        _s17e_inserted_forged_record,
+        _s17_expect_head_not_reached,
+    ]
     failures = []
     for i, case in enumerate(cases):
         try:
@@ -217,19 +241,22 @@ def test_s17_chain_of_1000_records_and_every_kind_of_tampering(chain, tmp_path: 
 # =============================================================================================
 @pytest.fixture(scope="module")
 def debug_agent(tmp_path_factory: pytest.TempPathFactory):
-    a = S.AgentProcess(tmp_path_factory.mktemp("dbg") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("dbg") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     a.debug = True  # type: ignore[attr-defined]
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
     # invalid exports built from fixture data → quarantine (all-or-nothing)
     bad1 = S.make_doc("receipt", "BAD-000001", name=S.A_NAME, rrn=S.hyph(S.A_RRN))  # hyphenated rrn: R-032
-    bad2 = S.make_doc("receipt", "BAD-000002", name=S.B_NAME * 40, rrn=S.B_RRN)     # name too long
+    bad2 = S.make_doc("receipt", "BAD-000002", name=S.B_NAME * 40, rrn=S.B_RRN)  # name too long
     bad3 = S.make_doc("prescription", "BAD-000003", name=S.E_NAME, rrn="901301" + "1000001")
     bad3["total_charge"] = S.A_NAME
     S.write_export(a.inbox, "bad-1.json", [bad1])
     S.write_export(a.inbox, f"{S.A_NAME}_영수증.json", [bad2, bad3])
-    (a.inbox / "broken.json").write_text('{"patient": {"name": "' + S.B_NAME + '", "rrn": "' + S.B_RRN + '"',
-                                         encoding="utf-8")
+    (a.inbox / "broken.json").write_text(
+        '{"patient": {"name": "' + S.B_NAME + '", "rrn": "' + S.B_RRN + '"', encoding="utf-8"
+    )
     a.start_debug = True  # type: ignore[attr-defined]
     _start_debug(a)
     a.wait_ingest(len(docs))
@@ -273,8 +300,12 @@ def _bad_requests(a: S.AgentProcess) -> None:
         b = S.search_body(rrn=rrn)
         b[S.A_NAME] = rrn
         a.search(b)
-        a.request("POST", "/v1/documents/search", data=json.dumps(S.search_body(rrn=rrn)).encode() + rrn.encode(),
-                  headers={"Content-Type": "application/json"})
+        a.request(
+            "POST",
+            "/v1/documents/search",
+            data=json.dumps(S.search_body(rrn=rrn)).encode() + rrn.encode(),
+            headers={"Content-Type": "application/json"},
+        )
         a.search(S.search_body("김철수", rrn))  # name mismatch
         a.search(S.search_body(rrn=rrn, sent_at=S.utc_z(offset_s=-5000)))
     claim, res = a.search_ok()
@@ -288,7 +319,14 @@ def test_s31_debug_log_has_no_fixture_phi_or_document_values(debug_agent) -> Non
     text = debug_agent.log_text()
     assert text.strip(), "no log written"
     assert "DEBUG" in text.upper() or "debug" in text
-    forbidden = S.phi_strings() + ["이몽룡", "성춘향", "김대표", "예시정500밀리그램", "재진진찰료", "00012345"]
+    forbidden = S.phi_strings() + [
+        "이몽룡",
+        "성춘향",
+        "김대표",
+        "예시정500밀리그램",
+        "재진진찰료",
+        "00012345",
+    ]
     for f in forbidden:
         assert f not in text, f
     # no document field value either: totals, document content markers
@@ -304,7 +342,10 @@ def test_s31_original_export_file_name_not_in_log_or_data_names(debug_agent) -> 
 
 def test_s32_status_outputs_have_no_fixture_phi(debug_agent) -> None:
     _bad_requests(debug_agent)
-    outputs = [debug_agent.cli("status", "--json").stdout, debug_agent.cli("status").stdout + debug_agent.cli("status").stderr]
+    outputs = [
+        debug_agent.cli("status", "--json").stdout,
+        debug_agent.cli("status").stdout + debug_agent.cli("status").stderr,
+    ]
     for path in ("/status", "/", "/metrics", "/status.json"):
         r = requests.get(debug_agent.admin_base + path, timeout=10)
         outputs.append(r.text)
@@ -318,7 +359,15 @@ def test_s38_metric_labels_are_from_fixed_sets(debug_agent) -> None:
     text = debug_agent.metrics()
     problems = set(S.PROBLEM_TABLE) | {S.PROBLEM_PREFIX + p for p in S.PROBLEM_TABLE}
     fixed = {
-        "route": {"/v1/health", "/v1/documents/search", "/v1/documents/fetch", "other", "health", "search", "fetch"},
+        "route": {
+            "/v1/health",
+            "/v1/documents/search",
+            "/v1/documents/fetch",
+            "other",
+            "health",
+            "search",
+            "fetch",
+        },
         "status_class": {"1xx", "2xx", "3xx", "4xx", "5xx"},
         "problem_type": problems,
         "document_type": {"receipt", "receipt_detail", "prescription", "pharmacy_receipt"},
@@ -327,7 +376,7 @@ def test_s38_metric_labels_are_from_fixed_sets(debug_agent) -> None:
     for line in text.splitlines():
         if line.startswith("#") or "{" not in line:
             continue
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line[line.index("{"):line.rindex("}") + 1]))
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line[line.index("{") : line.rindex("}") + 1]))
         for k, v in labels.items():
             seen.add(k)
             if k in fixed:
@@ -346,7 +395,9 @@ def test_s39_config_change_recorded_on_start(tmp_path: Path) -> None:
     a.start()
     assert a.stop() == 0
     old = hashlib.sha256(a.config.read_bytes()).hexdigest()
-    a.config.write_text(a.config.read_text(encoding="utf-8") + "\n# edited by the operator\n", encoding="utf-8")
+    a.config.write_text(
+        a.config.read_text(encoding="utf-8") + "\n# edited by the operator\n", encoding="utf-8"
+    )
     new = hashlib.sha256(a.config.read_bytes()).hexdigest()
     n = len(a.audit_records())
     a.start()

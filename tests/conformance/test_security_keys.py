@@ -55,12 +55,21 @@ def _doctor_fails(a: S.AgentProcess, name: str) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 5, out
     lines = [line for line in out.splitlines() if name in line]
-    assert any("FAIL" in line for line in lines) or re.search(rf"FAIL[^\n]*\n?[^\n]*{re.escape(name)}", out), out
+    assert any("FAIL" in line for line in lines) or re.search(
+        rf"FAIL[^\n]*\n?[^\n]*{re.escape(name)}", out
+    ), out
 
 
-@pytest.mark.parametrize("rel,mode", [("keys/kek-1.key", 0o644), ("keys/blind-index.key", 0o644),
-                                      ("keys/signing.key", 0o644), ("keys/kek-1.key", 0o640),
-                                      ("keys/signing.key", 0o604)])
+@pytest.mark.parametrize(
+    "rel,mode",
+    [
+        ("keys/kek-1.key", 0o644),
+        ("keys/blind-index.key", 0o644),
+        ("keys/signing.key", 0o644),
+        ("keys/kek-1.key", 0o640),
+        ("keys/signing.key", 0o604),
+    ],
+)
 def test_s20_loose_key_mode_refuses_start_naming_the_file(install, rel: str, mode: int) -> None:
     path = install.root / rel
     os.chmod(path, mode)
@@ -124,7 +133,9 @@ def test_s20_sane_installation_starts(install) -> None:
 @pytest.fixture(scope="module")
 def tampered(tmp_path_factory: pytest.TempPathFactory):
     """A's itemised statement and B's prescription get each other's sealed columns (agent stopped)."""
-    a = S.AgentProcess(tmp_path_factory.mktemp("swap") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("swap") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
     a.start()
@@ -149,8 +160,13 @@ def tampered(tmp_path_factory: pytest.TempPathFactory):
     finally:
         conn.close()
     a.start()
-    a.swapped = {"claim_a": claim_a, "claim_b": claim_b, "bad_a": bad_a, "bad_b": bad_b,  # type: ignore[attr-defined]
-                 "clean_a": clean_a}
+    a.swapped = {
+        "claim_a": claim_a,
+        "claim_b": claim_b,
+        "bad_a": bad_a,
+        "bad_b": bad_b,  # type: ignore[attr-defined]
+        "clean_a": clean_a,
+    }
     yield a
     a.close()
 
@@ -202,15 +218,20 @@ def test_s22_store_verify_exits_6(tampered) -> None:
 # =============================================================================================
 @pytest.fixture(scope="module")
 def purgeable(tmp_path_factory: pytest.TempPathFactory):
-    a = S.AgentProcess(tmp_path_factory.mktemp("purge") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("purge") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     today = dt.datetime.now(S.KST).date()
-    old = (today - dt.timedelta(days=1096)).isoformat()   # 3 y (1,095 d) + 1 d
+    old = (today - dt.timedelta(days=1096)).isoformat()  # 3 y (1,095 d) + 1 d
     edge = (today - dt.timedelta(days=1095)).isoformat()  # exactly 3 y: kept
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
-    S.write_export(a.inbox, "old.json", [S.make_doc("receipt", "OLD-1096", name=S.B_NAME, rrn=S.B_RRN, issued_on=old)])
-    S.write_export(a.inbox, "edge.json", [S.make_doc("receipt", "EDGE-1095", name=S.B_NAME, rrn=S.B_RRN,
-                                                     issued_on=edge)])
+    S.write_export(
+        a.inbox, "old.json", [S.make_doc("receipt", "OLD-1096", name=S.B_NAME, rrn=S.B_RRN, issued_on=old)]
+    )
+    S.write_export(
+        a.inbox, "edge.json", [S.make_doc("receipt", "EDGE-1095", name=S.B_NAME, rrn=S.B_RRN, issued_on=edge)]
+    )
     a.start()
     a.wait_ingest(len(docs) + 2)
     a.dates = (old, edge)  # type: ignore[attr-defined]
@@ -227,8 +248,12 @@ def test_s23_purge_removes_document_past_retention(purgeable) -> None:
     old_id = by_no["OLD-1096"]
     conn = sqlite3.connect(f"file:{purgeable.data / 'store.db'}?mode=ro", uri=True)
     try:
-        blobs = [bytes(b) for (b,) in conn.execute("SELECT ciphertext FROM versions WHERE doc_id = ?", (old_id,))]
-        blobs += [bytes(b) for (b,) in conn.execute("SELECT wrapped_dek FROM versions WHERE doc_id = ?", (old_id,))]
+        blobs = [
+            bytes(b) for (b,) in conn.execute("SELECT ciphertext FROM versions WHERE doc_id = ?", (old_id,))
+        ]
+        blobs += [
+            bytes(b) for (b,) in conn.execute("SELECT wrapped_dek FROM versions WHERE doc_id = ?", (old_id,))
+        ]
     finally:
         conn.close()
     assert blobs and all(len(b) >= 16 for b in blobs)
@@ -258,7 +283,7 @@ def test_s23_purge_removes_document_past_retention(purgeable) -> None:
     time.sleep(0.5)
     chunks = []
     for b in blobs:
-        chunks += [b[:16], b[len(b) // 2: len(b) // 2 + 16], b[-16:]]
+        chunks += [b[:16], b[len(b) // 2 : len(b) // 2 + 16], b[-16:]]
     for p in purgeable.data.rglob("*"):
         if p.is_file():
             data = p.read_bytes()
@@ -279,7 +304,9 @@ def test_s23_purge_dry_run_deletes_nothing(purgeable) -> None:
 # =============================================================================================
 @pytest.fixture(scope="module")
 def rotating(tmp_path_factory: pytest.TempPathFactory):
-    a = S.AgentProcess(tmp_path_factory.mktemp("rotate") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0})
+    a = S.AgentProcess(
+        tmp_path_factory.mktemp("rotate") / "inst", limits={"rate_per_s": 0, "health_rate_per_s": 0}
+    )
     docs = S.main_documents()
     S.write_export(a.inbox, "corpus.json", docs)
     S.write_export(a.inbox, "bulk.jsonl", S.bulk_documents(300), jsonl=True)
@@ -296,7 +323,9 @@ def _kek_ids(a: S.AgentProcess) -> dict[str, set[str]]:
         for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
             cols = [r[1] for r in conn.execute(f"PRAGMA table_info({t})")]
             if "kek_id" in cols:
-                out[t] = {r[0] for r in conn.execute(f"SELECT DISTINCT kek_id FROM {t} WHERE kek_id IS NOT NULL")}
+                out[t] = {
+                    r[0] for r in conn.execute(f"SELECT DISTINCT kek_id FROM {t} WHERE kek_id IS NOT NULL")
+                }
     finally:
         conn.close()
     return out
@@ -361,7 +390,10 @@ def test_s35_keys_rotate_during_fetch_loop(rotating) -> None:
     assert v.returncode == 0, v.stdout + v.stderr
     # a document ingested after the rotation is wrapped under the new KEK
     before_n = a.status()["ingest"]["records_committed"]
-    S.write_export(a.inbox, "after.json", [S.make_doc("receipt", "AFTER-ROT-1", name=S.H_NAME, rrn=S.H_RRN,
-                                                      issued_on="2025-05-01")])
+    S.write_export(
+        a.inbox,
+        "after.json",
+        [S.make_doc("receipt", "AFTER-ROT-1", name=S.H_NAME, rrn=S.H_RRN, issued_on="2025-05-01")],
+    )
     a.wait_ingest(before_n + 1)
     assert set().union(*_kek_ids(a).values()) == new_keks

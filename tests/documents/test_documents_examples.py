@@ -19,7 +19,10 @@ def test_example_validates_with_only_agent_field_warnings(document_type: str) ->
     result = validate_document(example(document_type, keep_agent_fields=True), received_at=RECEIVED_AT)
     assert result.ok
     assert {(p.rule, p.path) for p in result.problems} == {
-        ("W-001", "source"), ("W-001", "received_at"), ("W-001", "content_hash"), ("W-001", "validation"),
+        ("W-001", "source"),
+        ("W-001", "received_at"),
+        ("W-001", "content_hash"),
+        ("W-001", "validation"),
     }
 
 
@@ -70,9 +73,14 @@ def test_schema_rejects_unknown_field_and_wrong_type() -> None:
 
 def test_schema_accepts_a_minimal_cancellation_record() -> None:
     record = {
-        "schema_version": "1.0", "document_type": "receipt", "document_no": "202503-000123",
-        "version": 2, "status": "cancelled", "issued_on": "2025-03-14",
-        "institution": {"ykiho": "99000001", "name": "예시가정의원"}, "patient": {"name": "홍길동"},
+        "schema_version": "1.0",
+        "document_type": "receipt",
+        "document_no": "202503-000123",
+        "version": 2,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "institution": {"ykiho": "99000001", "name": "예시가정의원"},
+        "patient": {"name": "홍길동"},
     }
     assert Draft202012Validator(json_schema("receipt")).is_valid(record)
     assert not Draft202012Validator(json_schema("receipt")).is_valid(record | {"status": "active"})

@@ -25,8 +25,16 @@ def money_paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]
     out: list[tuple[Any, ...]] = []
     if isinstance(doc, dict):
         for k, v in doc.items():
-            if k in ("version", "line_no", "days", "daily_count", "days_supplied", "amount_due_rounding",
-                     "cap_excess", "prepaid"):
+            if k in (
+                "version",
+                "line_no",
+                "days",
+                "daily_count",
+                "days_supplied",
+                "amount_due_rounding",
+                "cap_excess",
+                "prepaid",
+            ):
                 continue
             out += money_paths(v, (*prefix, k))
     elif isinstance(doc, list):
@@ -91,8 +99,11 @@ def test_round_half_up_is_nearest_with_ties_away_from_zero(x: Decimal) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.decimals(min_value=Decimal("0.01"), max_value=Decimal("99999.99"), places=2, allow_nan=False),
-       st.integers(min_value=1, max_value=50), st.integers(min_value=1, max_value=30))
+@given(
+    st.decimals(min_value=Decimal("0.01"), max_value=Decimal("99999.99"), places=2, allow_nan=False),
+    st.integers(min_value=1, max_value=50),
+    st.integers(min_value=1, max_value=30),
+)
 def test_detail_line_with_exactly_rounded_total_is_silent(amount: Decimal, count: int, days: int) -> None:
     doc = example("receipt_detail")
     line = doc["lines"][6]  # non-covered local item

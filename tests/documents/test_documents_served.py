@@ -24,8 +24,13 @@ def test_tombstone_has_key_and_no_patient_data() -> None:
     doc = example("receipt", keep_agent_fields=True) | {"status": "cancelled", "version": 2}
     t = tombstone(doc)
     assert t == {
-        "document_type": "receipt", "document_no": "202503-000123", "institution": {"ykiho": "99000001"},
-        "version": 2, "status": "cancelled", "issued_on": "2025-03-14", "received_at": "2025-03-14T18:05:12+09:00",
+        "document_type": "receipt",
+        "document_no": "202503-000123",
+        "institution": {"ykiho": "99000001"},
+        "version": 2,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "received_at": "2025-03-14T18:05:12+09:00",
     }
     text = json.dumps(t, ensure_ascii=False)
     assert "홍길동" not in text and "9001011" not in text

@@ -34,9 +34,13 @@ def test_never_raises_on_any_json_value(value: object) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(["receipt", "receipt_detail", "prescription", "pharmacy_receipt"]),
-       st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12), min_size=1, max_size=3),
-       json_values)
+@given(
+    st.sampled_from(["receipt", "receipt_detail", "prescription", "pharmacy_receipt"]),
+    st.lists(
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12), min_size=1, max_size=3
+    ),
+    json_values,
+)
 def test_never_raises_when_any_field_is_replaced(document_type: str, path: list[str], value: object) -> None:
     doc = example(document_type)
     target = doc
@@ -68,17 +72,20 @@ def test_paths_index_lines() -> None:
     assert [(p.rule, p.path) for p in result.problems] == [("R-205", "lines[3].total")]
 
 
-@pytest.mark.parametrize(("mutate", "rule"), [
-    (lambda d: d.__setitem__("version", "1"), "R-011"),
-    (lambda d: d.__setitem__("status", 1), "R-012"),
-    (lambda d: d.__setitem__("document_type", 3), "R-005"),
-    (lambda d: d.__delitem__("schema_version"), "R-006"),
-    (lambda d: d.__setitem__("schema_version", 1.0), "R-006"),
-    (lambda d: d["institution"].__setitem__("ykiho", 99000001), "R-030"),
-    (lambda d: d["institution"].__setitem__("business_reg_no", "123-45-67891"), "R-031"),
-    (lambda d: d["patient"].__setitem__("rrn", "900101-1000001"), "R-032"),
-    (lambda d: d.__setitem__("department_code", 23), "R-104"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "rule"),
+    [
+        (lambda d: d.__setitem__("version", "1"), "R-011"),
+        (lambda d: d.__setitem__("status", 1), "R-012"),
+        (lambda d: d.__setitem__("document_type", 3), "R-005"),
+        (lambda d: d.__delitem__("schema_version"), "R-006"),
+        (lambda d: d.__setitem__("schema_version", 1.0), "R-006"),
+        (lambda d: d["institution"].__setitem__("ykiho", 99000001), "R-030"),
+        (lambda d: d["institution"].__setitem__("business_reg_no", "123-45-67891"), "R-031"),
+        (lambda d: d["patient"].__setitem__("rrn", "900101-1000001"), "R-032"),
+        (lambda d: d.__setitem__("department_code", 23), "R-104"),
+    ],
+)
 def test_specific_rule_replaces_generic_rule(mutate, rule: str) -> None:
     doc = example("receipt")
     mutate(doc)
@@ -117,7 +124,9 @@ def test_invalid_rrn_forms_are_r032(rrn: str) -> None:
     assert [p.rule for p in validate_document(doc, received_at=RECEIVED_AT).problems] == ["R-032"]
 
 
-@pytest.mark.parametrize("text", ["예시\x00의원", "예시\n의원", "예시\u0085의원", "e\u0301", "x" * 101, "예시의원\u3000"])
+@pytest.mark.parametrize(
+    "text", ["예시\x00의원", "예시\n의원", "예시\u0085의원", "e\u0301", "x" * 101, "예시의원\u3000"]
+)
 def test_text_hygiene_is_r023(text: str) -> None:
     doc = example("receipt")
     doc["institution"]["name"] = text
@@ -211,7 +220,9 @@ def test_bad_dates_are_r024(value: str) -> None:
     assert "R-024" in {p.rule for p in validate_document(doc, received_at=RECEIVED_AT).problems}
 
 
-@pytest.mark.parametrize("value", ["2025-03-14T10:42+09:00", "2025-03-14T10:42:00", "2025-03-14T10:42:60.5+24:00"])
+@pytest.mark.parametrize(
+    "value", ["2025-03-14T10:42+09:00", "2025-03-14T10:42:00", "2025-03-14T10:42:60.5+24:00"]
+)
 def test_bad_datetimes_are_r024(value: str) -> None:
     doc = example("receipt")
     doc["issued_at"] = value
@@ -239,16 +250,27 @@ def test_array_limits() -> None:
 
 def test_cancellation_record_needs_only_the_listed_fields() -> None:
     record = {
-        "schema_version": "1.0", "document_type": "prescription", "document_no": "20250314-00017",
-        "version": 2, "status": "cancelled", "issued_on": "2025-03-14", "cancel_reason": "환자 요청",
-        "institution": {"ykiho": "99000001", "name": "예시가정의원"}, "patient": {"name": "홍길동"},
+        "schema_version": "1.0",
+        "document_type": "prescription",
+        "document_no": "20250314-00017",
+        "version": 2,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "cancel_reason": "환자 요청",
+        "institution": {"ykiho": "99000001", "name": "예시가정의원"},
+        "patient": {"name": "홍길동"},
     }
     result = validate_document(record, received_at=RECEIVED_AT)
     # W-022 for an absent type_code, W-301/W-302 and R-312 are not raised on cancellation records.
     assert result.problems == []
-    for document_type, no in (("receipt", "202503-000123"), ("receipt_detail", "202503-000123"),
-                              ("pharmacy_receipt", "P202503-000042")):
-        r = validate_document(record | {"document_type": document_type, "document_no": no}, received_at=RECEIVED_AT)
+    for document_type, no in (
+        ("receipt", "202503-000123"),
+        ("receipt_detail", "202503-000123"),
+        ("pharmacy_receipt", "P202503-000042"),
+    ):
+        r = validate_document(
+            record | {"document_type": document_type, "document_no": no}, received_at=RECEIVED_AT
+        )
         assert r.problems == [], document_type
 
 
@@ -262,9 +284,14 @@ def test_cancellation_record_fields_that_are_present_are_validated() -> None:
 
 def test_cancellation_record_missing_listed_field_is_r020() -> None:
     record = {
-        "schema_version": "1.0", "document_type": "receipt", "document_no": "202503-000123",
-        "version": 2, "status": "cancelled", "issued_on": "2025-03-14",
-        "institution": {"ykiho": "99000001"}, "patient": {"name": "홍길동"},
+        "schema_version": "1.0",
+        "document_type": "receipt",
+        "document_no": "202503-000123",
+        "version": 2,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "institution": {"ykiho": "99000001"},
+        "patient": {"name": "홍길동"},
     }
     assert [(p.rule, p.path) for p in validate_document(record, received_at=RECEIVED_AT).problems] == [
         ("R-020", "institution.name")
@@ -278,8 +305,16 @@ def test_other_optional_lines_need_distinct_labels() -> None:
         ("R-106", "lines[5].label")
     ]
     doc["lines"][5]["label"] = "도수치료"
-    doc["lines"].append({"item": "other_optional", "label": "도수치료", "copay": 0, "insurer": 0,
-                         "full_copay": 0, "non_covered": 0})
+    doc["lines"].append(
+        {
+            "item": "other_optional",
+            "label": "도수치료",
+            "copay": 0,
+            "insurer": 0,
+            "full_copay": 0,
+            "non_covered": 0,
+        }
+    )
     assert [(p.rule, p.path) for p in validate_document(doc, received_at=RECEIVED_AT).problems] == [
         ("R-106", "lines[6].label")
     ]
@@ -287,6 +322,7 @@ def test_other_optional_lines_need_distinct_labels() -> None:
 
 def test_legacy_receipt_is_valid_and_current_columns_required() -> None:
     from ._examples import legacy
+
     doc = legacy(example("receipt"))
     assert validate_document(doc, received_at=RECEIVED_AT).problems == []
     del doc["lines"][0]["selective"]
@@ -296,8 +332,14 @@ def test_legacy_receipt_is_valid_and_current_columns_required() -> None:
 
 
 def test_rd2_bands() -> None:
-    for amount, rules in (("18001", set()), ("18002", {"W-201"}), ("18010", {"W-201"}), ("18011", {"R-204"}),
-                          ("17990", {"W-201"}), ("17989", {"R-204"})):
+    for amount, rules in (
+        ("18001", set()),
+        ("18002", {"W-201"}),
+        ("18010", {"W-201"}),
+        ("18011", {"R-204"}),
+        ("17990", {"W-201"}),
+        ("17989", {"R-204"}),
+    ):
         doc = example("receipt_detail")
         doc["lines"][0]["amount"] = amount
         assert {p.rule for p in validate_document(doc, received_at=RECEIVED_AT).problems} == rules, amount
@@ -313,6 +355,7 @@ def test_rd2_uses_dose_and_exact_decimal_half_up() -> None:
 
 def test_round_half_up_and_trunc10() -> None:
     from decimal import Decimal
+
     assert round_half_up(Decimal("2.5")) == 3
     assert round_half_up(Decimal("-2.5")) == -3
     assert round_half_up(Decimal("2.4999")) == 2

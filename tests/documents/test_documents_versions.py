@@ -82,9 +82,15 @@ def test_rrn_change_is_r014_but_cancellation_without_rrn_is_not() -> None:
 
 def cancellation_record() -> dict:
     return {
-        "schema_version": "1.0", "document_type": "receipt", "document_no": "202503-000123",
-        "version": 2, "status": "cancelled", "revision_reason": "cancellation", "cancel_reason": "전액환불",
-        "issued_on": "2025-03-14", "institution": {"ykiho": "99000001", "name": "예시가정의원"},
+        "schema_version": "1.0",
+        "document_type": "receipt",
+        "document_no": "202503-000123",
+        "version": 2,
+        "status": "cancelled",
+        "revision_reason": "cancellation",
+        "cancel_reason": "전액환불",
+        "issued_on": "2025-03-14",
+        "institution": {"ykiho": "99000001", "name": "예시가정의원"},
         "patient": {"name": "홍길동"},
     }
 
@@ -114,5 +120,9 @@ def test_merge_cancellation_keeps_previous_content_and_cancel_fields_win() -> No
     assert merged["patient"]["rrn"] == "9001011000001"
     # the hash is over the record as received, so a re-export is a duplicate
     assert content_hash(cancel) != content_hash(merged)
-    assert decide_version(cancel, content_hash(cancel), [StoredVersion(2, content_hash(cancel), "cancelled")],
-                          merged).action == "duplicate"
+    assert (
+        decide_version(
+            cancel, content_hash(cancel), [StoredVersion(2, content_hash(cancel), "cancelled")], merged
+        ).action
+        == "duplicate"
+    )

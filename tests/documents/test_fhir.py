@@ -51,8 +51,13 @@ def example(name: str) -> dict:
 def legacy_receipt() -> dict:
     """Pre-2018 receipt (legacy_selective): non_covered = selective + non_selective (RC-9)."""
     doc = example("receipt")
-    doc.update(document_no="201706-000007", issued_on="2017-06-01", issued_at="2017-06-01T10:42:00+09:00",
-               amount_layout="legacy_selective", care_period={"start": "2017-06-01", "end": "2017-06-01"})
+    doc.update(
+        document_no="201706-000007",
+        issued_on="2017-06-01",
+        issued_at="2017-06-01T10:42:00+09:00",
+        amount_layout="legacy_selective",
+        care_period={"start": "2017-06-01", "end": "2017-06-01"},
+    )
     doc.pop("insurer_charge_total")  # optional on the legacy form
     for line in doc["lines"]:
         line["selective"], line["non_selective"] = (5000, 25000) if line["item"] == "rehab_physio" else (0, 0)
@@ -64,20 +69,34 @@ def inpatient_drg_receipt() -> dict:
     """Inpatient discharge receipt under a DRG bundle, with cap excess, prepaid amount and rounding."""
     doc = example("receipt")
     doc.update(
-        document_no="202503-000900", issued_on="2025-03-05", issued_at="2025-03-05T15:00:00+09:00",
-        visit_type="inpatient", inpatient_bill_type="discharge",
-        care_period={"start": "2025-03-01", "end": "2025-03-05"}, department_code="04",
-        department_name="외과", drg_no="D12345", room="5병동-501호", patient_category="medical_aid",
-        patient_category_text="의료급여 1종", night_care=True,
+        document_no="202503-000900",
+        issued_on="2025-03-05",
+        issued_at="2025-03-05T15:00:00+09:00",
+        visit_type="inpatient",
+        inpatient_bill_type="discharge",
+        care_period={"start": "2025-03-01", "end": "2025-03-05"},
+        department_code="04",
+        department_name="외과",
+        drg_no="D12345",
+        room="5병동-501호",
+        patient_category="medical_aid",
+        patient_category_text="의료급여 1종",
+        night_care=True,
         lines=[
             {"item": "drg_bundle", "copay": 100000, "insurer": 900000, "full_copay": 0, "non_covered": 0},
             {"item": "meals", "copay": 20000, "insurer": 20000, "full_copay": 0, "non_covered": 0},
             {"item": "room_single", "copay": 0, "insurer": 0, "full_copay": 0, "non_covered": 200000},
         ],
         totals={"copay": 120000, "insurer": 920000, "full_copay": 0, "non_covered": 200000},
-        cap_excess=20000, total_charge=1240000, insurer_charge_total=940000, patient_charge_total=300000,
-        prepaid=100000, amount_due_rounding=0, amount_due=200000,
-        paid={"card": 200000, "cash_receipt": 0, "cash": 0, "total": 200000}, unpaid=0,
+        cap_excess=20000,
+        total_charge=1240000,
+        insurer_charge_total=940000,
+        patient_charge_total=300000,
+        prepaid=100000,
+        amount_due_rounding=0,
+        amount_due=200000,
+        paid={"card": 200000, "cash_receipt": 0, "cash": 0, "total": 200000},
+        unpaid=0,
     )
     for key in ("holiday_care", "cash_receipt_id", "cash_receipt_approval_no"):
         doc.pop(key)
@@ -94,16 +113,24 @@ def cancelled_receipt() -> dict:
 def cancellation_record_only() -> dict:
     """A cancellation for an unknown key: only the §9.4 minimum fields (W-012)."""
     return {
-        "schema_version": "1.0", "document_type": "prescription", "document_no": "20250314-00018",
-        "version": 3, "status": "cancelled", "issued_on": "2025-03-14",
-        "institution": {"ykiho": "99000001", "name": "예시가정의원"}, "patient": {"name": "홍길동"},
+        "schema_version": "1.0",
+        "document_type": "prescription",
+        "document_no": "20250314-00018",
+        "version": 3,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "institution": {"ykiho": "99000001", "name": "예시가정의원"},
+        "patient": {"name": "홍길동"},
     }
 
 
 def withheld_prescription() -> dict:
     """Diagnosis withheld at the patient's request; code types 5 and none; a dentist; no valid_days."""
     doc = example("prescription")
-    doc.update(diagnosis_withheld=True, prescriber={"name": "성춘향", "license_type": "dentist", "license_no": "12345"})
+    doc.update(
+        diagnosis_withheld=True,
+        prescriber={"name": "성춘향", "license_type": "dentist", "license_no": "12345"},
+    )
     for key in ("diagnosis_codes", "valid_days", "injection_dispensing"):
         doc.pop(key)
     doc["lines"] = doc["lines"][:3]
@@ -152,8 +179,11 @@ def render(doc: dict, **kwargs: Any) -> dict:
 
 
 def resources(bundle: dict, resource_type: str | None = None) -> list[dict]:
-    return [e["resource"] for e in bundle["entry"]
-            if resource_type is None or e["resource"]["resourceType"] == resource_type]
+    return [
+        e["resource"]
+        for e in bundle["entry"]
+        if resource_type is None or e["resource"]["resourceType"] == resource_type
+    ]
 
 
 def walk(value: Any) -> Iterator[Any]:
@@ -197,7 +227,9 @@ def test_composition_first_and_bundle_carries_natural_key_version_and_timestamp(
     assert bundle["identifier"] == {"system": system, "value": doc["document_no"]}
     assert composition["identifier"] == {"system": system, "value": doc["document_no"]}
     assert bundle["meta"]["versionId"] == composition["meta"]["versionId"] == str(doc["version"])
-    assert bundle["timestamp"] == doc.get("received_at", doc.get("issued_at", doc["issued_on"] + "T00:00:00+09:00"))
+    assert bundle["timestamp"] == doc.get(
+        "received_at", doc.get("issued_at", doc["issued_on"] + "T00:00:00+09:00")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ALL_DOCS))
@@ -206,8 +238,9 @@ def test_every_full_url_is_a_unique_urn_uuid_matching_the_resource_id(name: str)
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert len(set(urls)) == len(urls)
     for entry in bundle["entry"]:
-        assert re.fullmatch(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-                            entry["fullUrl"])
+        assert re.fullmatch(
+            r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", entry["fullUrl"]
+        )
         assert entry["resource"]["id"] == entry["fullUrl"].removeprefix("urn:uuid:")
 
 
@@ -215,7 +248,9 @@ def test_every_full_url_is_a_unique_urn_uuid_matching_the_resource_id(name: str)
 def test_every_literal_reference_resolves_inside_the_bundle(name: str) -> None:
     bundle = render(ALL_DOCS[name]())
     urls = {e["fullUrl"] for e in bundle["entry"]}
-    references = [node["reference"] for node in walk(bundle) if isinstance(node, dict) and "reference" in node]
+    references = [
+        node["reference"] for node in walk(bundle) if isinstance(node, dict) and "reference" in node
+    ]
     assert references, "a document bundle references at least its author"
     assert set(references) <= urls
     # Every non-Composition resource is reachable from the Composition or a resource it points to.
@@ -310,8 +345,10 @@ def test_no_python_float_and_all_money_is_integer_krw(name: str) -> None:
 
 def test_fractional_decimals_are_exact_json_numbers_and_integral_ones_are_ints() -> None:
     bundle = render(example("prescription"))
-    doses = [r["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
-             for r in resources(bundle, "MedicationRequest")]
+    doses = [
+        r["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"]
+        for r in resources(bundle, "MedicationRequest")
+    ]
     assert doses == [1, Decimal("2.5"), Decimal("0.5"), 3]
     assert [type(d) for d in doses] == [int, Decimal, Decimal, int]
     text = bundle_bytes(bundle).decode("utf-8")
@@ -325,7 +362,10 @@ def test_bundle_bytes_refuses_floats() -> None:
 
 
 def test_bundle_bytes_writes_decimals_in_fixed_point_without_trailing_zeros() -> None:
-    assert bundle_bytes([Decimal("2.50"), Decimal("1E-8"), Decimal("-0.0"), 7, True]) == b"[2.5,0.00000001,0,7,true]"
+    assert (
+        bundle_bytes([Decimal("2.50"), Decimal("1E-8"), Decimal("-0.0"), 7, True])
+        == b"[2.5,0.00000001,0,7,true]"
+    )
 
 
 # --- tombstone (§9.6) -----------------------------------------------------------------------
@@ -348,9 +388,15 @@ def test_cancelled_document_renders_as_tombstone_without_patient_data(name: str)
 
 
 def test_served_tombstone_form_without_institution_name_also_renders() -> None:
-    minimal = {"document_type": "receipt", "document_no": "202503-000123", "institution": {"ykiho": "99000001"},
-               "version": 2, "status": "cancelled", "issued_on": "2025-03-14",
-               "received_at": "2025-03-15T09:00:00+09:00"}
+    minimal = {
+        "document_type": "receipt",
+        "document_no": "202503-000123",
+        "institution": {"ykiho": "99000001"},
+        "version": 2,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "received_at": "2025-03-15T09:00:00+09:00",
+    }
     bundle = render(minimal)
     Bundle.model_validate(bundle)
     assert [r["resourceType"] for r in resources(bundle)] == ["Composition", "Organization"]
@@ -384,12 +430,15 @@ def test_organization_and_patient_mapping() -> None:
         {"system": f"{DEFAULT_FHIR_BASE}/sid/business-reg-no", "value": "1234567891"},
     ]
     assert organization["type"][0]["coding"][0]["code"] == "31"
-    assert organization["telecom"] == [{"system": "phone", "value": "02-000-0000"},
-                                       {"system": "fax", "value": "02-000-0001"}]
+    assert organization["telecom"] == [
+        {"system": "phone", "value": "02-000-0000"},
+        {"system": "fax", "value": "02-000-0001"},
+    ]
     (patient,) = resources(bundle, "Patient")
     assert patient["name"] == [{"text": "홍길동"}]
-    assert patient["identifier"] == [{"system": f"{DEFAULT_FHIR_BASE}/sid/patient-reg-no/99000001",
-                                      "value": "00012345"}]
+    assert patient["identifier"] == [
+        {"system": f"{DEFAULT_FHIR_BASE}/sid/patient-reg-no/99000001", "value": "00012345"}
+    ]
     assert "김대표" not in bundle_bytes(bundle).decode("utf-8")  # representative is not mapped
 
 
@@ -402,8 +451,13 @@ def test_receipt_lines_carry_row_total_then_payer_columns_and_summary_totals() -
     consultation = invoice["lineItem"][0]
     assert consultation["sequence"] == 1
     assert consultation["chargeItemCodeableConcept"]["coding"][0]["code"] == "consultation"
-    assert consultation["priceComponent"][0] == {"type": "base", "amount": {"value": 18000, "currency": "KRW"}}
-    columns = {c["code"]["coding"][0]["code"]: c["amount"]["value"] for c in consultation["priceComponent"][1:]}
+    assert consultation["priceComponent"][0] == {
+        "type": "base",
+        "amount": {"value": 18000, "currency": "KRW"},
+    }
+    columns = {
+        c["code"]["coding"][0]["code"]: c["amount"]["value"] for c in consultation["priceComponent"][1:]
+    }
     assert columns == {"copay": 5400, "insurer": 12600, "full_copay": 0, "non_covered": 0}
     summary = {c["code"]["coding"][0]["code"]: c["amount"]["value"] for c in invoice["totalPriceComponent"]}
     assert summary["cap_excess"] == 0 and summary["insurer_charge_total"] == 23100
@@ -414,8 +468,11 @@ def test_receipt_lines_carry_row_total_then_payer_columns_and_summary_totals() -
 
 def test_legacy_row_total_does_not_count_selective_columns_twice() -> None:
     (invoice,) = resources(render(legacy_receipt()), "Invoice")
-    rehab = next(li for li in invoice["lineItem"]
-                 if li["chargeItemCodeableConcept"]["coding"][0]["code"] == "rehab_physio")
+    rehab = next(
+        li
+        for li in invoice["lineItem"]
+        if li["chargeItemCodeableConcept"]["coding"][0]["code"] == "rehab_physio"
+    )
     assert rehab["priceComponent"][0]["amount"]["value"] == 30000
     codes = [c["code"]["coding"][0]["code"] for c in rehab["priceComponent"][1:]]
     assert codes == ["copay", "insurer", "full_copay", "selective", "non_selective", "non_covered"]
@@ -427,8 +484,10 @@ def test_inpatient_drg_receipt_extensions() -> None:
     assert ext["care-period"]["valuePeriod"] == {"start": "2025-03-01", "end": "2025-03-05"}
     assert ext["drg-no"]["valueString"] == "D12345"
     category = ext["patient-category"]["valueCodeableConcept"]
-    assert category["coding"][0] == {"system": "http://www.hl7korea.or.kr/CodeSystem/hira-insurance-types",
-                                     "code": "5"}
+    assert category["coding"][0] == {
+        "system": "http://www.hl7korea.or.kr/CodeSystem/hira-insurance-types",
+        "code": "5",
+    }
     assert category["text"] == "의료급여 1종"
     assert ext["department"]["valueCodeableConcept"]["coding"][0]["code"] == "04"
     assert ext["night-care"]["valueBoolean"] is True
@@ -453,8 +512,10 @@ def test_detail_item_lines_become_charge_items_and_adjustment_a_coded_line_item(
     assert invoice["totalGross"] == {"value": 64500, "currency": "KRW"}
     first = by_reference(bundle, invoice["lineItem"][0]["chargeItemReference"])
     assert first["status"] == "billed" and first["occurrenceDateTime"] == "2025-03-14"
-    assert first["code"] == {"coding": [{"system": "http://www.hl7korea.or.kr/CodeSystem/hira-edi-procedure",
-                                         "code": "AA999"}], "text": "재진진찰료(예시)"}
+    assert first["code"] == {
+        "coding": [{"system": "http://www.hl7korea.or.kr/CodeSystem/hira-edi-procedure", "code": "AA999"}],
+        "text": "재진진찰료(예시)",
+    }
     assert first["priceOverride"] == {"value": 18000, "currency": "KRW"}
     local = by_reference(bundle, invoice["lineItem"][6]["chargeItemReference"])
     assert local["code"]["coding"][0]["system"] == f"{DEFAULT_FHIR_BASE}/CodeSystem/local-item/99000001"
@@ -476,12 +537,15 @@ def test_prescription_lines_become_medication_requests() -> None:
     assert len(requests) == 4
     syrup = requests[1]
     assert syrup["identifier"][0]["value"] == "20250314-00017-2"
-    assert syrup["groupIdentifier"] == {"system": f"{DEFAULT_FHIR_BASE}/sid/prescription/99000001",
-                                       "value": "20250314-00017"}
+    assert syrup["groupIdentifier"] == {
+        "system": f"{DEFAULT_FHIR_BASE}/sid/prescription/99000001",
+        "value": "20250314-00017",
+    }
     assert syrup["status"] == "active" and syrup["intent"] == "order" and syrup["authoredOn"] == "2025-03-14"
     assert by_reference(bundle, syrup["requester"])["resourceType"] == "Practitioner"
-    assert syrup["reasonCode"] == [{"coding": [{"system": "http://www.hl7korea.or.kr/CodeSystem/kostat-kcd-8",
-                                                "code": "J06.9"}]}]
+    assert syrup["reasonCode"] == [
+        {"coding": [{"system": "http://www.hl7korea.or.kr/CodeSystem/kostat-kcd-8", "code": "J06.9"}]}
+    ]
     repeat = syrup["dosageInstruction"][0]["timing"]["repeat"]
     assert (repeat["frequency"], repeat["period"], repeat["periodUnit"]) == (3, 1, "d")
     assert repeat["boundsDuration"]["value"] == 3
@@ -492,7 +556,9 @@ def test_prescription_lines_become_medication_requests() -> None:
     assert [e["valueCoding"]["code"] for e in injection["extension"]] == ["in_house"]
     (practitioner,) = resources(bundle, "Practitioner")
     qualification = practitioner["qualification"][0]
-    assert qualification["identifier"][0]["system"] == "http://www.hl7korea.or.kr/Identifier/mohw-md-license-id"
+    assert (
+        qualification["identifier"][0]["system"] == "http://www.hl7korea.or.kr/Identifier/mohw-md-license-id"
+    )
     assert qualification["code"]["coding"][0]["code"] == "physician"
 
 
@@ -502,11 +568,16 @@ def test_withheld_diagnosis_renders_no_reason_code() -> None:
     assert all("reasonCode" not in r for r in requests)
     assert "J06" not in bundle_bytes(bundle).decode("utf-8")
     assert all("validityPeriod" not in r.get("dispenseRequest", {}) for r in requests)
-    assert requests[1]["medicationCodeableConcept"]["coding"][0]["system"] == \
-        f"{DEFAULT_FHIR_BASE}/CodeSystem/drug-ingredient"
+    assert (
+        requests[1]["medicationCodeableConcept"]["coding"][0]["system"]
+        == f"{DEFAULT_FHIR_BASE}/CodeSystem/drug-ingredient"
+    )
     assert "coding" not in requests[2]["medicationCodeableConcept"]
     (practitioner,) = resources(bundle, "Practitioner")
-    assert practitioner["qualification"][0]["identifier"][0]["system"] == f"{DEFAULT_FHIR_BASE}/sid/license/dentist"
+    assert (
+        practitioner["qualification"][0]["identifier"][0]["system"]
+        == f"{DEFAULT_FHIR_BASE}/sid/license/dentist"
+    )
 
 
 def test_pharmacy_receipt_with_lines_dispenses_each_drug_against_a_logical_prescription_reference() -> None:
@@ -514,17 +585,31 @@ def test_pharmacy_receipt_with_lines_dispenses_each_drug_against_a_logical_presc
     dispenses = resources(bundle, "MedicationDispense")
     assert len(dispenses) == 3
     for dispense in dispenses:
-        assert dispense["authorizingPrescription"] == [{"identifier": {
-            "system": f"{DEFAULT_FHIR_BASE}/sid/prescription/99000001", "value": "20250314-00017",
-            "assigner": {"identifier": {"system": "http://www.hl7korea.or.kr/Identifier/hira-krnpi",
-                                        "value": "99000001"}, "display": "예시가정의원"}}}]
+        assert dispense["authorizingPrescription"] == [
+            {
+                "identifier": {
+                    "system": f"{DEFAULT_FHIR_BASE}/sid/prescription/99000001",
+                    "value": "20250314-00017",
+                    "assigner": {
+                        "identifier": {
+                            "system": "http://www.hl7korea.or.kr/Identifier/hira-krnpi",
+                            "value": "99000001",
+                        },
+                        "display": "예시가정의원",
+                    },
+                }
+            }
+        ]
         assert dispense["whenHandedOver"] == "2025-03-14"
         assert dispense["daysSupply"]["value"] == 3
         assert by_reference(bundle, dispense["performer"][0]["actor"])["name"] == [{"text": "성춘향"}]
     (invoice,) = resources(bundle, "Invoice")
     assert by_reference(bundle, invoice["issuer"])["name"] == "예시약국"
     assert [li["priceComponent"][0]["code"]["coding"][0]["code"] for li in invoice["lineItem"]] == [
-        "covered", "full_copay_100", "covered"]
+        "covered",
+        "full_copay_100",
+        "covered",
+    ]
     totals = {c["code"]["coding"][0]["code"]: c["amount"]["value"] for c in invoice["totalPriceComponent"]}
     assert (totals["copay"], totals["insurer"], totals["full_self_pay"]) == (3600, 8400, 300)
     assert invoice["totalGross"]["value"] == 12300 and invoice["totalNet"]["value"] == 3900

@@ -38,9 +38,13 @@ class DaemonProcess:
         env["PYTHONPATH"] = str(REPO)
         self._err = open(self.stderr_path, "ab")  # noqa: SIM115 (kept open for the process life)
         self._offset = self.stderr_path.stat().st_size
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.toml)],
-                                     stdout=subprocess.DEVNULL, stderr=self._err, cwd=str(self.toml.parent),
-                                     env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(self.toml)],
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            cwd=str(self.toml.parent),
+            env=env,
+        )
         if wait_ready:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

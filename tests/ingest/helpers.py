@@ -15,15 +15,28 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "spec" / "examples"
 AGENT_FIELDS = ("source", "received_at", "content_hash", "validation")
 
 
-def make_installation(root: Path, *, watch: dict[str, Any] | None = None, api_listen: str = "127.0.0.1:0",
-                      admin_listen: str = "127.0.0.1:0") -> Path:
+def make_installation(
+    root: Path,
+    *,
+    watch: dict[str, Any] | None = None,
+    api_listen: str = "127.0.0.1:0",
+    admin_listen: str = "127.0.0.1:0",
+) -> Path:
     """``init --dev-certs`` into ``root`` and rewrite the [[watch]] table; returns agent.toml."""
     from agent.commands.init import write_installation
 
-    write_installation(root, code="99000001", kind="clinic", dev_certs=True, listen=api_listen,
-                       admin=admin_listen)
-    settings = {"path": "inbox", "profile": "standard", "polling": False, "scan_interval": "1s",
-                "settle": "1s", "sentinel": "off", "source_mode": "move"}
+    write_installation(
+        root, code="99000001", kind="clinic", dev_certs=True, listen=api_listen, admin=admin_listen
+    )
+    settings = {
+        "path": "inbox",
+        "profile": "standard",
+        "polling": False,
+        "scan_interval": "1s",
+        "settle": "1s",
+        "sentinel": "off",
+        "source_mode": "move",
+    }
     settings.update(watch or {})
     lines = ["[[watch]]"]
     for key, value in settings.items():

@@ -89,16 +89,25 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(tmp_path: Path)
         time.sleep(0.1)
     assert not [p for p in orphans_to_be if alive(p)], "processes outlived the daemon"
     db = sqlite3.connect(f"file:{tmp_path / 'inst' / 'data' / 'store.db'}?mode=ro", uri=True)
-    stored = db.execute("SELECT d.document_no, v.version FROM versions v JOIN documents d USING (doc_id)").fetchall()
+    stored = db.execute(
+        "SELECT d.document_no, v.version FROM versions v JOIN documents d USING (doc_id)"
+    ).fetchall()
     assert len(stored) == len(set(stored)), "a version stored twice"
-    assert set(stored) == expected, f"lost {len(expected - set(stored))}, unexpected {len(set(stored) - expected)}"
+    assert set(stored) == expected, (
+        f"lost {len(expected - set(stored))}, unexpected {len(set(stored) - expected)}"
+    )
     wrong_current = db.execute(
         "SELECT COUNT(*) FROM documents d WHERE current_version != "
-        "(SELECT MAX(version) FROM versions v WHERE v.doc_id = d.doc_id)").fetchone()[0]
+        "(SELECT MAX(version) FROM versions v WHERE v.doc_id = d.doc_id)"
+    ).fetchone()[0]
     assert wrong_current == 0
     assert db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == 0
-    committed = db.execute("SELECT COUNT(*) FROM ledger WHERE outcome IN ('accepted','superseded')").fetchone()[0]
+    committed = db.execute(
+        "SELECT COUNT(*) FROM ledger WHERE outcome IN ('accepted','superseded')"
+    ).fetchone()[0]
     assert committed == len(files)  # every file committed exactly once
-    print(f"crash test: {kills} kills ({pool_runs} with look-ahead workers), {len(files)} files, "
-          f"{len(expected)} versions, "
-          f"{time.monotonic() - started:.1f} s")
+    print(
+        f"crash test: {kills} kills ({pool_runs} with look-ahead workers), {len(files)} files, "
+        f"{len(expected)} versions, "
+        f"{time.monotonic() - started:.1f} s"
+    )

@@ -36,7 +36,9 @@ def _ready(rel: str, mtime_ns: int, *, signalled: bool = False, size: int = 10, 
 # -- the queue ------------------------------------------------------------------------------------------
 def test_queue_gives_oldest_mtime_first_then_file_name():
     q = ReadyQueue()
-    q.put_many([_ready("c.json", T0 + 5), _ready("b.json", T0), _ready("a.json", T0 + 5), _ready("z.json", T0 - 1)])
+    q.put_many(
+        [_ready("c.json", T0 + 5), _ready("b.json", T0), _ready("a.json", T0 + 5), _ready("z.json", T0 - 1)]
+    )
     assert [q.get(0).relpath for _ in range(4)] == ["z.json", "b.json", "a.json", "c.json"]
     assert q.get(0) is None
 
@@ -73,10 +75,25 @@ class _Time:
 
 
 def _scanner(folder: Path, clock: _Time, settle: float = 5.0) -> FolderScanner:
-    watch = WatchConfig(path=folder, profile="standard", recursive=False, polling=False, scan_interval=30,
-                        settle=settle, sentinel="off", max_file_size=1 << 20, source_mode="move")
-    return FolderScanner(0, watch, supported=lambda n: n.endswith(".json"), is_done=lambda *a: False,
-                         monotonic=clock.monotonic, wall=lambda: 0.0)  # wall 0: settle by our clock only
+    watch = WatchConfig(
+        path=folder,
+        profile="standard",
+        recursive=False,
+        polling=False,
+        scan_interval=30,
+        settle=settle,
+        sentinel="off",
+        max_file_size=1 << 20,
+        source_mode="move",
+    )
+    return FolderScanner(
+        0,
+        watch,
+        supported=lambda n: n.endswith(".json"),
+        is_done=lambda *a: False,
+        monotonic=clock.monotonic,
+        wall=lambda: 0.0,
+    )  # wall 0: settle by our clock only
 
 
 def test_scan_returns_ready_files_in_write_order_not_listing_order(tmp_path: Path):
@@ -175,8 +192,10 @@ def _manifest_outcomes_match(results: dict[str, object], manifest: dict) -> list
         elif ok:
             ok = result.records == entry["versions_stored"]
         if not ok:
-            wrong.append(f"{entry['file']}: expected {entry['outcome']} {entry['rule'] or ''}, got {outcome} "
-                         f"{sorted({p.rule for p in getattr(result, 'problems', [])})}")
+            wrong.append(
+                f"{entry['file']}: expected {entry['outcome']} {entry['rule'] or ''}, got {outcome} "
+                f"{sorted({p.rule for p in getattr(result, 'problems', [])})}"
+            )
     return wrong
 
 
@@ -190,8 +209,11 @@ def _move_in(staging: Path, inbox: Path, names: list[str]) -> None:
         os.rename(staging / name, inbox / name)
 
 
-@pytest.mark.parametrize(("invalid_rate", "workers", "live"), [(0.0, 0, False), (0.1, 2, True)],
-                         ids=["backlog-in-process", "invalid-rate-backlog-plus-live-look-ahead"])
+@pytest.mark.parametrize(
+    ("invalid_rate", "workers", "live"),
+    [(0.0, 0, False), (0.1, 2, True)],
+    ids=["backlog-in-process", "invalid-rate-backlog-plus-live-look-ahead"],
+)
 def test_synth_corpus_every_file_outcome_matches_the_manifest(tmp_path: Path, invalid_rate, workers, live):
     """A backlog of originals, corrections (v2) and cancellations — and, with ``live``, half of it
     renamed in while the daemon's ingest runs with its observer and look-ahead workers."""
@@ -220,8 +242,9 @@ def test_synth_corpus_every_file_outcome_matches_the_manifest(tmp_path: Path, in
         if live:
             _wait(lambda: len(results) > 20, 30)
             _move_in(tmp_path / "staging", inbox, names[half:])
-        assert _wait(lambda: len(results) == len(names) and not any(inbox.iterdir()), 120, 0.2), \
+        assert _wait(lambda: len(results) == len(names) and not any(inbox.iterdir()), 120, 0.2), (
             f"{len(results)} of {len(names)} files handled"
+        )
         if workers:
             assert service.prefetch.starts >= 1  # the look-ahead was used
     finally:

@@ -65,7 +65,9 @@ def test_look_ahead_commits_in_order_and_survives_a_killed_worker(tmp_path: Path
     killed = []
     service.start()
     try:
-        assert _wait(lambda: service.prefetch.running and service.prefetch._warm is None and len(order) > 10, 30)
+        assert _wait(
+            lambda: service.prefetch.running and service.prefetch._warm is None and len(order) > 10, 30
+        )
         pool = service.prefetch._pool
         if pool is not None and pool._processes:
             victim = next(iter(pool._processes))

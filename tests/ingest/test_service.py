@@ -79,7 +79,14 @@ def test_file_written_in_two_chunks_is_read_once_complete(running):
 
 def test_temp_names_are_never_read(running):
     service, store, inbox = running(scan_interval="1s", settle="1s")
-    for name in ("x.json.tmp", ".hidden.json", "~lock.json", "y.json.part", "z.json.partial", "w.json.crdownload"):
+    for name in (
+        "x.json.tmp",
+        ".hidden.json",
+        "~lock.json",
+        "y.json.part",
+        "z.json.partial",
+        "w.json.crdownload",
+    ):
         (inbox / name).write_bytes(json_bytes([receipt(1)]))
     time.sleep(3.5)
     assert _versions(store) == 0
@@ -154,7 +161,7 @@ def test_folder_renamed_away_and_back_is_unreachable_not_empty(running):
     os.rename(inbox, away)
     assert _wait(lambda: service.snapshot()["watch"][0]["reachable"] is False, timeout=8)
     assert service.snapshot()["watch"][0]["pending"] >= 1  # known files are not forgotten
-    handle.write(data[len(data) // 2:])
+    handle.write(data[len(data) // 2 :])
     os.rename(away, inbox)
     handle.close()
     assert _wait(lambda: service.snapshot()["watch"][0]["reachable"] is True, timeout=8)

@@ -30,17 +30,30 @@ def _hints(root: Path, *events) -> list[tuple[str, str]]:
 
 def test_completion_events_signal_the_file(tmp_path: Path):
     inbox = str(tmp_path)
-    assert _hints(tmp_path, FileMovedEvent(f"{tmp_path}.staging/a.json", f"{inbox}/a.json"),
-                  FileClosedEvent(f"{inbox}/b.json")) == [("a.json", "signal"), ("b.json", "signal")]
+    assert _hints(
+        tmp_path,
+        FileMovedEvent(f"{tmp_path}.staging/a.json", f"{inbox}/a.json"),
+        FileClosedEvent(f"{inbox}/b.json"),
+    ) == [("a.json", "signal"), ("b.json", "signal")]
 
 
 def test_writes_in_progress_only_ask_for_a_scan(tmp_path: Path):
     inbox = str(tmp_path)
-    assert _hints(tmp_path, FileCreatedEvent(f"{inbox}/c.json"), FileModifiedEvent(f"{inbox}/c.json")) \
-        == [("c.json", "change"), ("c.json", "change")]
+    assert _hints(tmp_path, FileCreatedEvent(f"{inbox}/c.json"), FileModifiedEvent(f"{inbox}/c.json")) == [
+        ("c.json", "change"),
+        ("c.json", "change"),
+    ]
 
 
 def test_reads_and_removals_are_no_hint(tmp_path: Path):
     inbox = str(tmp_path)
-    assert _hints(tmp_path, FileOpenedEvent(f"{inbox}/d.json"), FileClosedNoWriteEvent(f"{inbox}/d.json"),
-                  FileDeletedEvent(f"{inbox}/d.json"), DirModifiedEvent(inbox)) == []
+    assert (
+        _hints(
+            tmp_path,
+            FileOpenedEvent(f"{inbox}/d.json"),
+            FileClosedNoWriteEvent(f"{inbox}/d.json"),
+            FileDeletedEvent(f"{inbox}/d.json"),
+            DirModifiedEvent(inbox),
+        )
+        == []
+    )

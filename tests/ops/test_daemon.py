@@ -11,8 +11,17 @@ from tests.conftest import run_cli
 from tests.ingest.daemon_helpers import DaemonProcess
 from tests.ingest.helpers import json_bytes, make_installation, receipt
 
-STATUS_MEMBERS = {"agent_version", "running", "institution_code", "documents", "ingest", "watch", "api",
-                  "disk", "jobs"}
+STATUS_MEMBERS = {
+    "agent_version",
+    "running",
+    "institution_code",
+    "documents",
+    "ingest",
+    "watch",
+    "api",
+    "disk",
+    "jobs",
+}
 
 
 def _wait(predicate, timeout=10.0):
@@ -84,8 +93,9 @@ def test_quarantine_list_show_retry_drop_through_the_cli(tmp_path: Path):
     assert len(run_cli("quarantine", "list", "--json", "--config", str(toml)).json()) == 2
     dropped = run_cli("quarantine", "drop", qid, "--config", str(toml))
     assert dropped.code == 0
-    assert [e["id"] for e in run_cli("quarantine", "list", "--json", "--config", str(toml)).json()] \
-        == [entries[1]["id"]]
+    assert [e["id"] for e in run_cli("quarantine", "list", "--json", "--config", str(toml)).json()] == [
+        entries[1]["id"]
+    ]
 
 
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "profiles"
@@ -98,8 +108,10 @@ def _site_profile(broken: bool) -> str:
     text = text.replace('name = "vendor_a_csv"', 'name = "site_a"')
     if broken:
         text = text.replace('source = "본인부담금"\ntarget = "totals.copay"', 'source = "@copay@"')
-        text = text.replace('source = "수납금액"\ntarget = "patient_charge_total"',
-                            'source = "본인부담금"\ntarget = "patient_charge_total"')
+        text = text.replace(
+            'source = "수납금액"\ntarget = "patient_charge_total"',
+            'source = "본인부담금"\ntarget = "patient_charge_total"',
+        )
         text = text.replace('source = "@copay@"', 'source = "수납금액"\ntarget = "totals.copay"')
     return text
 

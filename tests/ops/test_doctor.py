@@ -63,7 +63,9 @@ def test_store_integrity_sampled_ok_then_fail_after_corruption(cli, installation
     db = sqlite3.connect(installation / "data" / "store.db")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     table = "versions" if "versions" in tables else "documents"
-    column = next(r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[1] in ("ciphertext", "content_ct", "ct"))
+    column = next(
+        r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[1] in ("ciphertext", "content_ct", "ct")
+    )
     rowid, blob = db.execute(f"SELECT rowid, {column} FROM {table} LIMIT 1").fetchone()
     flipped = bytes([blob[0] ^ 0x01]) + bytes(blob[1:])
     db.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (flipped, rowid))

@@ -124,8 +124,11 @@ def test_enroll_installs_certificate_client_ca_relay_ids_and_keys_and_audits(sim
     assert chain[0].public_key().public_numbers() == key.public_key().public_numbers()
     assert chain[0].subject.rfc4514_string() == "CN=99000001"
     # The installed chain verifies against the relay root for the endpoint host.
-    verifier = (verification.PolicyBuilder().store(verification.Store([sim.root]))
-                .build_server_verifier(x509.IPAddress(ipaddress.ip_address("127.0.0.1"))))
+    verifier = (
+        verification.PolicyBuilder()
+        .store(verification.Store([sim.root]))
+        .build_server_verifier(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    )
     verifier.verify(chain[0], chain[1:])
     # Two bundles kept apart: api.client_ca = the relay-client issuer only; relay.server_ca = relay root.
     assert x509.load_pem_x509_certificates((tls / "relay-ca.crt").read_bytes()) == [sim.client_ca]
@@ -196,8 +199,13 @@ def test_missing_signing_key_is_created_registered_and_0600(sim: RelaySimulator,
 def test_token_never_visible_in_process_list_with_stdin(sim: RelaySimulator, inst: Path):
     """S-33: ``--token -`` keeps the token out of the command line of the running process."""
     token = sim.issue_token()
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "enroll", "--config", str(inst), "--token", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "enroll", "--config", str(inst), "--token", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
     cmdline = Path(f"/proc/{proc.pid}/cmdline")
     if cmdline.exists():
         assert token.encode() not in cmdline.read_bytes()
@@ -212,8 +220,11 @@ def test_token_never_visible_in_process_list_with_stdin(sim: RelaySimulator, ins
 def test_401_token_leaves_nothing_and_exits_5(sim: RelaySimulator, inst: Path, case: str):
     root = inst.parent
     before = _files(root)
-    token = {"unknown": "ENR-AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG",
-             "expired": sim.issue_token(expired=True), "used": sim.issue_token(used=True)}[case]
+    token = {
+        "unknown": "ENR-AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG",
+        "expired": sim.issue_token(expired=True),
+        "used": sim.issue_token(used=True),
+    }[case]
     result = run_cli("enroll", "--config", str(inst), "--token", token)
     assert result.code == 5
     assert "token" in result.stderr and "401" in result.stderr
@@ -223,14 +234,17 @@ def test_401_token_leaves_nothing_and_exits_5(sim: RelaySimulator, inst: Path, c
     assert [r["result"] for r in records] == ["denied"]
 
 
-@pytest.mark.parametrize("mode, words", [
-    ("wrong_key", "not for the key"),
-    ("bad_chain", "does not chain"),
-    ("client_ca_has_issuer", "client CA bundle contains the issuer"),
-    ("short_validity", "less than 30 more days"),
-    ("wrong_san", "subject alternative names"),
-    ("wrong_kid", "signing key id"),
-])
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("wrong_key", "not for the key"),
+        ("bad_chain", "does not chain"),
+        ("client_ca_has_issuer", "client CA bundle contains the issuer"),
+        ("short_validity", "less than 30 more days"),
+        ("wrong_san", "subject alternative names"),
+        ("wrong_kid", "signing key id"),
+    ],
+)
 def test_bad_answer_is_refused_and_nothing_installed(sim: RelaySimulator, inst: Path, mode: str, words: str):
     root = inst.parent
     before = _files(root)
@@ -268,7 +282,9 @@ def test_existing_certificates_untouched_by_a_failed_enrollment(sim: RelaySimula
     _assert_nothing_installed(root, before)
 
 
-def test_install_failure_rolls_back_every_file(sim: RelaySimulator, inst: Path, monkeypatch: pytest.MonkeyPatch):
+def test_install_failure_rolls_back_every_file(
+    sim: RelaySimulator, inst: Path, monkeypatch: pytest.MonkeyPatch
+):
     root = inst.parent
     before = _files(root)
     from agent.store import Store
@@ -342,9 +358,22 @@ def test_missing_pinned_bundle_is_a_configuration_error(sim: RelaySimulator, ins
 def test_without_relay_url_or_token_is_a_usage_error(sim: RelaySimulator, inst: Path):
     inst.write_text(inst.read_text().replace(f'url = "{sim.base_url}"', 'url = ""'))
     assert run_cli("enroll", "--config", str(inst), "--token", sim.issue_token()).code == 2
-    assert run_cli("enroll", "--config", str(inst), "--relay", sim.base_url, "--token", "-", stdin="\n").code == 2
-    assert run_cli("enroll", "--config", str(inst), "--relay", "http://insecure.invalid",
-                   "--token", sim.issue_token()).code == 2
+    assert (
+        run_cli("enroll", "--config", str(inst), "--relay", sim.base_url, "--token", "-", stdin="\n").code
+        == 2
+    )
+    assert (
+        run_cli(
+            "enroll",
+            "--config",
+            str(inst),
+            "--relay",
+            "http://insecure.invalid",
+            "--token",
+            sim.issue_token(),
+        ).code
+        == 2
+    )
     assert sim.enrollments == []
 
 
@@ -361,8 +390,10 @@ def test_proof_is_es256_over_the_section_10_message():
 def test_endpoint_from_listen_address_or_hostname(tmp_path: Path, sim: RelaySimulator):
     toml = sim.prepare_installation(tmp_path / "e", listen="0.0.0.0:9443")
     config = load_config(toml)
-    assert endpoint_for(config, hostname="gw.example-clinic.kr").as_json() == {"host": "gw.example-clinic.kr",
-                                                                             "port": 9443}
+    assert endpoint_for(config, hostname="gw.example-clinic.kr").as_json() == {
+        "host": "gw.example-clinic.kr",
+        "port": 9443,
+    }
     assert endpoint_for(config, "10.0.0.5").as_json() == {"host": "10.0.0.5", "port": 9443}
     assert endpoint_for(config, "GW.example.kr:8443").as_json() == {"host": "gw.example.kr", "port": 8443}
     assert endpoint_for(config, "[::1]:8443").as_json() == {"host": "::1", "port": 8443}

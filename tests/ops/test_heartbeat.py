@@ -82,9 +82,11 @@ def _until(predicate, timeout: float = 10.0) -> bool:
 
 def _stop_after(n: int, calls: list[float]):
     """A ``wait`` that returns at once, recording each delay, and asks to stop after ``n`` waits."""
+
     def wait(delay: float) -> bool:
         calls.append(delay)
         return len(calls) > n
+
     return wait
 
 
@@ -115,8 +117,14 @@ def test_heartbeats_reach_the_simulator_in_real_time(agent: Enrolled, sim: Relay
 
 
 def test_body_has_exactly_the_section_11_members(agent: Enrolled, sim: RelaySimulator):
-    agent.audit.append({"actor": {"kind": "system"}, "source": {"local": True, "tty": None},
-                        "action": "system.test", "result": "success"})
+    agent.audit.append(
+        {
+            "actor": {"kind": "system"},
+            "source": {"local": True, "tty": None},
+            "action": "system.test",
+            "result": "success",
+        }
+    )
     hb = agent.heartbeat()
     assert hb.beat_once() is True
     body = sim.last_heartbeat()
@@ -140,6 +148,7 @@ def test_body_has_exactly_the_section_11_members(agent: Enrolled, sim: RelaySimu
 
 def test_body_from_the_status_document(agent: Enrolled, sim: RelaySimulator):
     """The daemon passes its ``status --json`` document; members are mapped from it."""
+
     def provider() -> dict[str, Any]:
         doc = status_document(agent.config, agent.store, None)
         doc["ingest"]["files_quarantined"] = 3
@@ -182,7 +191,9 @@ def test_backoff_30_60_120_up_to_15_min_with_the_simulator_down(agent: Enrolled,
     assert [backoff_base(n) for n in range(1, 8)] == [30, 60, 120, 240, 480, 900, 900]
 
 
-def test_backoff_jitter_is_within_20_percent_and_success_resumes_schedule(agent: Enrolled, sim: RelaySimulator):
+def test_backoff_jitter_is_within_20_percent_and_success_resumes_schedule(
+    agent: Enrolled, sim: RelaySimulator
+):
     import random
 
     sim.heartbeat_down = True  # 503
@@ -227,8 +238,12 @@ def test_serving_continues_while_heartbeats_fail(tmp_path: Path, sim: RelaySimul
         host, port = server.address
         assert _until(lambda: hb.state()["consecutive_failures"] >= 3)
         for _ in range(3):
-            response = requests.get(f"https://{host}:{port}/v1/health", cert=(str(client_cert), str(client_key)),
-                                    verify=str(sim.server_ca_path), timeout=(5, 10))
+            response = requests.get(
+                f"https://{host}:{port}/v1/health",
+                cert=(str(client_cert), str(client_key)),
+                verify=str(sim.server_ca_path),
+                timeout=(5, 10),
+            )
             assert response.status_code == 200
             assert "heartbeat" not in response.text
         assert hb.state()["running"] is True
@@ -257,7 +272,9 @@ def test_not_enrolled_sends_nothing_and_relay_url_empty_does_not_start(tmp_path:
         store.close()
 
 
-def test_loop_survives_unexpected_errors(agent: Enrolled, sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch):
+def test_loop_survives_unexpected_errors(
+    agent: Enrolled, sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch
+):
     calls: list[float] = []
     hb = agent.heartbeat(first_delay=0, wait=_stop_after(3, calls))
 
@@ -289,8 +306,11 @@ def test_extra_response_members_change_nothing(agent: Enrolled, sim: RelaySimula
     sim.next_interval_s = None
     sim.heartbeat_extra = {
         "config": {"relay": {"url": "https://evil.invalid"}, "api": {"client_ca": "/tmp/x"}},
-        "command": "shutdown", "relay_ids": ["evil"], "heartbeat_interval_s": 61,
-        "heartbeat_url": "https://evil.invalid/hb", "client_ca_pem": "-----BEGIN CERTIFICATE-----",
+        "command": "shutdown",
+        "relay_ids": ["evil"],
+        "heartbeat_interval_s": 61,
+        "heartbeat_url": "https://evil.invalid/hb",
+        "client_ca_pem": "-----BEGIN CERTIFICATE-----",
         "signing_key_id": "0" * 64,
     }
     hb = agent.heartbeat()
@@ -303,10 +323,24 @@ def test_extra_response_members_change_nothing(agent: Enrolled, sim: RelaySimula
     assert sim.heartbeats[-1]["agent_id"] == json.loads(state_before)["agent_id"]
 
 
-@pytest.mark.parametrize("suggested, expected", [(10, 300), (59, 300), (60, 60), (120, 120), (3600, 3600),
-                                                 (3601, 300), (7200, 300), (True, 300), ("120", 300),
-                                                 (120.5, 300)])
-def test_next_interval_honoured_only_within_60_to_3600(agent: Enrolled, sim: RelaySimulator, suggested, expected):
+@pytest.mark.parametrize(
+    "suggested, expected",
+    [
+        (10, 300),
+        (59, 300),
+        (60, 60),
+        (120, 120),
+        (3600, 3600),
+        (3601, 300),
+        (7200, 300),
+        (True, 300),
+        ("120", 300),
+        (120.5, 300),
+    ],
+)
+def test_next_interval_honoured_only_within_60_to_3600(
+    agent: Enrolled, sim: RelaySimulator, suggested, expected
+):
     sim.next_interval_s = suggested
     hb = agent.heartbeat()
     assert hb.beat_once() is True
@@ -324,9 +358,19 @@ def test_suggestion_reverts_when_the_relay_stops_sending_it(agent: Enrolled, sim
     assert suggested_interval(10) is None and suggested_interval(600) == 600
 
 
-@pytest.mark.parametrize("offset, level", [(0, "ok"), (30, "ok"), (-45, "ok"), (90, "warning"),
-                                           (-250, "warning"), (400, "error"), (-400, "error"),
-                                           (3600, "error")])
+@pytest.mark.parametrize(
+    "offset, level",
+    [
+        (0, "ok"),
+        (30, "ok"),
+        (-45, "ok"),
+        (90, "warning"),
+        (-250, "warning"),
+        (400, "error"),
+        (-400, "error"),
+        (3600, "error"),
+    ],
+)
 def test_server_time_skew_sets_the_clock_state(agent: Enrolled, sim: RelaySimulator, offset: int, level: str):
     sim.server_time_offset_s = offset
     hb = agent.heartbeat()
@@ -342,8 +386,15 @@ def test_server_time_skew_sets_the_clock_state(agent: Enrolled, sim: RelaySimula
 
 
 def test_skew_levels():
-    assert [skew_level(s) for s in (None, 0, 60, 61, 300, 301, -301)] == \
-        ["unknown", "ok", "ok", "warning", "warning", "error", "error"]
+    assert [skew_level(s) for s in (None, 0, 60, 61, 300, 301, -301)] == [
+        "unknown",
+        "ok",
+        "ok",
+        "warning",
+        "warning",
+        "error",
+        "error",
+    ]
 
 
 def test_state_is_json_serialisable(agent: Enrolled, sim: RelaySimulator):

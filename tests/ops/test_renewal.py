@@ -64,8 +64,14 @@ class Installed:
         """Replace the installed certificate by one for the same key with ``days`` left."""
         key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         start = dt.datetime.now(dt.UTC) - dt.timedelta(days=300)
-        pem = self.sim.issue_agent_certificate(key.public_key(), cn="99000001", host="127.0.0.1",
-                                               days=300 + days, not_before=start, agent_id=self.agent_id)
+        pem = self.sim.issue_agent_certificate(
+            key.public_key(),
+            cn="99000001",
+            host="127.0.0.1",
+            days=300 + days,
+            not_before=start,
+            agent_id=self.agent_id,
+        )
         self.cert_path.write_text(pem)
 
     def renew(self) -> bool:
@@ -124,7 +130,9 @@ def test_bad_renewal_answer_installs_nothing(inst: Installed, sim: RelaySimulato
     assert list((inst.root / "data" / "tmp").iterdir()) == []
 
 
-def test_refused_or_unreachable_renewal_raises_and_keeps_the_certificate(inst: Installed, sim: RelaySimulator):
+def test_refused_or_unreachable_renewal_raises_and_keeps_the_certificate(
+    inst: Installed, sim: RelaySimulator
+):
     inst.set_days_left(29)
     cert = inst.cert_path.read_bytes()
     sim.renewal_status = 401
@@ -160,9 +168,9 @@ def _health(conn: http.client.HTTPSConnection) -> int:
     return response.status
 
 
-def test_new_connections_see_the_new_certificate_while_an_old_one_keeps_working(tmp_path: Path,
-                                                                               inst: Installed,
-                                                                               sim: RelaySimulator):
+def test_new_connections_see_the_new_certificate_while_an_old_one_keeps_working(
+    tmp_path: Path, inst: Installed, sim: RelaySimulator
+):
     inst.set_days_left(29)
     old_der = inst.leaf().public_bytes(serialization.Encoding.DER)
     audit = AuditLog.open(inst.config, signer=inst.keyring.signer)

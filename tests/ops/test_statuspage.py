@@ -23,19 +23,39 @@ FIXTURE_PHI = ["홍길동", "9001011000001", "900101-1000001", "9001011******", 
 
 
 def test_page_escapes_values_and_flags_problems() -> None:
-    page = render_status_html({"agent_version": "1.0.0", "running": False, "institution_code": "99000001",
-                               "watch": [{"path": "/in<script>", "reachable": False, "pending": 3}],
-                               "ingest": {"files_quarantined": 2}, "api": {"server_cert_expires_in_days": 5},
-                               "documents": {}, "disk": {}, "jobs": []})
+    page = render_status_html(
+        {
+            "agent_version": "1.0.0",
+            "running": False,
+            "institution_code": "99000001",
+            "watch": [{"path": "/in<script>", "reachable": False, "pending": 3}],
+            "ingest": {"files_quarantined": 2},
+            "api": {"server_cert_expires_in_days": 5},
+            "documents": {},
+            "disk": {},
+            "jobs": [],
+        }
+    )
     assert "<script>" not in page and "/in&lt;script&gt;" in page
     assert "not running" in page and "unreachable" in page and "quarantine" in page and "expires in 5" in page
 
 
 def _dump_dom(url: str, profile: Path) -> str:
     assert CHROMIUM is not None
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--dump-dom", url]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--dump-dom",
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
 
 

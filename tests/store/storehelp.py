@@ -46,9 +46,19 @@ def name_for(i: int) -> str:
     return SURNAMES[i % 10] + GIVEN[(i // 10) % 10] + ("" if i < 100 else "ABCDEFGHIJ"[(i // 100) % 10])
 
 
-def make_doc(i: int, *, doc_type: str | None = None, rrn: str | None = None, name: str | None = None,
-             version: int = 1, status: str = "active", document_no: str | None = None,
-             issued_on: str | None = None, masked: bool = False, marker: str | None = None) -> dict[str, Any]:
+def make_doc(
+    i: int,
+    *,
+    doc_type: str | None = None,
+    rrn: str | None = None,
+    name: str | None = None,
+    version: int = 1,
+    status: str = "active",
+    document_no: str | None = None,
+    issued_on: str | None = None,
+    masked: bool = False,
+    marker: str | None = None,
+) -> dict[str, Any]:
     doc_type = doc_type or TYPES[i % 4]
     doc = example(doc_type)
     doc["document_no"] = document_no or f"T{i:08d}"
@@ -88,13 +98,21 @@ def file_of(docs: list[dict[str, Any]]) -> bytes:
     return json.dumps(docs, ensure_ascii=False).encode("utf-8")
 
 
-def commit_docs(store: Store, docs: list[dict[str, Any]], *, path: str = "/inbox/export.json",
-                archive: bool = True, name: str = "export.json"):
+def commit_docs(
+    store: Store,
+    docs: list[dict[str, Any]],
+    *,
+    path: str = "/inbox/export.json",
+    archive: bool = True,
+    name: str = "export.json",
+):
     data = file_of(docs)
-    return store.commit_file(fingerprint(data, path), [record(d, k) for k, d in enumerate(docs)],
-                             archive=data if archive else None,
-                             file_meta={"file_name": name, "profile": "standard", "format": "json",
-                                        "encoding": "utf-8"})
+    return store.commit_file(
+        fingerprint(data, path),
+        [record(d, k) for k, d in enumerate(docs)],
+        archive=data if archive else None,
+        file_meta={"file_name": name, "profile": "standard", "format": "json", "encoding": "utf-8"},
+    )
 
 
 def make_config(root: Path, **sections: dict[str, Any]) -> Config:

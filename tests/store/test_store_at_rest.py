@@ -20,7 +20,12 @@ NAMES = ["홍길동", "김철수", "이영희", "박보검", "최수지"]
 def _phi_patterns(rrns: list[str], names: list[str]) -> list[bytes]:
     pats: list[bytes] = []
     for r in rrns:
-        pats += [r.encode(), f"{r[:6]}-{r[6:]}".encode(), f"{r[:7]}******".encode(), f"{r[:6]}-{r[6]}******".encode()]
+        pats += [
+            r.encode(),
+            f"{r[:6]}-{r[6:]}".encode(),
+            f"{r[:7]}******".encode(),
+            f"{r[:6]}-{r[6]}******".encode(),
+        ]
     for n in names:
         pats += [n.encode("utf-8"), n.encode("cp949")]
     pats.append(b"CANARY-4E1F")
@@ -49,8 +54,9 @@ def test_no_plaintext_rrn_name_or_content_anywhere_in_data_dir(config, tmp_path:
     exports.mkdir()
     (exports / "a.json").write_bytes(raw)
     (exports / "b.txt").write_bytes(json.dumps(docs, ensure_ascii=False).encode("cp949"))
-    (exports / "c.txt").write_text(" ".join(f"{r[:6]}-{r[6:]} {r[:6]}-{r[6]}****** {r[:7]}****** {r}"
-                                            for r in rrns), encoding="utf-8")
+    (exports / "c.txt").write_text(
+        " ".join(f"{r[:6]}-{r[6:]} {r[:6]}-{r[6]}****** {r[:7]}****** {r}" for r in rrns), encoding="utf-8"
+    )
     assert {p for _, p in _scan(exports, patterns)} == set(patterns)
 
     store = open_store(config)
@@ -76,12 +82,15 @@ def test_sql_text_and_bound_parameters_never_carry_the_rrn(config) -> None:
     try:
         commit_docs(store, [make_doc(0, rrn="9001011000001", name="홍길동")])
         traced.clear()
-        hits = store.search(rrn="900101-1000001", name="홍길동", period_from="2025-01-01", period_to="2025-12-31").hits
+        hits = store.search(
+            rrn="900101-1000001", name="홍길동", period_from="2025-01-01", period_to="2025-12-31"
+        ).hits
         assert len(hits) == 1
     finally:
         store.close()
     import hashlib
     import hmac
+
     key = (config.keys_dir / "blind-index.key").read_bytes()
     expected = hmac.new(key, b"rrn:v1:9001011000001", hashlib.sha256).hexdigest()
     joined = "\n".join(traced)
@@ -93,7 +102,8 @@ def test_sql_text_and_bound_parameters_never_carry_the_rrn(config) -> None:
 @pytest.mark.parametrize("column", ["ciphertext", "wrapped_dek", "nonce", "wrap_nonce"])
 @pytest.mark.parametrize("where", [0, -1, "mid"])
 def test_flipping_any_byte_of_a_stored_record_is_an_integrity_error_naming_the_row(
-        store: Store, column: str, where: int | str) -> None:
+    store: Store, column: str, where: int | str
+) -> None:
     doc_id = commit_docs(store, [make_doc(0)]).doc_ids[0]
     raw = sqlite3.connect(store.db.path)
     blob = bytearray(raw.execute(f"SELECT {column} FROM versions WHERE doc_id = ?", (doc_id,)).fetchone()[0])

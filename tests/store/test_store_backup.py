@@ -26,6 +26,7 @@ def test_backup_taken_during_ingest_restores_to_a_consistent_store(config, tmp_p
             commit_docs(store, [make_doc(b * 20 + k) for k in range(20)], path=f"/b{b}", archive=False)
             done.append(b)
             b += 1
+
     for b in range(5):  # some batches strictly before the backup
         commit_docs(store, [make_doc(100000 + b * 20 + k) for k in range(20)], path=f"/pre{b}", archive=False)
         committed_before.append(b)
@@ -39,7 +40,10 @@ def test_backup_taken_during_ingest_restores_to_a_consistent_store(config, tmp_p
     stop.set()
     worker.join()
     store.close()
-    assert verify_backup(out, load_keyring(config.keys_dir), config.data_dir / "tmp")["members"][0]["name"] == "store.db"
+    assert (
+        verify_backup(out, load_keyring(config.keys_dir), config.data_dir / "tmp")["members"][0]["name"]
+        == "store.db"
+    )
 
     other = make_config(tmp_path / "restored")
     # Same keys: the backup needs the KEK (never inside the backup).
@@ -49,7 +53,12 @@ def test_backup_taken_during_ingest_restores_to_a_consistent_store(config, tmp_p
     restored = open_store(other)
     try:
         assert restored.verify(full=True).ok
-        nos = {n for (n,) in sqlite3.connect(other.data_dir / "store.db").execute("SELECT document_no FROM documents")}
+        nos = {
+            n
+            for (n,) in sqlite3.connect(other.data_dir / "store.db").execute(
+                "SELECT document_no FROM documents"
+            )
+        }
         batches = {int(n[1:]) // 20 for n in nos if int(n[1:]) < 100000}
         assert before_backup <= batches  # everything committed before the backup began
         for b in batches:  # and no torn batch

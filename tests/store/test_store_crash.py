@@ -30,8 +30,9 @@ def _check(root: Path) -> int:
         present = {no for (no,) in conn.execute("SELECT document_no FROM documents")}
         assert present == expected
         assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == len(expected)
-        assert conn.execute("SELECT COUNT(*) FROM versions WHERE subject_ciphertext IS NOT NULL").fetchone()[0] == \
-            len(expected)
+        assert conn.execute("SELECT COUNT(*) FROM versions WHERE subject_ciphertext IS NOT NULL").fetchone()[
+            0
+        ] == len(expected)
         assert conn.execute("SELECT COUNT(*) FROM archive").fetchone()[0] == len(batches)
         return len(batches)
     finally:
@@ -39,8 +40,13 @@ def _check(root: Path) -> int:
 
 
 def _start(root: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.store.crash_child", str(root)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.store.crash_child", str(root)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_sigkill_during_commit_loop_never_leaves_a_half_batch(tmp_path: Path) -> None:

@@ -24,8 +24,10 @@ def _cross(store: Store, doc_id: str) -> list[dict[str, str]]:
     listed = current.document["validation"]["cross_warnings"]
     raw = sqlite3.connect(store.db.path)
     try:
-        column = raw.execute("SELECT cross_warning_rules FROM versions WHERE doc_id = ? AND version = ?",
-                             (doc_id, current.version)).fetchone()[0]
+        column = raw.execute(
+            "SELECT cross_warning_rules FROM versions WHERE doc_id = ? AND version = ?",
+            (doc_id, current.version),
+        ).fetchone()[0]
     finally:
         raw.close()
     assert json.loads(column) == sorted({w["rule"] for w in listed})
@@ -68,7 +70,9 @@ def test_worked_example_receipt_and_detail_have_no_cross_warnings(store: Store, 
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_broken_detail_total_warns_w501_on_both_documents_in_any_arrival_order(store: Store, order: str) -> None:
+def test_broken_detail_total_warns_w501_on_both_documents_in_any_arrival_order(
+    store: Store, order: str
+) -> None:
     receipt, detail = example("receipt"), _broken_detail()
     _arrive(store, [receipt, detail], order)
     expected = [{"rule": "W-501", "path": "totals"}]
@@ -81,7 +85,9 @@ def test_commit_outcome_lists_the_cross_warnings_of_both_sides(store: Store) -> 
     out = commit_docs(store, [_broken_detail()], path="/inbox/detail.json")
     detail_id = out.doc_ids[0]
     assert {d: [p.rule for p in ps] for d, ps in out.cross_warnings.items()} == {
-        receipt_id: ["W-501"], detail_id: ["W-501"]}
+        receipt_id: ["W-501"],
+        detail_id: ["W-501"],
+    }
     # The receipt's stored version was re-sealed in place: still version 1, still decrypts, verify ok.
     current = store.get_current(receipt_id)
     assert current is not None and current.version == 1
@@ -121,7 +127,8 @@ def test_default_valid_days_comes_from_config(tmp_path: Path, valid_days: int, e
 
 @pytest.mark.parametrize("cancelled_side", ["receipt", "receipt_detail"])
 def test_cancelling_one_side_warns_w512_on_both_and_both_cancelled_clears_it(
-        store: Store, cancelled_side: str) -> None:
+    store: Store, cancelled_side: str
+) -> None:
     receipt, detail = example("receipt"), _broken_detail()
     commit_docs(store, [receipt, detail])
     docs = {"receipt": receipt, "receipt_detail": detail}
@@ -160,7 +167,8 @@ def test_detail_moving_to_another_receipt_recomputes_the_receipt_it_left(store: 
 
 @pytest.mark.parametrize("order", ORDERS)
 def test_fallback_link_uses_a_keyed_hmac_of_the_registration_number_never_the_number(
-        store: Store, order: str) -> None:
+    store: Store, order: str
+) -> None:
     receipt, detail = example("receipt"), _broken_detail()
     del detail["receipt_no"]  # §7.1 fallback: same ykiho, patient_reg_no and care_period
     _arrive(store, [receipt, detail], order)

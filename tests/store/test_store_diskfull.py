@@ -28,8 +28,13 @@ def test_full_database_via_max_page_count_rolls_back_and_recovers(store) -> None
 def test_real_enospc_on_a_small_tmpfs(tmp_path: Path) -> None:
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a 2 MiB tmpfs needs root and CAP_SYS_ADMIN")
     try:
         config = make_config(tmp_path / "inst", agent={"data_dir": str(mnt / "data")})

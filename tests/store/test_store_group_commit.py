@@ -58,7 +58,9 @@ def test_database_full_fails_only_the_write_that_hit_it(tmp_path: Path) -> None:
         pages = db.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0], transaction=False)
         db.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages + 2}"), transaction=False)
         with pytest.raises((DiskFullError, sqlite3.Error)):
-            db.write(lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('big', ?)", ("x" * 200_000,)))
+            db.write(
+                lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('big', ?)", ("x" * 200_000,))
+            )
         db.write(lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('after', 'y')"))
         with db.reader() as conn:
             keys = {r[0] for r in conn.execute("SELECT key FROM kv WHERE key IN ('small', 'big', 'after')")}

@@ -30,6 +30,7 @@ def test_rotate_while_a_reader_loop_runs_then_old_kek_file_is_gone_and_everythin
                 reads += 1
             except BaseException as exc:  # noqa: BLE001 - collected and asserted below
                 failures.append(exc)
+
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()

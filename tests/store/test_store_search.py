@@ -13,8 +13,15 @@ PERIOD = {"period_from": "2025-01-01", "period_to": "2025-12-31"}
 
 def test_search_matches_rrn_and_normalised_name_and_withholds_name_mismatch(store: Store) -> None:
     rrn = "9001011000001"
-    commit_docs(store, [make_doc(0, rrn=rrn, name="홍길동"), make_doc(1, rrn=rrn, name="홍 길동"),
-                        make_doc(2, rrn=rrn, name="김철수"), make_doc(3, rrn="9001011000019", name="홍길동")])
+    commit_docs(
+        store,
+        [
+            make_doc(0, rrn=rrn, name="홍길동"),
+            make_doc(1, rrn=rrn, name="홍 길동"),
+            make_doc(2, rrn=rrn, name="김철수"),
+            make_doc(3, rrn="9001011000019", name="홍길동"),
+        ],
+    )
     found = store.search(rrn="900101-1000001", name=" 홍\u3000길동 ", **PERIOD)
     assert len(found.hits) == 2 and {h.identity_match for h in found.hits} == {"rrn"}
     assert found.withheld_count == 1
@@ -36,20 +43,39 @@ def test_masked_only_document_matches_by_rrn_prefix(store: Store) -> None:
 
 def test_search_filters_type_period_and_current_active(store: Store) -> None:
     rrn = "9001011000001"
-    commit_docs(store, [make_doc(0, rrn=rrn, name="가", doc_type="receipt", issued_on="2025-03-14"),
-                        make_doc(1, rrn=rrn, name="가", doc_type="prescription", issued_on="2025-05-01"),
-                        make_doc(2, rrn=rrn, name="가", doc_type="receipt", issued_on="2024-03-14")])
+    commit_docs(
+        store,
+        [
+            make_doc(0, rrn=rrn, name="가", doc_type="receipt", issued_on="2025-03-14"),
+            make_doc(1, rrn=rrn, name="가", doc_type="prescription", issued_on="2025-05-01"),
+            make_doc(2, rrn=rrn, name="가", doc_type="receipt", issued_on="2024-03-14"),
+        ],
+    )
     assert len(store.search(rrn=rrn, name="가", **PERIOD).hits) == 2
     only = store.search(rrn=rrn, name="가", document_types=["prescription"], **PERIOD).hits
     assert [h.document_type for h in only] == ["prescription"] and only[0].care_period is None
     assert len(store.search(rrn=rrn, name="가", period_from="2025-03-14", period_to="2025-03-14").hits) == 1
-    commit_docs(store, [make_doc(0, rrn=rrn, name="가", doc_type="receipt", issued_on="2025-03-14", version=2,
-                                 status="cancelled")])
+    commit_docs(
+        store,
+        [
+            make_doc(
+                0,
+                rrn=rrn,
+                name="가",
+                doc_type="receipt",
+                issued_on="2025-03-14",
+                version=2,
+                status="cancelled",
+            )
+        ],
+    )
     hits = store.search(rrn=rrn, name="가", **PERIOD).hits
     assert [h.document_type for h in hits] == ["prescription"]
     receipt_hits = store.search(rrn=rrn, name="가", period_from="2024-01-01", period_to="2024-12-31").hits
     assert receipt_hits[0].total_amount_krw == 64500 and receipt_hits[0].care_period == {
-        "start": "2024-03-14", "end": "2024-03-14"}
+        "start": "2024-03-14",
+        "end": "2024-03-14",
+    }
 
 
 def test_search_results_sorted_by_issued_on_then_id(store: Store) -> None:
@@ -60,11 +86,15 @@ def test_search_results_sorted_by_issued_on_then_id(store: Store) -> None:
 
 
 def test_quarantine_entry_round_trip_keeps_name_only_encrypted(store: Store) -> None:
-    qid = store.quarantine_add(b"\x00bad bytes", {"rules": ["R-002"], "records": [None]}, "홍길동_영수증.json")
+    qid = store.quarantine_add(
+        b"\x00bad bytes", {"rules": ["R-002"], "records": [None]}, "홍길동_영수증.json"
+    )
     [entry] = store.quarantine_list()
     assert entry.qid == qid and entry.reason["rules"] == ["R-002"] and entry.size == 10
     item = store.quarantine_get(qid)
-    assert item is not None and item.original_name == "홍길동_영수증.json" and item.content == b"\x00bad bytes"
+    assert (
+        item is not None and item.original_name == "홍길동_영수증.json" and item.content == b"\x00bad bytes"
+    )
     assert "홍길동" not in repr(item)
     assert store.quarantine_remove(qid) and store.quarantine_list() == []
     assert store.quarantine_get(qid) is None
@@ -78,14 +108,19 @@ def test_replay_check_and_insert_is_atomic_and_forgets_after_24h(store: Store) -
     def worker() -> None:
         barrier.wait()
         results.append(store.replay_check_and_insert("0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10", now))
+
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sorted(results) == [False] * 7 + [True]
-    assert not store.replay_check_and_insert("0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10", now + dt.timedelta(hours=23))
-    assert store.replay_check_and_insert("0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10", now + dt.timedelta(hours=24, seconds=1))
+    assert not store.replay_check_and_insert(
+        "0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10", now + dt.timedelta(hours=23)
+    )
+    assert store.replay_check_and_insert(
+        "0b6c2f3e-7d0a-4c1e-9a51-3f1f5f2d8a10", now + dt.timedelta(hours=24, seconds=1)
+    )
 
 
 def test_replay_ids_survive_reopen(config, store: Store) -> None:
@@ -93,6 +128,7 @@ def test_replay_ids_survive_reopen(config, store: Store) -> None:
     assert store.replay_check_and_insert("01JBX5B3W8Q6E2N4T7Y9R1K3M5", now)
     store.close()
     from tests.store.storehelp import open_store
+
     again = open_store(config)
     try:
         assert not again.replay_check_and_insert("01JBX5B3W8Q6E2N4T7Y9R1K3M5", now)
@@ -104,11 +140,21 @@ def test_binding_create_extend_conflict_and_expire(store: Store) -> None:
     t0 = dt.datetime(2025, 11, 3, tzinfo=dt.UTC)
     a = store.binding_upsert("CLM-1", consent_id="CNS-1", subject_ref="a" * 64, add_ids=["doc_1"], now=t0)
     assert not a.conflict and a.binding is not None and a.binding.allowed_ids == {"doc_1"}
-    b = store.binding_upsert("CLM-1", consent_id="CNS-1", subject_ref="a" * 64, add_ids=["doc_2"],
-                             now=t0 + dt.timedelta(minutes=30))
+    b = store.binding_upsert(
+        "CLM-1",
+        consent_id="CNS-1",
+        subject_ref="a" * 64,
+        add_ids=["doc_2"],
+        now=t0 + dt.timedelta(minutes=30),
+    )
     assert b.binding is not None and b.binding.allowed_ids == {"doc_1", "doc_2"}
-    assert store.binding_upsert("CLM-1", consent_id="CNS-1", subject_ref="b" * 64, add_ids=["doc_9"],
-                                now=t0 + dt.timedelta(minutes=31)).conflict
+    assert store.binding_upsert(
+        "CLM-1",
+        consent_id="CNS-1",
+        subject_ref="b" * 64,
+        add_ids=["doc_9"],
+        now=t0 + dt.timedelta(minutes=31),
+    ).conflict
     assert store.binding_get("CLM-1", t0 + dt.timedelta(minutes=89)) is not None
     assert store.binding_get("CLM-1", t0 + dt.timedelta(minutes=91)) is None
     assert store.binding_prune(t0 + dt.timedelta(minutes=91)) == 1

@@ -63,12 +63,21 @@ def test_rrn_change_on_new_version_is_r014(store: Store) -> None:
     assert out.outcome == QUARANTINED and out.problems[0].rule == "R-014"
 
 
-def test_cancellation_is_a_version_keeping_previous_content_with_hash_of_the_record_as_received(store: Store) -> None:
+def test_cancellation_is_a_version_keeping_previous_content_with_hash_of_the_record_as_received(
+    store: Store,
+) -> None:
     first = commit_docs(store, [make_doc(0)])
     doc_id = first.doc_ids[0]
-    cancel = {"schema_version": "1.0", "document_type": "receipt", "document_no": "T00000000", "version": 2,
-              "status": "cancelled", "issued_on": "2025-03-14",
-              "institution": {"ykiho": "99000001", "name": "예시가정의원"}, "patient": {"name": make_doc(0)["patient"]["name"]}}
+    cancel = {
+        "schema_version": "1.0",
+        "document_type": "receipt",
+        "document_no": "T00000000",
+        "version": 2,
+        "status": "cancelled",
+        "issued_on": "2025-03-14",
+        "institution": {"ykiho": "99000001", "name": "예시가정의원"},
+        "patient": {"name": make_doc(0)["patient"]["name"]},
+    }
     out = commit_docs(store, [cancel])
     assert out.outcome == SUPERSEDED
     current = store.get_current(doc_id)
@@ -76,6 +85,7 @@ def test_cancellation_is_a_version_keeping_previous_content_with_hash_of_the_rec
     assert current.document["total_charge"] == 64500  # previous content kept for audit
     assert current.document["patient"]["rrn"] == make_doc(0)["patient"]["rrn"]
     from agent.documents.canonical import content_hash
+
     assert current.content_hash == content_hash(cancel)
     # Re-exported identical cancellation: duplicate.
     assert commit_docs(store, [cancel], path="/again").outcome == DUPLICATE
@@ -85,7 +95,9 @@ def test_cancellation_is_a_version_keeping_previous_content_with_hash_of_the_rec
     assert [v.is_current for v in store.history(doc_id)] == [False, True]
 
 
-def test_cancellation_for_unknown_key_is_stored_with_w012_and_later_lower_original_conflicts(store: Store) -> None:
+def test_cancellation_for_unknown_key_is_stored_with_w012_and_later_lower_original_conflicts(
+    store: Store,
+) -> None:
     cancel = make_doc(3, version=5, status="cancelled")
     out = commit_docs(store, [cancel])
     assert out.outcome == ACCEPTED and [w.rule for w in out.warnings] == ["W-012"]
@@ -121,6 +133,7 @@ def test_ledger_knows_files_by_digest_and_by_path_size_mtime(store: Store) -> No
     import hashlib
 
     from tests.store.storehelp import file_of
+
     data = file_of([make_doc(1)])
     sha = hashlib.sha256(data).hexdigest()
     assert store.file_known(sha) and not store.file_known("0" * 64)
@@ -139,8 +152,12 @@ def test_counts_for_status(store: Store) -> None:
     c = store.counts()
     assert c["documents"] == {"current_active": 3, "current_cancelled": 0, "versions_total": 4}
     ing = c["ingest"]
-    assert (ing["files_accepted"], ing["files_duplicate"], ing["files_quarantined"], ing["records_committed"]) == \
-        (2, 1, 1, 4)
+    assert (
+        ing["files_accepted"],
+        ing["files_duplicate"],
+        ing["files_quarantined"],
+        ing["records_committed"],
+    ) == (2, 1, 1, 4)
     assert ing["last_commit_at"] == "2025-11-03T05:12:00Z"
 
 
@@ -165,8 +182,12 @@ def test_a_files_look_ups_are_batched_not_one_query_per_record(config, clock, tm
     """Insert throughput: the number of SELECTs of a commit does not grow with its records."""
     from tests.store.storehelp import make_config
 
-    small = _selects_traced(config, clock, [[make_doc(i) for i in range(4)],
-                                            [make_doc(i, version=2) for i in range(4)]])
-    large = _selects_traced(make_config(tmp_path / "large"), clock, [[make_doc(i) for i in range(400)],
-                                                                     [make_doc(i, version=2) for i in range(400)]])
+    small = _selects_traced(
+        config, clock, [[make_doc(i) for i in range(4)], [make_doc(i, version=2) for i in range(4)]]
+    )
+    large = _selects_traced(
+        make_config(tmp_path / "large"),
+        clock,
+        [[make_doc(i) for i in range(400)], [make_doc(i, version=2) for i in range(400)]],
+    )
     assert large == small  # new documents, then a new version of each: same statement count

@@ -39,8 +39,9 @@ class ReadBack:
 
 def read_back(f: SynthFile, received_at: dt.datetime = RECEIVED_AT) -> ReadBack:
     result = read_export(f.data, file_name=f.name)
-    records = [(r.index, r.document, validate_document(r.document, received_at=received_at))
-               for r in result.records]
+    records = [
+        (r.index, r.document, validate_document(r.document, received_at=received_at)) for r in result.records
+    ]
     return ReadBack(list(result.problems), records)
 
 

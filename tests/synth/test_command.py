@@ -35,7 +35,9 @@ def test_synth_is_deterministic_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_synth_forces_format_and_encoding(tmp_path: Path) -> None:
-    result = run_cli("synth", "--out", str(tmp_path), "--count", "40", "--format", "csv", "--encoding", "cp949")
+    result = run_cli(
+        "synth", "--out", str(tmp_path), "--count", "40", "--format", "csv", "--encoding", "cp949"
+    )
     assert result.code == 0, result.stderr
     files = [p for p in tmp_path.iterdir() if p.name != MANIFEST_NAME]
     assert files and all(p.suffix == ".csv" for p in files)

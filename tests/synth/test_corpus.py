@@ -64,9 +64,15 @@ def test_mixture_at_count_500(seed: int) -> None:
     cancelled = [d for d in docs if d["status"] == "cancelled"]
     assert any("lines" not in d for d in cancelled), "a §9.4 minimal cancellation record"
     assert any("lines" in d for d in cancelled), "a full record with status cancelled"
-    assert any(ln["line_type"] == "rounding_adjustment" for d in active
-               if d["document_type"] == "receipt_detail" for ln in d["lines"])
-    assert any(ln["kind"] == "injection" for d in active if d["document_type"] == "prescription" for ln in d["lines"])
+    assert any(
+        ln["line_type"] == "rounding_adjustment"
+        for d in active
+        if d["document_type"] == "receipt_detail"
+        for ln in d["lines"]
+    )
+    assert any(
+        ln["kind"] == "injection" for d in active if d["document_type"] == "prescription" for ln in d["lines"]
+    )
     assert any(d["totals"]["full_self_pay"] > 0 for d in active if d["document_type"] == "pharmacy_receipt")
     outcomes = collections.Counter(f.expected["outcome"] for f in files)
     assert outcomes["accepted"] and outcomes["superseded"] and outcomes["duplicate"] >= 2
@@ -93,15 +99,20 @@ def test_higher_versions_arrive_in_later_files_than_the_original() -> None:
 
 
 def test_cancellations_of_a_receipt_also_cancel_its_statement() -> None:
-    cancelled = {natural_key(d) for f in _files(1500, 7) for _, d, _ in read_back(f).records
-                 if d["status"] == "cancelled"}
+    cancelled = {
+        natural_key(d)
+        for f in _files(1500, 7)
+        for _, d, _ in read_back(f).records
+        if d["status"] == "cancelled"
+    }
     receipts = {(k[0], k[2]) for k in cancelled if k[1] == "receipt"}
     details = {(k[0], k[2]) for k in cancelled if k[1] == "receipt_detail"}
     assert details and details <= receipts  # a statement is cancelled only with its receipt (W-512)
 
 
-@pytest.mark.parametrize(("fmt", "encoding"), [("csv", "cp949"), ("xml", "utf-8"), ("jsonl", "cp949"),
-                                                ("json", "utf-8")])
+@pytest.mark.parametrize(
+    ("fmt", "encoding"), [("csv", "cp949"), ("xml", "utf-8"), ("jsonl", "cp949"), ("json", "utf-8")]
+)
 def test_format_and_encoding_can_be_forced(fmt: str, encoding: str) -> None:
     files = _files(150, 2, format=fmt, encoding=encoding)
     assert {f.expected["format"] for f in files} == {fmt}

@@ -117,7 +117,11 @@ def test_layouts_match_their_era_and_drg_receipts_carry_a_bundle_line() -> None:
 def test_pharmacy_receipts_follow_their_prescription() -> None:
     docs = generate_documents(600, seed=4)
     prescriptions = {d["document_no"]: d for d in docs if d["document_type"] == "prescription"}
-    linked = [d for d in docs if d["document_type"] == "pharmacy_receipt" and d["prescription_issue_no"] in prescriptions]
+    linked = [
+        d
+        for d in docs
+        if d["document_type"] == "pharmacy_receipt" and d["prescription_issue_no"] in prescriptions
+    ]
     assert linked
     u_coded = 0
     for ph in linked:
@@ -125,7 +129,10 @@ def test_pharmacy_receipts_follow_their_prescription() -> None:
         issued = dt.date.fromisoformat(rx["issued_on"])
         dispensed = dt.date.fromisoformat(ph["dispensed_on"])
         assert issued <= dispensed <= issued + dt.timedelta(days=rx["valid_days"] - 1)
-        assert ph["prescribing_institution"] == {"name": rx["institution"]["name"], "ykiho": rx["institution"]["ykiho"]}
+        assert ph["prescribing_institution"] == {
+            "name": rx["institution"]["name"],
+            "ykiho": rx["institution"]["ykiho"],
+        }
         if any(ln.get("copay_rate_code") == "U" for ln in rx["lines"]):
             u_coded += 1
             assert ph["totals"]["full_self_pay"] > 0
