@@ -21,6 +21,17 @@ from agent.store.models import QUARANTINED, FileFingerprint, FileOutcome
 RETRY_KEY = "ingest.retry."  # kv marker: an R-001 entry was retried; look at the file again
 
 
+def storable_name(name: str) -> str:
+    """A file name as text that can be encrypted and hashed: names that are not valid in the file
+    system's encoding arrive with surrogate escapes (os.fsdecode), which UTF-8 cannot encode; they
+    are kept as backslash escapes of the original bytes (deterministic, so lookups still match)."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclasses.dataclass(frozen=True)
 class CommitResult:
     outcome: str
@@ -39,7 +50,7 @@ class IngestStore:
     # -- identities ------------------------------------------------------------------------------
     @staticmethod
     def _path(root: Path, relpath: str) -> str:
-        return f"{Path(root)}/{relpath}"
+        return storable_name(f"{Path(root)}/{relpath}")
 
     def fingerprint(
         self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int, sha256: str
@@ -127,7 +138,7 @@ class IngestStore:
         content: bytes,
         watch_index: int = 0,
     ) -> str:
-        return str(self.store.quarantine_add(content, reason, original_name, fingerprint=fp))
+        return str(self.store.quarantine_add(content, reason, storable_name(original_name), fingerprint=fp))
 
     def too_large_known(self, watch_index: int, root: Path, relpath: str, size: int, mtime_ns: int) -> bool:
         return self.known_fingerprint(watch_index, root, relpath, size, mtime_ns)
@@ -141,4 +152,4 @@ class IngestStore:
         )
         self.store.kv_set(RETRY_KEY + reason["path_hmac"], "")  # any earlier retry is used up
         fp = FileFingerprint(path, size, mtime_ns, "")
-        return str(self.store.quarantine_add(None, reason, relpath, fingerprint=fp))
+        return str(self.store.quarantine_add(None, reason, storable_name(relpath), fingerprint=fp))

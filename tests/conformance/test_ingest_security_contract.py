@@ -432,12 +432,6 @@ def test_control_characters_in_file_name_quarantined(hostile):
     assert after["versions"] == before["versions"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEVIATION: security.md §9 a file name with invalid encoding is not "
-    "quarantined: processing fails (UnicodeEncodeError in store) and is retried for ever, "
-    "status shows it deferred and ingest paused",
-)
 def test_invalid_encoding_file_name_quarantined(hostile):
     n0 = len(hostile.inst.quarantine())
     before = counters(hostile.inst.status())
