@@ -38,6 +38,11 @@ def render_status_html(status: dict[str, Any]) -> str:
     unreachable = [w for w in status.get("watch") or [] if not w.get("reachable")]
     if unreachable:
         problems.append(f"{len(unreachable)} watch folder(s) unreachable (감시 폴더 접근 불가).")
+    if ingest.get("paused"):
+        problems.append(
+            "Ingest is paused: the data disk is full or the store is unavailable (수신 일시 중지); "
+            "files wait in the folder and are taken when space returns."
+        )
     if ingest.get("files_quarantined"):
         problems.append(
             f"{ingest['files_quarantined']:,} file(s) in quarantine: run `silson-agent quarantine list`."
