@@ -29,6 +29,7 @@ nothing is forgotten while a share is away.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -133,6 +134,29 @@ class FolderScanner:
         # (mtime_ns, relpath) of the oldest file still settling at the last scan, None if none:
         # a signalled file newer than it must wait for it (read from the observer thread).
         self.oldest_unready: tuple[int, str] | None = None
+        # Sentinels whose file is gone (read before the sentinel came): relpath -> first seen (monotonic).
+        self._orphans: dict[str, float] = {}
+
+    def _remove_orphan_sentinels(self, listing: dict[str, os.stat_result], sentinels: dict[str, str]) -> None:
+        """exports.md §1: the sentinel is removed with its file. A sentinel that arrives after its
+        file was already read and acknowledged (a folder that had not shown a sentinel before
+        reads closed files at once) is removed once its file has stayed absent for
+        ``settle`` + one scan interval — long enough for an EMR that writes the sentinel first.
+        Keep mode leaves files and sentinels in place."""
+        if self.watch.source_mode != "move":
+            return
+        now = self._mono()
+        orphans = {sent: target for target, sent in sentinels.items() if target not in listing}
+        for sent in list(self._orphans):
+            if sent not in orphans:
+                del self._orphans[sent]
+        grace = self.watch.settle + self.watch.scan_interval
+        for sent in orphans:
+            first = self._orphans.setdefault(sent, now)
+            if now - first >= grace:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / sent)  # an empty marker: nothing to lose
+                self._orphans.pop(sent, None)
 
     # -- reachability -------------------------------------------------------------------------
     def _check_root(self) -> bool:
@@ -260,6 +284,7 @@ class FolderScanner:
                 self._on_sentinel_seen(self.index)
         for gone in set(self.files) - set(listing):
             self.files.pop(gone, None)  # (the worker may have forgotten it meanwhile)
+        self._remove_orphan_sentinels(listing, sentinels)
         with self._signals_lock:
             for gone in set(self._signals) - set(listing):
                 del self._signals[gone]

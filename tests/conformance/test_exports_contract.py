@@ -632,11 +632,6 @@ def test_sentinel_auto(tmp_path):
         d.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEVIATION: exports.md §1.2 a sentinel arriving just after its "
-    "(already read) file is never removed; it stays in the watch folder for ever",
-)
 def test_sentinel_written_after_its_file_is_removed_too(tmp_path):
     """exports.md §1.2: write name.json, then an empty name.json.done; the sentinel is removed with its
     file. In a folder that has not seen a sentinel yet the closed file is read at once (no needless
