@@ -171,6 +171,15 @@ class Prefetcher:
             self.broken()
             return None
 
+    def workers_alive(self) -> bool:
+        """False when a pool process has died. ProcessPoolExecutor normally fails the pending futures
+        then, but not always in time (seen with the forkserver context): the waiter checks this."""
+        pool = self._pool
+        if pool is None:
+            return False
+        processes = getattr(pool, "_processes", None) or {}
+        return all(p.is_alive() for p in list(processes.values()))
+
     def broken(self) -> None:
         """A worker died (killed, out of memory): drop the pool; the next backlog makes a new one."""
         pool, self._pool, self._warm = self._pool, None, None

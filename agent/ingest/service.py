@@ -419,6 +419,17 @@ class IngestService:
         args, kwargs = self.processor.prepare_args(item)
         return _InHand(item, self.prefetch.submit(args, kwargs))
 
+    def _wait_prepared(self, future: concurrent.futures.Future[Prepared]) -> Prepared | None:
+        """The look-ahead result, without ever hanging: a dead worker or a stop request ends the wait
+        and the file is prepared in-process instead (the commit order is unchanged)."""
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                if not self.prefetch.workers_alive() or self._stop.is_set():
+                    self.prefetch.broken()
+                    return None
+
     def _finish(self, head: _InHand) -> ProcessResult:
         """Wait for (or do) the preparation, then commit + acknowledge — strictly in order."""
         self.current = (head.item.watch_index, head.item.relpath)
@@ -426,7 +437,7 @@ class IngestService:
             prepared: Prepared | None = None
             if head.future is not None:
                 try:
-                    prepared = head.future.result()
+                    prepared = self._wait_prepared(head.future)
                 except (BrokenProcessPool, concurrent.futures.CancelledError):
                     self.prefetch.broken()
                 except Exception:  # e.g. a result that could not cross the process boundary
