@@ -37,19 +37,28 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 def make_ca(
-    cn: str, *, days: int = 3650, key: PrivateKey | None = None, not_before: dt.datetime | None = None
+    cn: str,
+    *,
+    days: int = 3650,
+    key: PrivateKey | None = None,
+    not_before: dt.datetime | None = None,
+    issuer: tuple[PrivateKey, x509.Certificate] | None = None,
 ) -> tuple[PrivateKey, x509.Certificate]:
+    """A self-signed root CA, or with ``issuer=(key, cert)`` an intermediate CA it signs
+    (path length 0: it issues leaves only)."""
     key = key or new_key()
     start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    cert = (
+    subject = _name(cn, "silson-agent test")
+    signer_key = issuer[0] if issuer else key
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn, "silson-agent test"))
-        .issuer_name(_name(cn, "silson-agent test"))
+        .subject_name(subject)
+        .issuer_name(issuer[1].subject if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0 if issuer else None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -65,9 +74,12 @@ def make_ca(
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
     )
-    return key, cert
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False
+        )
+    return key, builder.sign(signer_key, hashes.SHA256())
 
 
 def make_cert(

@@ -100,48 +100,6 @@ def new_token() -> str:
     return "ENR-" + "-".join(_crockford(4) for _ in range(7))
 
 
-def _intermediate(root_key: Any, root: x509.Certificate, cn: str) -> tuple[Any, x509.Certificate]:
-    key = pki.new_key()
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "silson relay simulator"),
-                ]
-            )
-        )
-        .issuer_name(root.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
-        )
-        .sign(root_key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def _san_for(host: str) -> list[x509.GeneralName]:
     try:
         return [x509.IPAddress(ipaddress.ip_address(host))]
@@ -228,7 +186,9 @@ class RelaySimulator:
         self._lock = threading.RLock()
         # -- PKI -------------------------------------------------------------------------------
         self.root_key, self.root = pki.make_ca("sim relay-server root CA")
-        self.issuing_key, self.issuing_ca = _intermediate(self.root_key, self.root, "sim agent issuing CA")
+        self.issuing_key, self.issuing_ca = pki.make_ca(
+            "sim agent issuing CA", issuer=(self.root_key, self.root)
+        )
         self.client_ca_key, self.client_ca = pki.make_ca("sim relay-client CA")
         self.rogue_key, self.rogue_ca = pki.make_ca("sim rogue CA")
         https_key, https_cert = pki.make_cert(
