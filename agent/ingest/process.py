@@ -94,6 +94,33 @@ class Prepared:
     check: FileCheck | None = None  # None when not read, or for an unsafe name (never parsed)
 
 
+@dataclasses.dataclass
+class InFlight:
+    """A file whose commit is queued on the store's writer thread (``FileProcessor.begin``)."""
+
+    ready: Ready
+    root: Path
+    name: str
+    prep: Prepared
+    fid: str
+    fingerprint: Any
+    pending: Any  # storeport.PendingResult
+
+    def done(self) -> bool:
+        return bool(self.pending.done())
+
+
+def _deferred(exc: Exception, fid: str) -> ProcessResult:
+    if isinstance(exc, DiskFullError):
+        log.warning("disk full: file deferred, nothing consumed", extra={"file_id": fid})
+        cause = CAUSE_DISK
+    else:
+        log.warning("store unavailable: file deferred", extra={"file_id": fid})
+        cause = CAUSE_STORE
+    FILES.labels("deferred").inc()
+    return ProcessResult(DEFERRED, fid, cause=cause)
+
+
 def prepare(
     ready: Ready,
     root: Path,
@@ -194,6 +221,13 @@ class FileProcessor:
 
     def commit(self, prep: Prepared) -> ProcessResult:
         """Stage 2: decide, commit, acknowledge (see the module docstring)."""
+        started = self.begin(prep)
+        return self.finish(started) if isinstance(started, InFlight) else started
+
+    def begin(self, prep: Prepared) -> ProcessResult | InFlight:
+        """Stage 2a: decide; a file to be stored has its commit queued and comes back `InFlight`
+        (the caller may begin the next file meanwhile, then calls ``finish`` in the same order).
+        Anything else (quarantine, duplicate, recovered, abandoned …) is done here and now."""
         ready = prep.ready
         if prep.status == TOO_LARGE:
             return self._too_large(ready, prep.size, prep.mtime_ns)
@@ -214,14 +248,30 @@ class FileProcessor:
         )
         try:
             return self._decide(ready, root, name, prep, fid, fingerprint)
-        except DiskFullError:
-            log.warning("disk full: file deferred, nothing consumed", extra={"file_id": fid})
-            FILES.labels("deferred").inc()
-            return ProcessResult(DEFERRED, fid, cause=CAUSE_DISK)
-        except UnavailableError:
-            log.warning("store unavailable: file deferred", extra={"file_id": fid})
-            FILES.labels("deferred").inc()
-            return ProcessResult(DEFERRED, fid, cause=CAUSE_STORE)
+        except (DiskFullError, UnavailableError) as exc:
+            return _deferred(exc, fid)
+
+    def finish(self, flight: InFlight) -> ProcessResult:
+        """Stage 2b: wait until the queued commit is durable, then acknowledge the file."""
+        ready, root, prep, fid, fingerprint = flight.ready, flight.root, flight.prep, flight.fid, flight.fingerprint
+        try:
+            result = flight.pending.result()
+            if result.outcome == "quarantined":  # R-010 / R-014 found against the stored versions
+                return self._quarantine(ready, root, flight.name, prep, fid, fingerprint, result.problems)
+        except (DiskFullError, UnavailableError) as exc:
+            return _deferred(exc, fid)
+        watch = self.config.watch[ready.watch_index]
+        FILES.labels(result.outcome).inc()
+        if result.versions_stored and prep.check is not None:
+            for doc_type, count in _type_counts(prep.check).items():
+                RECORDS.labels(doc_type).inc(count)
+        INGEST_LAG.observe(max(0.0, time.time() - prep.mtime_ns / 1e9))
+        self._acknowledge(ready, root, fingerprint, watch.source_mode, fid, prep)
+        log.info(
+            "file ingested",
+            extra={"file_id": fid, "outcome": result.outcome, "records": result.versions_stored},
+        )
+        return ProcessResult(result.outcome, fid, result.versions_stored)
 
     @staticmethod
     def _unchanged_since_read(root: Path, relpath: str, prep: Prepared) -> bool:
@@ -232,7 +282,7 @@ class FileProcessor:
     # -- the decision -----------------------------------------------------------------------------
     def _decide(
         self, ready: Ready, root: Path, name: str, prep: Prepared, fid: str, fingerprint: Any
-    ) -> ProcessResult:
+    ) -> ProcessResult | InFlight:
         watch = self.config.watch[ready.watch_index]
         prior = self.store.ledger_outcome(prep.sha256)
         if prior is not None:
@@ -261,22 +311,10 @@ class FileProcessor:
         if not check.ok:
             return self._quarantine(ready, root, name, prep, fid, fingerprint, check.errors)
 
-        result = self.store.commit(
+        pending = self.store.submit(
             fingerprint, check, file_name=name, content=prep.data, profile_name=watch.profile
         )
-        if result.outcome == "quarantined":  # R-010 / R-014 found against the stored versions
-            return self._quarantine(ready, root, name, prep, fid, fingerprint, result.problems)
-        FILES.labels(result.outcome).inc()
-        if result.versions_stored:
-            for doc_type, count in _type_counts(check).items():
-                RECORDS.labels(doc_type).inc(count)
-        INGEST_LAG.observe(max(0.0, time.time() - prep.mtime_ns / 1e9))
-        self._acknowledge(ready, root, fingerprint, watch.source_mode, fid, prep)
-        log.info(
-            "file ingested",
-            extra={"file_id": fid, "outcome": result.outcome, "records": result.versions_stored},
-        )
-        return ProcessResult(result.outcome, fid, result.versions_stored)
+        return InFlight(ready, root, name, prep, fid, fingerprint, pending)
 
     def _quarantine(
         self,

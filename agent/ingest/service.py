@@ -8,14 +8,18 @@
   complete by an event (renamed in, closed) skips ``settle`` and the wait for the next scan, and
   is queued at once when no older file of its folder is still settling; otherwise the scan
   releases it right after the older ones.
-- The **worker thread** commits one file at a time, in that order. During a backfill the next
-  few files are read and validated ahead in worker processes (``agent.ingest.prefetch``);
-  memory stays bounded by the look-ahead.
+- The **worker thread** decides one file at a time, in that order, and queues its commit on the
+  store's writer thread; it decides the next file while the writer commits (the writer groups
+  queued files into one COMMIT, each in its own savepoint). A file is acknowledged (moved away /
+  fingerprinted) only after its commit is durable, and results are reported in file order. At
+  most ``MAX_IN_FLIGHT`` files are queued. During a backfill the next few files are read and
+  validated ahead in worker processes (``agent.ingest.prefetch``); memory stays bounded by the
+  look-ahead and the in-flight limit.
 - **Deferred** files: a folder that is unreachable or a file that failed unexpectedly is retried
   with backoff; a full disk or an unavailable store pauses the worker as a whole (the files in
   hand go back to the queue, in order) and retries with backoff. Status shows them as pending.
 
-``stop()`` lets the worker finish the file in hand, then returns (SIGTERM → clean exit); files
+``stop()`` lets the worker finish the files being committed, then returns (SIGTERM → clean exit); files
 read ahead but not committed are simply read again next time.
 """
 
@@ -55,6 +59,8 @@ PROFILE_CHECK_EVERY = 1.0  # seconds between checks of the profile files for cha
 HINT_DEBOUNCE = 0.2  # a burst of change events causes one scan, not thousands
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+MAX_IN_FLIGHT = 16  # files whose commit is queued on the store's writer, not yet acknowledged …
+MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024  # … and at most this much of their content
 SYNC_EVERY_FILES = 64  # folder fsync after this many acknowledged files in a burst …
 SYNC_EVERY_S = 1.0  # … or this long after the first unsynced unlink
 PROGRESS_LINE_EVERY = 10.0  # seconds between plain progress lines when stderr is not a terminal
@@ -368,31 +374,90 @@ class IngestService:
     # -- worker thread -------------------------------------------------------------------------------
     def _work_loop(self) -> None:
         in_hand: collections.deque[_InHand] = collections.deque()
+        # Files whose commit is queued on the store's writer, oldest first: the next file is
+        # decided while the writer commits (and fsyncs) the previous ones, often in one group
+        # commit; each is acknowledged only once its commit is durable, strictly in order.
+        flying: collections.deque[tuple[_InHand, proc.InFlight]] = collections.deque()
         try:
             while not self._stop.is_set():
                 if self._paused_wait():
                     continue
+                if flying and not in_hand and not self.queue.waiting():
+                    if not self._land(flying, in_hand, wait=len(flying)):  # nothing to overlap
+                        continue
                 self._take(in_hand)
+                full = len(flying) >= MAX_IN_FLIGHT or (
+                    flying and sum(h.item.size for h, _ in flying) >= MAX_IN_FLIGHT_BYTES
+                )
+                if flying and not self._land(flying, in_hand, wait=1 if full else 0):
+                    continue
                 if not in_hand:
                     self._idle()
                     continue
                 head = in_hand.popleft()
-                result = self._finish(head)
-                if result.outcome == proc.DEFERRED and result.cause in proc.GLOBAL_CAUSES:
+                result = self._begin(head)
+                if isinstance(result, proc.InFlight):
+                    flying.append((head, result))
+                    continue
+                # Done here and now (quarantine, duplicate …): results are reported in file order.
+                if flying and not self._land(flying, in_hand, wait=len(flying)):
+                    if not self._complete(head, result):  # paused anyway: back in the queue
+                        self.queue.release([head.item])
+                    continue
+                if not self._complete(head, result):
                     self._pause([head, *in_hand])
                     in_hand.clear()
-                    continue
-                handled = result.outcome in _HANDLED
-                self.queue.done(head.item, handled_at=time.monotonic() if handled else None)
-                self._after(head.item, result)
-                self._sync_dirs_if_due()
         finally:
-            # Stopping: what was read ahead is not committed; it stays in the folder, untouched.
+            # Stopping: what is being committed is finished and acknowledged; what was read ahead
+            # is not committed, it stays in the folder, untouched.
+            stalled: list[_InHand] = []
+            while flying:
+                head, flight = flying.popleft()
+                result = self._finish_flight(flight)
+                if not self._complete(head, result):
+                    stalled.append(head)
             for left in in_hand:
                 if left.future is not None:
                     left.future.cancel()
-            self.queue.release([left.item for left in in_hand])
+            self.queue.release([left.item for left in [*stalled, *in_hand]])
             self.processor.sync_dirs()
+
+    def _land(
+        self,
+        flying: collections.deque[tuple[_InHand, proc.InFlight]],
+        in_hand: collections.deque[_InHand],
+        *,
+        wait: int,
+    ) -> bool:
+        """Finish the in-flight commits that are durable (waiting for the oldest ``wait`` of them),
+        in order. Disk full / store unavailable: the rest are finished too (each either committed
+        or not), then the worker pauses with every file not committed back in the queue; returns
+        False then."""
+        stalled: list[_InHand] = []
+        while flying:
+            head, flight = flying[0]
+            if wait <= 0 and not stalled and not flight.done():
+                break
+            flying.popleft()
+            wait -= 1
+            result = self._finish_flight(flight)
+            if not self._complete(head, result):
+                stalled.append(head)
+        if not stalled:
+            return True
+        self._pause([*stalled, *in_hand])
+        in_hand.clear()
+        return False
+
+    def _complete(self, head: _InHand, result: ProcessResult) -> bool:
+        """Report one file's result; False (nothing reported) when it must wait for disk/store."""
+        if result.outcome == proc.DEFERRED and result.cause in proc.GLOBAL_CAUSES:
+            return False
+        handled = result.outcome in _HANDLED
+        self.queue.done(head.item, handled_at=time.monotonic() if handled else None)
+        self._after(head.item, result)
+        self._sync_dirs_if_due()
+        return True
 
     def _take(self, in_hand: collections.deque[_InHand]) -> None:
         """Top up the files in hand: one at a time normally, a bounded look-ahead in a backfill."""
@@ -430,8 +495,8 @@ class IngestService:
                     self.prefetch.broken()
                     return None
 
-    def _finish(self, head: _InHand) -> ProcessResult:
-        """Wait for (or do) the preparation, then commit + acknowledge — strictly in order."""
+    def _begin(self, head: _InHand) -> ProcessResult | proc.InFlight:
+        """Wait for (or do) the preparation, then decide: queue the commit, or finish here."""
         self.current = (head.item.watch_index, head.item.relpath)
         try:
             prepared: Prepared | None = None
@@ -445,12 +510,19 @@ class IngestService:
             if prepared is None:
                 self.refresh_profile(head.item.watch_index)
                 prepared = self.processor.prepare(head.item)
-            return self.processor.commit(prepared)
+            return self.processor.begin(prepared)
         except Exception:
             log.error("processing failed; the file stays and is retried", exc_info=True)
             return ProcessResult(proc.DEFERRED, cause=proc.CAUSE_ERROR)
         finally:
             self.current = None
+
+    def _finish_flight(self, flight: proc.InFlight) -> ProcessResult:
+        try:
+            return self.processor.finish(flight)
+        except Exception:
+            log.error("processing failed; the file stays and is retried", exc_info=True)
+            return ProcessResult(proc.DEFERRED, cause=proc.CAUSE_ERROR)
 
     def _pause(self, in_hand: list[_InHand]) -> None:
         """Disk full / store unavailable: every file would fail alike. Put the files in hand back

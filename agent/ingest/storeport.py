@@ -39,6 +39,22 @@ class CommitResult:
     problems: list[Any]
 
 
+class PendingResult:
+    """A queued file commit (``IngestStore.submit``)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending: Any) -> None:
+        self.pending = pending
+
+    def done(self) -> bool:
+        return bool(self.pending.done())
+
+    def result(self) -> CommitResult:
+        outcome: FileOutcome = self.pending.result()
+        return CommitResult(outcome.outcome, outcome.versions_stored, list(outcome.problems))
+
+
 class IngestStore:
     """Ingest's view of the store."""
 
@@ -116,14 +132,19 @@ class IngestStore:
     def commit(
         self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes, profile_name: str
     ) -> CommitResult:
+        return self.submit(fp, check, file_name=file_name, content=content, profile_name=profile_name).result()
+
+    def submit(
+        self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes, profile_name: str
+    ) -> PendingResult:
+        """Queue the file's commit; ``result()`` waits until it is durable (see ``Store.submit_file``)."""
         meta = {
             "file_name": file_name,
             "profile": profile_name,
             "format": check.format,
             "encoding": check.encoding,
         }
-        outcome: FileOutcome = self.store.commit_file(fp, check.records, archive=content, file_meta=meta)
-        return CommitResult(outcome.outcome, outcome.versions_stored, list(outcome.problems))
+        return PendingResult(self.store.submit_file(fp, check.records, archive=content, file_meta=meta))
 
     def record_duplicate(self, fp: FileFingerprint) -> None:
         """Same content already committed under another name: a ledger row with outcome duplicate."""

@@ -181,10 +181,23 @@ class Database:
 
     def write(self, fn: Callable[[sqlite3.Connection], T], *, transaction: bool = True) -> T:
         """Run ``fn(conn)`` on the writer thread in one transaction; returns its result."""
+        return self.result(self.submit(fn, transaction=transaction))
+
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, transaction: bool = True
+    ) -> concurrent.futures.Future[T]:
+        """Queue ``fn(conn)`` for the writer thread and return at once; writes run in submission
+        order and the future resolves only after the COMMIT that made it durable. Use
+        ``result(future)`` to wait for it with the store's error mapping."""
         if self._closed:
             raise UnavailableError("the store is closed")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._jobs.put((fn, transaction, future))
+        return future
+
+    @staticmethod
+    def result(future: concurrent.futures.Future[T]) -> T:
+        """Wait for a submitted write; disk full is `DiskFullError` (nothing was committed)."""
         try:
             return future.result()
         except sqlite3.Error as exc:

@@ -22,11 +22,13 @@ Rules it protects:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 import random
 import sqlite3
 import time
@@ -160,6 +162,25 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], bytes]:
     return json.loads(data[4 : 4 + n]), data[4 + n :]
 
 
+class PendingCommit:
+    """A file commit queued on the writer thread (``Store.submit_file``)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future[FileOutcome]) -> None:
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> FileOutcome:
+        """The file's outcome once durably committed (or rolled back as ``quarantined``)."""
+        try:
+            return Database.result(self.future)
+        except _Rollback as rb:
+            return rb.value  # type: ignore[no-any-return]
+
+
 class Store:
     """The store of one installation. Open with ``Store.open(config)``; close (or use ``with``)."""
 
@@ -181,6 +202,7 @@ class Store:
         self.retention_keep_s = retention_keep_s
         self.backup_dir = backup_dir
         self.default_valid_days = default_valid_days  # W-507 (config validation.default_valid_days)
+        self._keys_stamp: int | None = None  # mtime of the key folder at the last KEK refresh
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -286,8 +308,19 @@ class Store:
         raise IntegrityError(f"integrity error: {what}: its key-encryption key {kek_id} is not available")
 
     def _refresh_current_kek(self) -> tuple[str, bytes]:
-        """The newest KEK on disk is current: picks up a rotation done by another process."""
+        """The newest KEK on disk is current: picks up a rotation done by another process.
+
+        The key folder is listed again only when its mtime changed (a rotation adds a file)."""
+        try:
+            stamp = os.stat(self.keyring.keys_dir).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp == self._keys_stamp:
+            return self.keyring.current_kek_id, self.keyring.current_kek
         files = kek_files(self.keyring.keys_dir)
+        # Trusted only once the folder's mtime is safely in the past: a coarse file-system clock
+        # could give a rotation in the same tick the same mtime as this listing.
+        self._keys_stamp = stamp if stamp is not None and time.time_ns() - stamp > 2_000_000_000 else None
         if files:
             newest = max(files, key=lambda k: int(k.split("-")[1]))
             if int(newest.split("-")[1]) > int(self.keyring.current_kek_id.split("-")[1]):
@@ -375,7 +408,23 @@ class Store:
         archive: bytes | None = None,
         file_meta: dict[str, Any] | None = None,
     ) -> FileOutcome:
-        """Commit every record of one file in ONE transaction and return the file's outcome.
+        """Commit every record of one file in ONE transaction and return the file's outcome
+        (``submit_file`` and wait)."""
+        return self.submit_file(fingerprint, records, archive=archive, file_meta=file_meta).result()
+
+    def submit_file(
+        self,
+        fingerprint: FileFingerprint,
+        records: Sequence[Any],
+        *,
+        archive: bytes | None = None,
+        file_meta: dict[str, Any] | None = None,
+    ) -> PendingCommit:
+        """Queue the commit of every record of one file as ONE transaction and return at once.
+
+        Files submitted one after another are committed in that order (the writer may group them
+        into one COMMIT, each in its own savepoint); ``PendingCommit.result()`` returns the file's
+        outcome only once it is durable, so a caller acknowledges a file only after that.
 
         ``records``: ``StoreRecord`` or ``agent.pipeline.ValidatedRecord`` (index, canonical document,
         content hash, warnings), all already valid. ``file_meta``: ``file_name``, ``profile``,
@@ -475,10 +524,7 @@ class Store:
             self._bump_generation(conn)
             return outcome
 
-        try:
-            return self.db.write(job)
-        except _Rollback as rb:
-            return rb.value  # type: ignore[no-any-return]
+        return PendingCommit(self.db.submit(job))
 
     def _load_key_states(self, conn: sqlite3.Connection, ordered: Sequence[_Input]) -> dict[_Key, _KeyState]:
         """What the store holds for every natural key of a file, in a few batched queries."""

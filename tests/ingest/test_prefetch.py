@@ -92,11 +92,11 @@ class _DiskFullOnce(IngestStore):
         super().__init__(store)
         self.failures = failures
 
-    def commit(self, *args, **kwargs):
+    def submit(self, *args, **kwargs):
         if self.failures:
             self.failures -= 1
             raise DiskFullError("disk full while writing the store; nothing was committed")
-        return super().commit(*args, **kwargs)
+        return super().submit(*args, **kwargs)
 
 
 def test_full_disk_pauses_the_worker_and_resumes_in_order(tmp_path: Path):
