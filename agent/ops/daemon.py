@@ -46,6 +46,7 @@ from agent.metrics import JOB_RUNS, exposition
 log = logging.getLogger("agent.daemon")
 
 STATE_FILE = "agent.state.json"
+LOCK_FILE = "agent.lock"  # held (flock) by the running daemon: one per installation
 STATE_REFRESH = 2.0  # seconds between state-file refreshes (status of a running daemon)
 
 
@@ -436,8 +437,39 @@ class Daemon:
         self.admin_address: tuple[str, int] | None = None
         self.notes: list[str] = []
         self.heartbeat: Any = None
+        self._lock_handle: IO[bytes] | None = None
 
     # -- start ---------------------------------------------------------------------------------------
+    def _lock_installation(self) -> None:
+        """One daemon per installation: an exclusive lock on ``data_dir/agent.lock`` held until the
+        process ends (the OS drops it on any exit, SIGKILL included, so it never goes stale)."""
+        from agent.fsutil import ensure_dir
+
+        path = ensure_dir(self.config.data_dir) / LOCK_FILE
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the daemon's lifetime
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UnavailableError(
+                f"another silson-agent is already running on this installation (lock {path} is held); "
+                "stop it first, or use `silson-agent status`"
+            ) from None
+        self._lock_handle = handle
+
+    def _unlock_installation(self) -> None:
+        handle, self._lock_handle = self._lock_handle, None
+        if handle is not None:
+            handle.close()  # closing the file releases the lock
+
     def start(self) -> None:
         os.umask(0o077)  # every file 0600, every dir 0700 (security.md §10); logs chmod themselves
         from agent.ops.logging_setup import setup_logging
@@ -449,6 +481,7 @@ class Daemon:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         except (ImportError, ValueError, OSError):
             pass
+        self._lock_installation()
         from agent.keys import load_keyring
 
         self.keyring = load_keyring(self.config.keys_dir)
@@ -753,6 +786,7 @@ class Daemon:
                 self.audit.close()
             except Exception:
                 pass
+        self._unlock_installation()
         log.info("stopped")
 
 

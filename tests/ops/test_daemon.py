@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -179,3 +181,30 @@ def test_too_large_file_is_ingested_by_the_daemon_after_raising_the_limit_and_re
         assert status["documents"]["versions_total"] == 10
         assert daemon.terminate() == 0
     assert run_cli("quarantine", "list", "--json", "--config", str(toml)).json() == []
+
+
+def test_a_second_run_on_the_same_installation_is_refused_while_the_first_runs(tmp_path: Path):
+    """One daemon per installation: two would both serve the port's store and ingest the folder."""
+    toml = make_installation(tmp_path / "inst", watch={"scan_interval": "1s", "settle": "1s"})
+    with DaemonProcess(toml) as daemon:
+        daemon.start()
+        assert daemon.ready_line()
+        second = subprocess.run(
+            [sys.executable, "-m", "agent", "run", "--config", str(toml)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(toml.parent),
+        )
+        assert second.returncode == 5, second.stderr
+        assert "already running" in second.stderr and "Traceback" not in second.stderr
+        assert daemon.terminate() == 0
+    # The lock dies with its process: after the stop (or a SIGKILL) the next start is allowed.
+    with DaemonProcess(toml) as daemon:
+        daemon.start()
+        assert daemon.ready_line()
+        daemon.kill()
+    with DaemonProcess(toml) as daemon:
+        daemon.start()
+        assert daemon.ready_line()
+        assert daemon.terminate() == 0
