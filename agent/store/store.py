@@ -1275,6 +1275,8 @@ class Store:
                     errors.append(exc.message)
                 except ValueError:
                     errors.append(f"integrity error: {what}: decrypted content is not valid JSON")
+                except TypeError:  # e.g. a ciphertext column rewritten as TEXT
+                    errors.append(f"integrity error: {what}: sealed columns have the wrong type")
         errors.extend(self._verify_consistency())
         return VerifyReport(not errors, result, checked, errors)
 

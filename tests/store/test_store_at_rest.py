@@ -119,6 +119,16 @@ def test_flipping_any_byte_of_a_stored_record_is_an_integrity_error_naming_the_r
     assert not report.ok and any(doc_id in e for e in report.errors)
 
 
+def test_a_ciphertext_rewritten_as_text_is_an_integrity_error_not_a_crash(store: Store) -> None:
+    doc_id = commit_docs(store, [make_doc(0)]).doc_ids[0]
+    raw = sqlite3.connect(store.db.path)
+    raw.execute("UPDATE versions SET ciphertext = CAST(hex(ciphertext) AS TEXT) WHERE doc_id = ?", (doc_id,))
+    raw.commit()
+    raw.close()
+    report = store.verify()
+    assert not report.ok and any(doc_id in e and "wrong type" in e for e in report.errors)
+
+
 def test_swapping_two_rows_ciphertexts_is_detected(store: Store) -> None:
     a, b = commit_docs(store, [make_doc(0), make_doc(1)]).doc_ids
     raw = sqlite3.connect(store.db.path)
