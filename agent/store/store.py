@@ -48,7 +48,7 @@ from agent.store import crypto
 from agent.store.crypto import Sealed
 from agent.store.db import Database, TraceCallback
 from agent.store.ids import new_doc_id, new_entry_id, subject_id_for
-from agent.store.links import CrossEvaluator, LinkRow, link_values
+from agent.store.links import LINK_COLUMNS, CrossEvaluator, LinkRow, link_values
 from agent.store.models import (
     ACCEPTED,
     COMMITTED_OUTCOMES,
@@ -603,6 +603,7 @@ class Store:
                 content,
                 stored_doc,
                 _rules_json([w["rule"] for w in warnings]),
+                canonical=rec.canonical if content is doc else None,
             )
         )
         state.stored.append(StoredVersion(version, rec.content_hash, status))
@@ -663,13 +664,18 @@ class Store:
             conn.executemany(f"UPDATE documents SET {sets} WHERE doc_id = ?", updates)
 
     def _cross_evaluate(
-        self, conn: sqlite3.Connection, changed: Sequence[_KeyState], kek: tuple[str, bytes]
+        self,
+        conn: sqlite3.Connection,
+        changed: Sequence[_KeyState],
+        kek: tuple[str, bytes],
+        gone: Sequence[LinkRow] = (),
     ) -> dict[str, list[Problem]]:
         """W-5xx for the changed documents and their counterparts (documents.md §7), same transaction.
 
         Changed documents get theirs in the pending current version (sealed once, just after); a
         counterpart already stored gets its current version re-sealed (fresh DEK) only when its
-        result changed.
+        result changed. ``gone``: link rows of documents deleted in this transaction (purge) — their
+        former counterparts are evaluated again.
         """
         pending = {s.doc_id: s.pending[-1].content for s in changed}
         stored: dict[str, StoredDocument] = {}
@@ -682,7 +688,7 @@ class Store:
         evaluator = CrossEvaluator(conn, pending, load, default_valid_days=self.default_valid_days)
         results = evaluator.run(
             [s.links for s in changed if s.links is not None],
-            [s.previous_links for s in changed if s.previous_links is not None],
+            [*(s.previous_links for s in changed if s.previous_links is not None), *gone],
         )
         by_id = {s.doc_id: s for s in changed}
         updates = []
@@ -730,7 +736,7 @@ class Store:
                 )
                 patient = content.get("patient") or {}
                 subject = {k: patient[k] for k in _SUBJECT_FIELDS if k in patient}
-                sealed = crypto.seal(crypto.KIND_DOC, doc_id, p.version, _dumps(p.stored_doc), *kek)
+                sealed = crypto.seal(crypto.KIND_DOC, doc_id, p.version, p.sealed_bytes(), *kek)
                 ssealed = crypto.seal(crypto.KIND_SUBJECT, subject_id, p.version, _dumps(subject), *kek)
                 rows.append(
                     (
@@ -1207,10 +1213,19 @@ class Store:
         def job(conn: sqlite3.Connection) -> PurgeResult:
             ids, qids = select(conn)
             versions = _count_in(conn, "versions", "doc_id", ids)
+            gone: list[LinkRow] = []
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
+                gone += [
+                    LinkRow(*r)
+                    for r in conn.execute(
+                        f"SELECT {LINK_COLUMNS} FROM documents WHERE doc_id IN ({marks})", chunk
+                    )
+                ]
                 conn.execute(f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk)
+            if gone:  # a document kept whose partner was purged loses the partner's W-5xx
+                self._cross_evaluate(conn, [], self._refresh_current_kek(), gone)
             archives = conn.execute(
                 "DELETE FROM archive WHERE ledger_id NOT IN "
                 "(SELECT ledger_id FROM versions WHERE ledger_id IS NOT NULL)"
@@ -1411,6 +1426,17 @@ class _Pending:
     stored_doc: dict[str, Any]  # what is sealed: content + source, received_at, content_hash, validation
     warning_rules: str
     cross_rules: str = "[]"
+    canonical: bytes | None = None  # the canonical JSON of ``content`` when validation gave it
+
+    def sealed_bytes(self) -> bytes:
+        """The JSON that is sealed: ``stored_doc``. With the canonical bytes of the content at hand
+        (ingest: validation serialised them for the content hash) only the agent members are
+        serialised and appended — same JSON object, members in another order; the stored form is
+        only ever read back with json.loads, never compared as bytes."""
+        if self.canonical is None or len(self.canonical) < 3 or not self.canonical.endswith(b"}"):
+            return _dumps(self.stored_doc)
+        extra = {k: self.stored_doc[k] for k in AGENT_FIELDS if k in self.stored_doc}
+        return self.canonical[:-1] + b"," + _dumps(extra)[1:]
 
 
 @dataclasses.dataclass(slots=True)
@@ -1430,15 +1456,21 @@ class _KeyState:
 class _Input:
     """A record normalised from the accepted input shapes."""
 
-    __slots__ = ("index", "document", "content_hash", "warnings", "key", "version")
+    __slots__ = ("index", "document", "content_hash", "warnings", "key", "version", "canonical")
 
     def __init__(
-        self, index: int, document: dict[str, Any], content_hash: str, warnings: list[dict[str, str]]
+        self,
+        index: int,
+        document: dict[str, Any],
+        content_hash: str,
+        warnings: list[dict[str, str]],
+        canonical: bytes | None = None,
     ) -> None:
         self.index = index
         self.document = document
         self.content_hash = content_hash
         self.warnings = warnings
+        self.canonical = canonical
         self.key = _natural_key(document)
         self.version = int(document["version"])
 
@@ -1453,13 +1485,19 @@ def _record_input(rec: Any) -> _Input:
     if document is None or not content_hash:
         raise ValueError("commit_file takes validated records only (document and content_hash required)")
     # Validated records come without agent fields; copy only when one slipped in (the store sets them).
+    # The canonical bytes (validation's, if it kept them) are used only when they hash to content_hash.
+    canonical = getattr(validation, "canonical", None) if validation is not None else None
     if any(k in document for k in AGENT_FIELDS):
         document = {k: v for k, v in document.items() if k not in AGENT_FIELDS}
+        canonical = None
+    if canonical is not None and hashlib.sha256(canonical).hexdigest() != content_hash:
+        canonical = None
     return _Input(
         int(rec.index),
         document,
         str(content_hash),
         [{"rule": p.rule, "path": p.path} for p in warnings if p.rule.startswith("W-")] if warnings else [],
+        canonical,
     )
 
 

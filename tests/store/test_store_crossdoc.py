@@ -6,6 +6,7 @@ Pairs come from the §12 worked example (spec/examples); arrival order never cha
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
@@ -214,3 +215,17 @@ def test_documents_stored_before_the_link_columns_are_backfilled_at_start(config
         assert _rules(store, _id(store, receipt)) == {"W-501"}
     finally:
         store.close()
+
+
+def test_purging_one_side_clears_the_cross_warning_kept_on_the_other(store: Store) -> None:
+    receipt, detail = example("receipt"), _broken_detail()
+    _arrive(store, [receipt, detail], "together")
+    receipt_id, detail_id = _id(store, receipt), _id(store, detail)
+    assert _rules(store, receipt_id) == {"W-501"}
+    far_future = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)  # both past retention; only the detail goes
+    result = store.purge(far_future, only=[detail_id])
+    assert result.doc_ids == [detail_id] and store.get_current(detail_id) is None
+    assert _cross(store, receipt_id) == []  # no partner any more: no W-501 (documents.md §7)
+    current = store.get_current(receipt_id)
+    assert current is not None and current.version == 1
+    assert store.verify().ok
