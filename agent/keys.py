@@ -110,12 +110,36 @@ class KeyRing:
             raise ValueError("cannot retire the current KEK")
         path = self.keys_dir / f"{kek_id}.key"
         if path.exists():
-            with open(path, "r+b") as handle:
-                handle.write(secrets.token_bytes(32))
-                handle.flush()
-                os.fsync(handle.fileno())
-            path.unlink()
+            shred_file(path)
         self.keks.pop(kek_id, None)
+
+
+RETIRED_SIGNING_RE = re.compile(r"^signing-([0-9a-f]{16})\.retired\.key$")
+RETIRED_SIGNING_KEEP_S = 30 * 86400  # security.md §5: private key kept 30 days after rotation
+
+
+def shred_file(path: Path) -> None:
+    """Overwrite a key file with random bytes, fsync, remove it."""
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.write(secrets.token_bytes(max(size, 32)))
+        handle.flush()
+        os.fsync(handle.fileno())
+    path.unlink()
+
+
+def expired_retired_signing_keys(keys_dir: Path, now_s: float) -> list[Path]:
+    """Retired signing private keys (``keys rotate-signing``) older than 30 days, oldest first.
+
+    Their public keys (``signing-<kid16>.pub.pem``) stay so older signatures remain verifiable."""
+    found = []
+    if keys_dir.is_dir():
+        for entry in keys_dir.iterdir():
+            if RETIRED_SIGNING_RE.match(entry.name):
+                mtime = entry.stat().st_mtime
+                if now_s - mtime > RETIRED_SIGNING_KEEP_S:
+                    found.append((mtime, entry))
+    return [entry for _, entry in sorted(found)]
 
 
 def kek_files(keys_dir: Path) -> dict[str, Path]:

@@ -4,17 +4,17 @@
   writes keep working; a running daemon picks up the new KEK file at its next write), then old
   KEKs used by no record and no backup in ``backup.dir`` are retired (file overwritten, removed).
   Rotation and retirement are audited; the rotation record is written before any work.
-- ``rotate-signing``: the local part — a new signing key replaces ``keys/signing.key``; the old
-  private key is kept as ``keys/signing-<kid16>.retired.key`` (removed after 30 days by the
-  scheduled job) and its public key as ``keys/signing-<kid16>.pub.pem`` so older signatures stay
-  verifiable. Announcing the new key to the relay is the enrollment module's job.
+- ``rotate-signing``: a new signing key is registered with the relay first (relay-api.md §10,
+  ``agent.ops.enroll.announce_signing_key``; skipped when not enrolled), and only after its
+  ``201`` replaces ``keys/signing.key``; the old private key is kept as
+  ``keys/signing-<kid16>.retired.key`` (removed after 30 days by the scheduled job) and its
+  public key as ``keys/signing-<kid16>.pub.pem`` so older signatures stay verifiable.
 - ``public``: prints the signing public key (PEM) and its ``kid``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 from agent.cli import Environment
 from agent.commands._common import config_from_args
@@ -70,35 +70,32 @@ def _rotate(config: object, env: Environment) -> int:
 
 
 def _rotate_signing(config: object, env: Environment) -> int:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     from agent.adminctx import audit_admin
-    from agent.fsutil import atomic_write, write_new
-    from agent.keys import SIGNING_FILE, load_signing_key, private_key_pem, write_signing_key
-    from agent.signing import kid_of, public_pem
+    from agent.ops.enroll import rotate_signing_key
+    from agent.store import Store
 
-    keys_dir = config.keys_dir  # type: ignore[attr-defined]
-    path = keys_dir / SIGNING_FILE
-    old = load_signing_key(path)
-    old_kid = kid_of(old.public_key())
-    new = ec.generate_private_key(ec.SECP256R1())
-    new_kid = kid_of(new.public_key())
-    audit_admin(
-        config,  # type: ignore[arg-type]
-        "keys.rotate_signing",
-        environ=env.environ,
-        extra={"old_kid": old_kid, "new_kid": new_kid},
-    )
-    retired = keys_dir / f"signing-{old_kid[:16]}.retired.key"
-    if not retired.exists():
-        write_new(retired, private_key_pem(old), 0o600)
-    atomic_write(keys_dir / f"signing-{old_kid[:16]}.pub.pem", public_pem(old.public_key()).encode(), 0o600)
-    write_signing_key(path, new, replace=True)
-    os.chmod(path, 0o600)
+    def audit(old_kid: str, new_kid: str) -> None:
+        audit_admin(
+            config,  # type: ignore[arg-type]
+            "keys.rotate_signing",
+            environ=env.environ,
+            extra={"old_kid": old_kid, "new_kid": new_kid},
+        )
+
+    store = Store.open(config)  # type: ignore[arg-type]
+    try:
+        old_kid, new_kid, announced = rotate_signing_key(config, store, before=audit)  # type: ignore[arg-type]
+    finally:
+        store.close()
     env.out(f"kid: {new_kid}")
     env.err(
-        f"new signing key {new_kid} is current; previous {old_kid} kept for verification "
-        "(announce the new key to the relay)"
+        f"new signing key {new_kid} is current; previous {old_kid} kept for verification; "
+        + (
+            "registered with the relay"
+            if announced
+            else "not enrolled: the relay learns the key at enrollment"
+        )
+        + "; a running agent uses it after a restart or SIGHUP"
     )
     return int(ExitStatus.OK)
 

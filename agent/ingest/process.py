@@ -253,7 +253,13 @@ class FileProcessor:
 
     def finish(self, flight: InFlight) -> ProcessResult:
         """Stage 2b: wait until the queued commit is durable, then acknowledge the file."""
-        ready, root, prep, fid, fingerprint = flight.ready, flight.root, flight.prep, flight.fid, flight.fingerprint
+        ready, root, prep, fid, fingerprint = (
+            flight.ready,
+            flight.root,
+            flight.prep,
+            flight.fid,
+            flight.fingerprint,
+        )
         try:
             result = flight.pending.result()
             if result.outcome == "quarantined":  # R-010 / R-014 found against the stored versions

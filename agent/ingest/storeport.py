@@ -132,7 +132,9 @@ class IngestStore:
     def commit(
         self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes, profile_name: str
     ) -> CommitResult:
-        return self.submit(fp, check, file_name=file_name, content=content, profile_name=profile_name).result()
+        return self.submit(
+            fp, check, file_name=file_name, content=content, profile_name=profile_name
+        ).result()
 
     def submit(
         self, fp: FileFingerprint, check: Any, *, file_name: str, content: bytes, profile_name: str

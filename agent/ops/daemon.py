@@ -324,6 +324,7 @@ class _Jobs:
 PURGE_ACTION = "system.purge"
 BACKUP_ACTION = "system.backup"
 KEK_RETIRE_ACTION = "system.keys.retire"
+SIGNING_ROTATE_ACTION = "system.keys.rotate_signing"
 SYSTEM_SOURCE = {"local": True, "tty": None}
 BACKUP_NAME = re.compile(r"backup-(\d{8}T\d{6}Z)(?:-(\d+))?\.sab")
 
@@ -355,6 +356,23 @@ def purge_job(store: Any, audit: Any, now: dt.datetime) -> Any:
     result = store.purge(now, only=planned.doc_ids)
     log.info("purge done", extra={"documents": len(result.doc_ids)})
     return result
+
+
+def retire_signing_keys_job(keys_dir: Path, audit: Any, now: dt.datetime) -> list[str]:
+    """Old signing private keys are removed 30 days after ``keys rotate-signing`` (security.md §5),
+    audited first; their public keys stay. Returns the retired ``kid`` prefixes."""
+    from agent.keys import RETIRED_SIGNING_RE, expired_retired_signing_keys, shred_file
+
+    expired = expired_retired_signing_keys(Path(keys_dir), now.timestamp())
+    if not expired:
+        return []
+    audit = _require_audit(audit, "signing key retirement")
+    kids = [m.group(1) for p in expired if (m := RETIRED_SIGNING_RE.match(p.name))]
+    audit.append(system_event(KEK_RETIRE_ACTION, signing_kid_prefixes=kids))
+    for path in expired:
+        shred_file(path)
+    log.info("retired signing keys removed", extra={"count": len(expired)})
+    return kids
 
 
 def backup_job(config: Config, store: Any, audit: Any, now: dt.datetime) -> Path:
@@ -561,7 +579,15 @@ class Daemon:
         self.heartbeat.start()  # no thread when relay.url is empty (offline installation)
 
     def reload_tls(self) -> None:
-        """SIGHUP: load the renewed certificate/key without dropping the port or open connections."""
+        """SIGHUP: load the renewed certificate/key without dropping the port or open connections,
+        and the signing key as it is on disk (``keys rotate-signing``)."""
+        try:
+            self.use_current_signing_key()
+        except Exception as exc:
+            log.error(
+                "signing key reload failed; keeping the current key",
+                extra={"error_class": type(exc).__name__},
+            )
         if self.api is not None:
             try:
                 self.api.reload_tls()
@@ -690,6 +716,7 @@ class Daemon:
         purge_job(self.store, self.audit, self.clock.now())
         if self.audit is not None:
             self.audit.prune(self.clock.now())  # audit records past retention.audit_keep (§7.4)
+        retire_signing_keys_job(self.config.keys_dir, self.audit, self.clock.now())
 
     def _job_hourly(self) -> None:
         now = self.clock.now()
@@ -699,10 +726,36 @@ class Daemon:
             self.audit.write_anchor()
 
     def _job_cert_renewal(self) -> None:
-        from agent.ops.enroll import renew_if_due
+        from agent.ops.enroll import enrollment_state, renew_if_due, rotate_signing_key, signing_rotation_due
 
         if renew_if_due(self.config, self.store, self.keyring, self.clock) and self.api is not None:
             self.api.reload_tls()
+        if enrollment_state(self.store) is not None and signing_rotation_due(self.config, self.clock.now()):
+            # Yearly signing-key rotation (relay-api.md §10), registered with the relay first.
+            audit = _require_audit(self.audit, "signing key rotation")
+
+            def record(old_kid: str, new_kid: str) -> None:
+                audit.append(system_event(SIGNING_ROTATE_ACTION, old_kid=old_kid, new_kid=new_kid))
+
+            rotate_signing_key(self.config, self.store, before=record, clock=self.clock)
+            self.use_current_signing_key()
+
+    def use_current_signing_key(self) -> None:
+        """Sign documents and audit anchors with ``keys/signing.key`` as it is now on disk (after a
+        rotation by the yearly job, or by ``keys rotate-signing`` followed by SIGHUP)."""
+        from agent.keys import SIGNING_FILE, load_signing_key
+        from agent.signing import Signer
+
+        if self.keyring is None:
+            return
+        key = load_signing_key(self.config.keys_dir / SIGNING_FILE)
+        self.keyring.signing_key = key
+        signer = Signer(key)
+        backend = getattr(self.api, "backend", None)
+        if backend is not None and hasattr(backend, "set_signer"):
+            backend.set_signer(signer)
+        if self.audit is not None and hasattr(self.audit, "set_signer"):
+            self.audit.set_signer(signer)
 
     def _job_backup(self) -> None:
         backup_job(self.config, self.store, self.audit, self.clock.now())

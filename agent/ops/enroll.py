@@ -65,8 +65,8 @@ from agent import API_REVISION, __version__
 from agent.clock import Clock, SystemClock, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import AgentError, AuditUnavailableError, ConfigError, UnavailableError, UsageError
-from agent.fsutil import atomic_write, ensure_dir, fsync_dir
-from agent.keys import SIGNING_FILE, load_keyring, private_key_pem
+from agent.fsutil import atomic_write, ensure_dir, fsync_dir, write_new
+from agent.keys import SIGNING_FILE, load_keyring, load_signing_key, private_key_pem, write_signing_key
 from agent.signing import kid_of, public_pem, sign_es256
 
 log = logging.getLogger("agent.enroll")
@@ -752,6 +752,116 @@ def _install_with_state(config: Config, staging: _Staging, state: dict[str, Any]
 
 
 # -- renewal (C-38) --------------------------------------------------------------------------------------
+ROTATE_PREFIX = "silson-agent-rotate-v1\n"
+
+
+def rotation_endorsement(previous: ec.EllipticCurvePrivateKey, agent_id: str, new_kid: str) -> str:
+    """ES256 by the current key over ``"silson-agent-rotate-v1\\n" + agent_id + "\\n" + new_kid`` (§10)."""
+    return sign_es256(previous, f"{ROTATE_PREFIX}{agent_id}\n{new_kid}".encode())
+
+
+def announce_signing_key(
+    config: Config,
+    store: Any,
+    previous: ec.EllipticCurvePrivateKey,
+    new: ec.EllipticCurvePrivateKey,
+    clock: Clock | None = None,
+) -> bool:
+    """Register a new document-signing key with the relay before it is used (relay-api.md §10).
+
+    Returns False when the installation is not enrolled (the relay learns the key at enrollment).
+    A relay that is unreachable or does not answer ``201`` with the new ``kid`` raises
+    ``UnavailableError``: the caller then keeps signing with the current key. The proof of
+    possession (§10 leaves its message open for a rotation) is an ES256 signature by the new key
+    over the same message as the endorsement.
+    """
+    clock = clock or SystemClock()
+    state = enrollment_state(store)
+    if state is None:
+        return False
+    base = (config.relay.url or state.get("relay_url") or "").rstrip("/")
+    if not base:
+        return False
+    agent_id = str(state["agent_id"])
+    previous_kid, new_kid = kid_of(previous.public_key()), kid_of(new.public_key())
+    message = f"{ROTATE_PREFIX}{agent_id}\n{new_kid}".encode()
+    body = {
+        "sent_at": utc_iso(clock.now(), millis=False),
+        "signing_public_key_pem": public_pem(new.public_key()),
+        "signing_key_proof": sign_es256(new, message),
+        "previous_kid": previous_kid,
+        "previous_key_endorsement": rotation_endorsement(previous, agent_id, new_kid),
+    }
+    pinned_path, _ = _pinned_bundle(config)
+    cert = (Path(config.api.server_cert), Path(config.api.server_key))
+    try:
+        response = relay_post(
+            f"{base}/v1/agents/{agent_id}/signing-keys",
+            body,
+            verify=pinned_path,
+            cert=cert,
+            total_timeout=ENROLL_TOTAL_TIMEOUT,
+        )
+    except (requests.RequestException, RelayProtocolError) as exc:
+        raise UnavailableError(
+            f"signing key rotation: relay unreachable ({type(exc).__name__}); the current key stays in use"
+        ) from None
+    if response.status != 201 or not isinstance(response.body, dict):
+        raise UnavailableError(
+            f"signing key rotation refused by the relay (HTTP {response.status}); the current key stays in use"
+        )
+    if response.body.get("signing_key_id", new_kid) != new_kid:
+        raise UnavailableError(
+            "the relay registered a different signing key id; the current key stays in use"
+        )
+    return True
+
+
+SIGNING_ROTATE_EVERY = dt.timedelta(days=365)  # relay-api.md §10: "automatically every 365 days"
+
+
+def rotate_signing_key(
+    config: Config,
+    store: Any,
+    *,
+    before: Callable[[str, str], None] | None = None,
+    clock: Clock | None = None,
+) -> tuple[str, str, bool]:
+    """``keys rotate-signing`` (and the yearly job): returns (old kid, new kid, announced).
+
+    ``before(old_kid, new_kid)`` runs first (the audit record: fail closed). The new key is
+    registered with the relay (``announce_signing_key``) and only after its ``201`` installed:
+    the old private key is kept as ``keys/signing-<kid16>.retired.key`` (removed 30 days later by
+    the purge job), its public key as ``signing-<kid16>.pub.pem``, and ``keys/signing.key`` is
+    replaced atomically. A refusing or unreachable relay raises ``UnavailableError`` with every
+    file unchanged."""
+    keys_dir = Path(config.keys_dir)
+    path = keys_dir / SIGNING_FILE
+    old = load_signing_key(path)
+    old_kid = kid_of(old.public_key())
+    new = ec.generate_private_key(ec.SECP256R1())
+    new_kid = kid_of(new.public_key())
+    if before is not None:
+        before(old_kid, new_kid)
+    announced = announce_signing_key(config, store, old, new, clock)
+    retired = keys_dir / f"signing-{old_kid[:16]}.retired.key"
+    if not retired.exists():
+        write_new(retired, private_key_pem(old), 0o600)
+    atomic_write(keys_dir / f"signing-{old_kid[:16]}.pub.pem", public_pem(old.public_key()).encode(), 0o600)
+    write_signing_key(path, new, replace=True)
+    os.chmod(path, 0o600)
+    return old_kid, new_kid, announced
+
+
+def signing_rotation_due(config: Config, now: dt.datetime) -> bool:
+    """The signing key is older than 365 days (its file's mtime: set when it was installed)."""
+    try:
+        mtime = (Path(config.keys_dir) / SIGNING_FILE).stat().st_mtime
+    except OSError:
+        return False
+    return now.timestamp() - mtime >= SIGNING_ROTATE_EVERY.total_seconds()
+
+
 def renew_if_due(
     config: Config, store: Any, keyring: Any, clock: Clock | None = None, *, force: bool = False
 ) -> bool:

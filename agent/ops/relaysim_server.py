@@ -558,6 +558,7 @@ class RelaySimulator:
     def _signing_key(self, agent: dict[str, Any], data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """Signing-key rotation: the endorsement by the current key is checked strictly; the
         proof of the new key is recorded (``proof_verified``) because §10 does not fix its message."""
+        self._take_failure()
         expected = {
             "sent_at",
             "signing_public_key_pem",

@@ -1213,10 +1213,10 @@ class Store:
         def job(conn: sqlite3.Connection) -> PurgeResult:
             ids, qids = select(conn)
             versions = _count_in(conn, "versions", "doc_id", ids)
-            gone: list[LinkRow] = []
+            gone_links: list[LinkRow] = []
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
-                gone += [
+                gone_links += [
                     LinkRow(*r)
                     for r in conn.execute(
                         f"SELECT {LINK_COLUMNS} FROM documents WHERE doc_id IN ({marks})", chunk
@@ -1224,8 +1224,8 @@ class Store:
                 ]
                 conn.execute(f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk)
                 conn.execute(f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk)
-            if gone:  # a document kept whose partner was purged loses the partner's W-5xx
-                self._cross_evaluate(conn, [], self._refresh_current_kek(), gone)
+            if gone_links:  # a document kept whose partner was purged loses the partner's W-5xx
+                self._cross_evaluate(conn, [], self._refresh_current_kek(), gone_links)
             archives = conn.execute(
                 "DELETE FROM archive WHERE ledger_id NOT IN "
                 "(SELECT ledger_id FROM versions WHERE ledger_id IS NOT NULL)"
