@@ -14,7 +14,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +38,6 @@ from agent.signing import kid_of, verify_es256
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[RelaySimulator]:
-    simulator = RelaySimulator(tmp_path / "sim")
-    simulator.start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture

@@ -57,14 +57,6 @@ class Enrolled:
 
 
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[RelaySimulator]:
-    simulator = RelaySimulator(tmp_path / "sim")
-    simulator.start()
-    yield simulator
-    simulator.stop()
-
-
-@pytest.fixture
 def agent(tmp_path: Path, sim: RelaySimulator) -> Iterator[Enrolled]:
     enrolled = Enrolled(tmp_path / "inst", sim)
     yield enrolled

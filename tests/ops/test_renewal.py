@@ -30,14 +30,6 @@ from agent.ops.relaysim_server import RelaySimulator
 from agent.store import Store
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[RelaySimulator]:
-    simulator = RelaySimulator(tmp_path / "sim")
-    simulator.start()
-    yield simulator
-    simulator.stop()
-
-
 class Installed:
     def __init__(self, root: Path, sim: RelaySimulator) -> None:
         toml = sim.prepare_installation(root, listen="127.0.0.1:0")

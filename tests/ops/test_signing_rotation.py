@@ -12,7 +12,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +27,6 @@ from agent.ops.enroll import STATE_KEY, enroll
 from agent.ops.relaysim_server import RelaySimulator
 from agent.signing import kid_of
 from tests.conftest import run_cli
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[RelaySimulator]:
-    simulator = RelaySimulator(tmp_path / "sim")
-    simulator.start()
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture
