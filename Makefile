@@ -37,5 +37,10 @@ fuzz: $(STAMP)
 dist: $(STAMP)
 	$(BIN)/python installer/build.py
 
+# A .deb of the one-folder build (installer/deb/); `make test` never builds it (too slow).
+deb: dist
+	@command -v dpkg-deb >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq dpkg; }
+	$(BIN)/python installer/deb/build_deb.py
+
 clean:
 	rm -rf $(VENV) build dist demo .pytest_cache

@@ -174,11 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay")
     p.add_argument("--token", required=True)
 
-    p = add("provision", "unattended first boot from a provisioning bundle")
-    p.add_argument("bundle")
+    p = add("provision", "unattended first boot from a provisioning bundle (docs/provisioning.md)")
+    p.add_argument("bundle", metavar="BUNDLE", help="a folder, .tar.gz/.tgz or .zip holding provision.toml")
+    p.add_argument("--json", action="store_true", help="print the result document on stdout")
+    p.add_argument(
+        "--result", metavar="FILE", help="result file (default: <install dir>/provision-result.json)"
+    )
+    p.add_argument("--user", metavar="NAME", help="service user when run as root (default: silson-agent)")
+    p.add_argument("--no-service", action="store_true", help="do not install or start the system service")
+    p.add_argument(
+        "--service-root", metavar="DIR", help="write the service unit into this staging root (never started)"
+    )
 
-    p = add("service", "register the agent as a system service")
-    p.add_argument("action", choices=("install", "uninstall", "start", "stop", "status"))
+    p = add("service", "register the agent as a system service (systemd unit / Windows service)")
+    p.add_argument(
+        "action",
+        choices=("install", "uninstall", "start", "stop", "status", "dispatch"),
+        metavar="{install,uninstall,start,stop,status}",  # dispatch: started by the Windows service manager
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--user", metavar="NAME", help="account the daemon runs as (default: silson-agent)")
+    p.add_argument(
+        "--root", metavar="DIR", help="staging root: write the unit below DIR, never touch the live system"
+    )
+    p.add_argument("--no-enable", action="store_true", help="install: do not enable the unit at boot")
+    p.add_argument("--dry-run", action="store_true", help="install: print the unit, change nothing")
     return parser
 
 

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -134,10 +135,10 @@ class RelayApp:
                 self.in_flight -= 1
         if response is None:
             return
-        metrics.REQUESTS.labels(route=route, status_class=f"{response.status // 100}xx").inc()
+        _requests_counter(route, response.status // 100).inc()
         if response.problem:
             metrics.PROBLEMS.labels(problem_type=response.problem).inc()
-        metrics.REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - started)
+        _request_seconds(route).observe(time.perf_counter() - started)
         await self._send(send, response, conn)
 
     async def _dispatch(
@@ -270,6 +271,17 @@ class RelayApp:
             await send({"type": "http.response.body", "body": response.body})
         finally:
             timer.cancel()
+
+
+# The metric children of each (closed) label set, looked up once rather than per request.
+@functools.cache
+def _requests_counter(route: str, status_class: int) -> Any:
+    return metrics.REQUESTS.labels(route=route, status_class=f"{status_class}xx")
+
+
+@functools.cache
+def _request_seconds(route: str) -> Any:
+    return metrics.REQUEST_SECONDS.labels(route=route)
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime as dt
-import json
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from agent.clock import Clock
@@ -43,6 +42,16 @@ class SearchOutcome:
     withheld_count: int
 
 
+@dataclasses.dataclass(frozen=True)
+class FetchView:
+    """What a fetch reads, from one store snapshot: the live binding of the claim (``None`` when
+    there is none) and, only when it carries the request's consent id and allows every
+    requested id, the current version of each of them (a purged id is absent)."""
+
+    binding: Binding | None
+    documents: dict[str, dict[str, Any]]
+
+
 class BackendProtocol(Protocol):
     def storage_ok(self) -> bool: ...
     def audit_ok(self) -> bool: ...
@@ -50,7 +59,7 @@ class BackendProtocol(Protocol):
     def sign(self, data: bytes) -> str: ...
     def relay_ids(self) -> frozenset[str] | None: ...
     def subject_ref(self, rrn13: str) -> str: ...
-    def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool: ...
+    def relay_request_record(self, request_id: str, now: dt.datetime, relay_id: str) -> str: ...
     def search(
         self,
         rrn13: str,
@@ -71,9 +80,21 @@ class BackendProtocol(Protocol):
         now: dt.datetime,
     ) -> bool: ...
     def get_current(self, doc_id: str) -> dict[str, Any] | None: ...
+    def fetch_view(
+        self, claim_no: str, consent_id: str, doc_ids: Sequence[str], now: dt.datetime
+    ) -> FetchView: ...
     def audit_append(self, event: dict[str, Any]) -> None: ...
     def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]: ...
     def count_rate_limited(self, client: str, day: str) -> None: ...
+
+
+def _served_input(stored: Any) -> dict[str, Any]:
+    """The stored document with the version facts the served form and tombstone need."""
+    doc = dict(stored.document)
+    doc.setdefault("version", stored.version)
+    doc.setdefault("status", stored.status)
+    doc.setdefault("received_at", stored.received_at)
+    return doc
 
 
 def _storage_errors() -> tuple[type[BaseException], ...]:
@@ -130,14 +151,12 @@ class Backend:
     # -- state -----------------------------------------------------------------------------
     def relay_ids(self) -> frozenset[str] | None:
         """The relay ids received at enrollment, or ``None`` when never enrolled (accept any)."""
-        raw = self._call(self.store.kv_get, "relay_ids")
-        if raw is None:
-            return None
-        value = json.loads(raw) if isinstance(raw, str) else raw
-        return frozenset(value)
+        return self._call(self.store.relay_ids)  # type: ignore[no-any-return]
 
-    def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool:
-        return bool(self._call(self.store.replay_check_and_insert, request_id, now))
+    def relay_request_record(self, request_id: str, now: dt.datetime, relay_id: str) -> str:
+        """§8 steps 8 and 10 in one store transaction (step 9 is checked before): ``"recorded"``,
+        ``"replay"`` or ``"relay-not-allowed"`` (then nothing is recorded)."""
+        return str(self._call(self.store.relay_request_record, request_id, now, relay_id))
 
     def search(
         self,
@@ -194,13 +213,22 @@ class Backend:
 
     def get_current(self, doc_id: str) -> dict[str, Any] | None:
         stored = self._call(self.store.get_current, doc_id)
-        if stored is None:
-            return None
-        doc = dict(stored.document)
-        doc.setdefault("version", stored.version)
-        doc.setdefault("status", stored.status)
-        doc.setdefault("received_at", stored.received_at)
-        return doc
+        return None if stored is None else _served_input(stored)
+
+    def fetch_view(
+        self, claim_no: str, consent_id: str, doc_ids: Sequence[str], now: dt.datetime
+    ) -> FetchView:
+        found, stored = self._call(self.store.binding_with_documents, claim_no, consent_id, doc_ids, now)
+        binding = None
+        if found is not None and found.expires_at > now.timestamp():
+            binding = Binding(
+                found.claim_no,
+                found.consent_id,
+                found.subject_ref,
+                frozenset(found.allowed_ids),
+                float(found.expires_at),
+            )
+        return FetchView(binding, {doc_id: _served_input(doc) for doc_id, doc in stored.items()})
 
     # -- audit -----------------------------------------------------------------------------
     def audit_append(self, event: dict[str, Any]) -> None:

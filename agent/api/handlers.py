@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -83,8 +84,12 @@ class ConnPeer:
     port: int
 
 
+# One encoder for every response body (``json.dumps`` with options builds one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(value).encode("utf-8")
 
 
 def problem_response(
@@ -276,14 +281,22 @@ class Handlers:
                 ctx.claim_no = claim_no
 
     def _check_envelope(self, env: Envelope) -> None:
-        """Steps 8–10: relay id, clock window, then the atomic replay record."""
-        relay_ids = self.backend.relay_ids()
-        if relay_ids is not None and env.relay_id not in relay_ids:
-            raise ProblemError("relay-not-allowed")
+        """Steps 8–10: relay id, clock window, then the atomic replay record.
+
+        The clock window is pure, so it is looked at first: inside it, the relay-id check and the
+        replay record are one store transaction; outside it, only the relay ids are read (a
+        relay that is not allowed still gets its 403 before the 422).
+        """
         now = self.clock.now()
         if abs((env.sent_at - now).total_seconds()) > CLOCK_TOLERANCE_S:
+            relay_ids = self.backend.relay_ids()
+            if relay_ids is not None and env.relay_id not in relay_ids:
+                raise ProblemError("relay-not-allowed")
             raise ProblemError("clock-skew")
-        if not self.backend.replay_check_and_insert(env.request_id, now):
+        outcome = self.backend.relay_request_record(env.request_id, now, env.relay_id)
+        if outcome == "relay-not-allowed":
+            raise ProblemError("relay-not-allowed")
+        if outcome != "recorded":
             raise ProblemError("replay-detected")
 
     def _search(self, req: SearchRequest, ctx: _AuditContext) -> Response:
@@ -339,7 +352,9 @@ class Handlers:
         ctx.document_ids = list(req.document_ids)
         self._check_envelope(env)
         now = self.clock.now()
-        binding: Binding | None = self.backend.binding_get(env.claim_no, now)
+        # Binding and documents in one store snapshot; documents only when B4 and B5 hold.
+        view = self.backend.fetch_view(env.claim_no, env.consent_id, req.document_ids, now)
+        binding: Binding | None = view.binding
         if binding is None or binding.consent_id != env.consent_id:
             raise ProblemError("claim-not-bound")  # B4
         ctx.subject_ref = binding.subject_ref
@@ -350,7 +365,7 @@ class Handlers:
         max_bytes = int(self.limits.max_response_bytes)
         rendered: list[tuple[str, str, int, str, bytes]] = []
         for doc_id in req.document_ids:
-            doc = self.backend.get_current(doc_id)
+            doc = view.documents.get(doc_id)
             if doc is None:  # purged since the search
                 raise ProblemError("document-not-found")
             media_type, content = self._render(doc, doc_id, req.format)
@@ -384,7 +399,7 @@ class Handlers:
         }
         for _, doc_type, _, _, _ in rendered:
             if doc_type in metrics.DOCUMENT_TYPES:
-                metrics.DOCUMENTS_RELEASED.labels(document_type=doc_type, format=req.format).inc()
+                _released_counter(doc_type, req.format).inc()
         return Response(200, json_bytes(body))
 
     def _render(self, doc: dict[str, Any], doc_id: str, fmt: str) -> tuple[str, bytes]:
@@ -393,6 +408,12 @@ class Handlers:
             return FHIR_MEDIA_TYPE, bundle_bytes(render_bundle(doc, doc_id=doc_id, fhir_base=self.fhir_base))
         served = tombstone(doc) if doc.get("status") == "cancelled" else served_form(doc)
         return STANDARD_MEDIA_TYPE, serialize(served)
+
+
+@functools.cache
+def _released_counter(document_type: str, fmt: str) -> Any:
+    """The metric child of one (closed) label set, looked up once rather than per document."""
+    return metrics.DOCUMENTS_RELEASED.labels(document_type=document_type, format=fmt)
 
 
 def today_kst(now: dt.datetime) -> str:

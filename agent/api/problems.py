@@ -123,6 +123,9 @@ class ProblemError(Exception):
         return PROBLEMS[self.name][0]
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def problem_type(name: str) -> str:
     return TYPE_PREFIX + name
 
@@ -139,4 +142,4 @@ def problem_body(name: str, request_id: str | None, errors: list[FieldError] | N
     }
     if name == "validation-failed":
         doc["errors"] = [{"pointer": e.pointer, "code": e.code} for e in (errors or [])]
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _JSON.encode(doc).encode("utf-8")

@@ -56,9 +56,14 @@ COMPUTED = ("seq", "ts_utc", "ts_local", "prev_hash", "hash")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+# One encoder: ``json.dumps`` with options builds a new one per call (two calls per record).
+# Same options as the §7.3 text, so the output is identical.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_text(record: Mapping[str, Any]) -> str:
     """The canonical form of §7.3 (as text; its UTF-8 is what gets hashed and stored)."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(record)
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -123,15 +128,31 @@ def build_record(event: Mapping[str, Any], *, seq: int, prev_hash: str, now: dt.
     return chain_record(normalise_event(event), seq=seq, prev_hash=prev_hash, now=now)
 
 
-def chain_record(normalised: dict[str, Any], *, seq: int, prev_hash: str, now: dt.datetime) -> dict[str, Any]:
-    """``build_record`` for an event already passed through ``normalise_event`` (a fresh copy)."""
+def chain_record(
+    normalised: dict[str, Any],
+    *,
+    seq: int,
+    prev_hash: str,
+    now: dt.datetime,
+    stamps: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """``build_record`` for an event already passed through ``normalise_event`` (a fresh copy).
+
+    ``stamps``: ``record_stamps(now)`` when the caller chains several records at one instant.
+    """
+    ts_utc, ts_local = stamps or record_stamps(now)
     record = dict(normalised)
     record["seq"] = seq
-    record["ts_utc"] = utc_iso(now)
-    record["ts_local"] = kst_iso(now)
+    record["ts_utc"] = ts_utc
+    record["ts_local"] = ts_local
     record["prev_hash"] = prev_hash
     record["hash"] = record_hash(record)
     return record
+
+
+def record_stamps(now: dt.datetime) -> tuple[str, str]:
+    """``(ts_utc, ts_local)`` of a record written at ``now`` (§7.2: the same instant twice)."""
+    return utc_iso(now), kst_iso(now)
 
 
 def _reject_constant(name: str) -> Any:

@@ -58,6 +58,7 @@ from agent.audit.chain import (
     chain_record,
     normalise_event,
     parse_expect_head,
+    record_stamps,
     verify_chain,
 )
 from agent.clock import KST, Clock, SystemClock, utc_iso
@@ -122,6 +123,7 @@ class AuditLog:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_FILE
+        self._wal_path = Path(f"{self.path}-wal")
         self.anchor_path = self.data_dir / ANCHOR_FILE
         self.keys_dir = keys_dir
         self.audit_keep = audit_keep
@@ -265,13 +267,14 @@ class AuditLog:
         transaction; returns each append's records."""
         seq, prev = _head(conn)  # re-read inside the write transaction: another process may append
         now = self.clock.now()
+        stamps = record_stamps(now)
         rows: list[tuple[int, str, str, str | None, str]] = []
         out: list[list[dict[str, Any]]] = []
         for events in batch:
             records = []
             for event in events:
                 seq += 1
-                record = chain_record(event, seq=seq, prev_hash=prev, now=now)
+                record = chain_record(event, seq=seq, prev_hash=prev, now=now, stamps=stamps)
                 subject = record.get("subject_ref")
                 rows.append(
                     (
@@ -522,11 +525,12 @@ class AuditLog:
 
     def _check_writable(self) -> None:
         """Fail before touching SQLite when the storage is read-only or (nearly) full."""
-        targets = [self.data_dir] + [p for p in (self.path, Path(f"{self.path}-wal")) if p.exists()]
-        for target in targets:
+        for target, required in ((self.data_dir, True), (self.path, False), (self._wal_path, False)):
             try:
                 mode = os.stat(target).st_mode
             except FileNotFoundError:
+                if not required:
+                    continue  # no database or WAL file yet: the directory check covers it
                 raise AuditUnavailableError("audit log unavailable: the data directory is missing") from None
             if not (mode & stat.S_IWUSR) or not os.access(target, os.W_OK):
                 raise AuditUnavailableError("audit log unavailable: the audit database is read-only")

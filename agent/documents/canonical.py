@@ -19,12 +19,32 @@ from agent.documents.ids import normalise_kcd
 _DEC = re.compile(DEC_PATTERN)
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+# What `_ENCODER.encode` runs for a dict, called directly: it is built per call there and the
+# Python layers around it cost about a sixth of encoding a receipt. None without the C module.
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)
 
 
 def serialize(canonical_doc: dict[str, Any]) -> bytes:
     """JCS bytes of a dict that is already in canonical form (no further normalisation)."""
+    if _C_MAKE_ENCODER is not None and type(canonical_doc) is dict:
+        # The arguments `JSONEncoder.iterencode` passes; a fresh markers dict per call keeps the
+        # circular-reference check (and thread safety).
+        encode = _C_MAKE_ENCODER(
+            {},
+            _ENCODER.default,
+            json.encoder.encode_basestring,
+            None,
+            _ENCODER.key_separator,
+            _ENCODER.item_separator,
+            True,
+            False,
+            False,
+        )
+        text = "".join(encode(canonical_doc, 0))
+    else:
+        text = _ENCODER.encode(canonical_doc)
     # surrogatepass: a lone surrogate is an R-023 error anyway; hashing it must not raise.
-    return _ENCODER.encode(canonical_doc).encode("utf-8", "surrogatepass")
+    return text.encode("utf-8", "surrogatepass")
 
 
 def canonical_decimal(text: str) -> str:

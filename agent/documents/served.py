@@ -7,7 +7,6 @@ current version is served as a tombstone without any patient data.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 
@@ -27,14 +26,19 @@ def _rule_ids(entries: Any) -> list[str]:
 
 
 def served_form(doc: dict[str, Any]) -> dict[str, Any]:
-    """The stored document as served with ``format: "standard"`` (active current versions)."""
-    out = copy.deepcopy(doc)
-    out.pop("source", None)
+    """The stored document as served with ``format: "standard"`` (active current versions).
+
+    Only the members it changes are copied (top level, ``patient``; ``validation`` is rebuilt):
+    the rest is shared with ``doc``, which stays untouched. A deep copy cost more than the whole
+    rest of a fetch; callers serialise the result, they never mutate it.
+    """
+    out = {k: v for k, v in doc.items() if k != "source"}
     validation = out.get("validation")
     if isinstance(validation, dict):
         out["validation"] = {k: _rule_ids(v) for k, v in validation.items()}
     patient = out.get("patient")
     if isinstance(patient, dict):
+        patient = out["patient"] = dict(patient)
         rrn = patient.pop("rrn", None)
         if isinstance(rrn, str):
             patient["rrn_masked"] = mask_rrn(rrn)

@@ -7,6 +7,12 @@
    builds the canonical form (§9.3);
 2. per-type rules (R-1xx … R-4xx, W-0xx … W-4xx) over the values that passed pass 1.
 
+Pass 1 is compiled from the field tables at import (see "pass 1" below): a generated fast path
+checks an object whose values are all valid without recording anything, and only an object with
+a problem (or anything unusual) takes the full walk that records problems in order. Both give the
+same canonical and clean objects; tests/documents/test_documents_validate_fast_path.py holds them
+to it.
+
 It never raises for bad data: any JSON value yields a `Validation`. Problems carry a rule id and
 a JSON path, never a value (§10). Version (§9) and cross-document (§7) rules live in
 `versions.py` and `crossdoc.py` because they need other documents.
@@ -16,10 +22,12 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import hashlib
 import re
+import sys
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -78,8 +86,9 @@ def parse_date(value: Any) -> dt.date | None:
     m = _DATE_RE.match(value)
     if m is None:
         return None
+    year, month, day = m.groups()
     try:
-        return dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        return dt.date(int(year), int(month), int(day))
     except ValueError:
         return None
 
@@ -91,30 +100,21 @@ def parse_datetime(value: Any) -> dt.datetime | None:
     m = _DATETIME_RE.match(value)
     if m is None:
         return None
+    year, month, day, hour, minute, sec, frac, zulu, sign, off_hours, off_minutes = m.groups()
     try:
-        if m.group(8):
+        if zulu:
             tz = dt.UTC
         else:
-            hours, minutes = int(m.group(10)), int(m.group(11))
+            hours, minutes = int(off_hours), int(off_minutes)
             if hours > 23 or minutes > 59:
                 return None
             offset = dt.timedelta(hours=hours, minutes=minutes)
-            tz = dt.timezone(-offset if m.group(9) == "-" else offset)
-        frac = m.group(7)
+            tz = dt.timezone(-offset if sign == "-" else offset)
         micro = int((frac[1:] + "000000")[:6]) if frac else 0
-        second = int(m.group(6))
+        second = int(sec)
         if second == 60:  # leap second: RFC 3339 allows it; datetime cannot hold it
             second = 59
-        return dt.datetime(
-            int(m.group(1)),
-            int(m.group(2)),
-            int(m.group(3)),
-            int(m.group(4)),
-            int(m.group(5)),
-            second,
-            micro,
-            tzinfo=tz,
-        )
+        return dt.datetime(int(year), int(month), int(day), int(hour), int(minute), second, micro, tzinfo=tz)
     except ValueError:
         return None
 
@@ -160,244 +160,584 @@ class Validation:
 
 
 class _Ctx:
-    """Collects problems and remembers which paths already failed a field check."""
+    """Collects (rule, path) problems in the order they are found."""
 
-    __slots__ = ("problems", "bad", "doc_type", "cancelled")
+    __slots__ = ("problems", "doc_type", "cancelled")
 
     def __init__(self, doc_type: str | None, cancelled: bool) -> None:
         self.problems: list[tuple[str, str]] = []
-        self.bad: set[str] = set()
         self.doc_type = doc_type
         self.cancelled = cancelled
 
     def add(self, rule: str, path: str) -> None:
         self.problems.append((rule, path))
-        if rule.startswith("R-"):
-            self.bad.add(path)
 
 
 _BAD = object()  # a value that failed its field check (never reaches the rules)
 
 
 # ============================================================ pass 1: field walk
+#
+# The field tables are compiled once per document type into a tree of closures: one check per
+# field (its kind, rules, limits and identifier check bound at import time) and one walk per
+# object table. Checking a value is then one call with no per-value dispatch on the kind, and a
+# field's JSON path is only formatted when a problem is recorded (most values have none).
+
+# (ctx, value, path of the enclosing object) → (canonical value, clean value or _BAD)
+_Check = Callable[[_Ctx, Any, str], tuple[Any, Any]]
+# (ctx, object, path of the object) → (canonical object, clean object)
+_Walk = Callable[[_Ctx, dict[str, Any], str], tuple[dict[str, Any], dict[str, Any]]]
+
+_AGENT_FIELD: Any = object()  # agent-managed: reported as W-001 by the caller, never canonical
 
 
-def _check_text(ctx: _Ctx, value: str, f: Field, path: str) -> bool:
+def _text_rule(value: str, f: Field) -> str | None:
+    """R-022/R-023 (§2.1) for a string value, or None when its text is clean."""
     if not value or value.isspace():
-        ctx.add("R-022", path)
-        return False
+        return "R-022"
     if (
-        (_CONTROL_RE if f.multiline else _CONTROL_NO_LF_RE).search(value)
+        # isprintable() is false for every C0/C1 control, LF and lone surrogate: only then can
+        # the control regex match.
+        (not value.isprintable() and (_CONTROL_RE if f.multiline else _CONTROL_NO_LF_RE).search(value))
         or value[0].isspace()
         or value[-1].isspace()
         or (f.max_len is not None and len(value) > f.max_len)
-        or not unicodedata.is_normalized("NFC", value)
+        # ASCII text is always NFC.
+        or (not value.isascii() and not unicodedata.is_normalized("NFC", value))
     ):
-        ctx.add("R-023", path)
-        return False
-    return True
+        return "R-023"
+    return None
 
 
-def _check_range(ctx: _Ctx, value: int | Decimal, f: Field, path: str) -> bool:
-    if f.minimum is not None and (value <= f.minimum if f.min_exclusive else value < f.minimum):
-        ctx.add(f.min_rule or f.range_rule, path)
-        return False
-    if f.maximum is not None and value > f.maximum:
-        ctx.add(f.range_rule, path)
-        return False
-    if f.nonzero and value == 0:
-        ctx.add(f.range_rule, path)
-        return False
-    return True
-
-
-def _walk_value(ctx: _Ctx, value: Any, f: Field, path: str, ptuple: tuple[str, ...]) -> tuple[Any, Any]:
-    """Check one present, non-null value. Returns (canonical value, clean value or _BAD)."""
-    kind = f.kind
-    if kind == "str":
-        if not isinstance(value, str):
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        if not _check_text(ctx, value, f, path):
-            return value, _BAD
-        if f.enum is not None and value not in f.enum:
-            ctx.add(f.enum_rule, path)
-            return value, _BAD
-        if f.compiled is not None and not f.compiled.match(value):
-            ctx.add(f.pattern_rule, path)
-            return value, _BAD
-        extra = (
-            (_EXTRA_STR.get((ctx.doc_type, ptuple)) or _EXTRA_STR.get((None, ptuple)))
-            if f.name in _EXTRA_NAMES
-            else None
-        )
-        if extra is not None:
-            rule = extra(value)
-            if rule is not None:
-                ctx.add(rule, path)
-                return value, _BAD
-        return value, value
-    if kind == "int":
-        if type(value) is not int:  # bool is an int subclass and floats are never accepted
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        if not _check_range(ctx, value, f, path):
-            return value, _BAD
-        return value, value
-    if kind == "dec":
-        if not isinstance(value, str):
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        if not _DEC_RE.match(value):
-            ctx.add("R-027", path)
-            return value, _BAD
-        dot = value.find(".")
-        if dot >= 0 and f.frac_digits is not None and len(value) - dot - 1 > f.frac_digits:
-            ctx.add("R-027", path)
-            return value, _BAD
-        number = Decimal(value)
-        if not _check_range(ctx, number, f, path):
-            return value, _BAD
-        return canonical_decimal(value), number
-    if kind == "bool":
-        if type(value) is not bool:
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        return value, value
-    if kind == "date":
-        if not isinstance(value, str):
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        d = parse_date(value)
-        if d is None:
-            ctx.add("R-024", path)
-            return value, _BAD
-        return value, d
-    if kind == "datetime":
-        if not isinstance(value, str):
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        moment = parse_datetime(value)
-        if moment is None:
-            ctx.add("R-024", path)
-            return value, _BAD
-        return value, moment
-    if kind == "object":
-        if not isinstance(value, dict):
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        return _walk_object(ctx, value, f.children or {}, path, ptuple)
-    if kind == "array_object":
-        if not isinstance(value, list):
-            ctx.add(f.type_rule, path)
-            return value, _BAD
-        if len(value) < f.min_items:
-            ctx.add(f.empty_rule or "R-028", path)
-            return value, _BAD
-        if f.max_items is not None and len(value) > f.max_items:
-            ctx.add(f.items_rule, path)
-            return value, _BAD
-        canon_list: list[Any] = []
-        clean_list: list[Any] = []
-        children = f.children or {}
-        for i, element in enumerate(value):
-            epath = f"{path}[{i}]"
-            if not isinstance(element, dict):
-                ctx.add("R-021", epath)
-                canon_list.append(element)
-                clean_list.append(_BAD)
-                continue
-            c, k = _walk_object(ctx, element, children, epath, ptuple)
-            canon_list.append(c)
-            clean_list.append(k)
-        return canon_list, clean_list
-    # array_str: only diagnosis_codes (KCD, ID-4)
-    if not isinstance(value, list):
-        ctx.add("R-021", path)
-        return value, _BAD
-    if f.max_items is not None and len(value) > f.max_items:
-        ctx.add(f.items_rule, path)
-        return value, _BAD
-    canon_codes: list[Any] = []
-    clean_codes: list[Any] = []
-    for i, element in enumerate(value):
-        epath = f"{path}[{i}]"
-        if not isinstance(element, str):
-            ctx.add(f.type_rule, epath)
-            canon_codes.append(element)
-            clean_codes.append(_BAD)
-            continue
-        if not element or element.isspace():
-            ctx.add("R-022", epath)
-            canon_codes.append(element)
-            clean_codes.append(_BAD)
-            continue
-        code = ids.normalise_kcd(element)
-        canon_codes.append(code)
-        if f.compiled is not None and not f.compiled.match(code):
-            ctx.add(f.pattern_rule, epath)
-            clean_codes.append(_BAD)
-        else:
-            clean_codes.append(code)
-    return canon_codes, clean_codes
-
-
-def _walk_object(
-    ctx: _Ctx, raw: dict[str, Any], fields: Mapping[str, Field], path: str, ptuple: tuple[str, ...]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    canon: dict[str, Any] = {}
-    clean: dict[str, Any] = {}
-    for key, value in raw.items():
-        if value is None:  # null means absent (§2.1)
-            continue
-        p = f"{path}.{key}" if path else key
-        f = fields.get(key)
-        if f is None:
-            ctx.add("R-025", p)
-            canon[key] = value
-            continue
-        if f.agent:
-            continue  # reported as W-001 by the caller, never part of the canonical form
-        if isinstance(value, list) and not value and not f.required:
-            continue  # an empty optional array is "no value" (§9.3)
-        c, k = _walk_value(ctx, value, f, p, (*ptuple, key))
-        canon[key] = c
-        if k is not _BAD:
-            clean[key] = k
-    # Cancellation records (§9.4) need only a few envelope fields; deeper objects that are
-    # present are validated normally.
-    cancel_scope = ctx.cancelled and (not ptuple or ptuple in (("institution",), ("patient",)))
-    required = _REQUIRED.get(id(fields))
-    if required is None:
-        required = _REQUIRED[id(fields)] = tuple(f for f in fields.values() if f.required)
-    for f in required:
-        if raw.get(f.name) is None:
-            if cancel_scope and (*ptuple, f.name) not in CANCEL_REQUIRED:
-                continue
-            ctx.add(f.missing_rule, f"{path}.{f.name}" if path else f.name)
-    return canon, clean
-
-
-# Required fields per field table (tables live for the whole process, so id() is stable).
-_REQUIRED: dict[int, tuple[Field, ...]] = {}
-
-
-# Identifier checks that a pattern cannot express, per (document_type or None, path).
 def _check_schema_version(value: str) -> str | None:
     m = _SCHEMA_VERSION_RE.match(value)
     return None if m is not None and int(m.group(1)) == 1 else "R-006"
 
 
-_EXTRA_STR: dict[tuple[str | None, tuple[str, ...]], Any] = {
+# Identifier checks that a pattern cannot express, per (document_type or None, path).
+_EXTRA_STR: dict[tuple[str | None, tuple[str, ...]], Callable[[str], str | None]] = {
     (None, ("schema_version",)): _check_schema_version,
-    (None, ("institution", "business_reg_no")): lambda v: None if ids.brn_valid(v) else "R-031",
+    # Institutions repeat across documents (and a business number is not personal data): cached.
+    (None, ("institution", "business_reg_no")): functools.lru_cache(maxsize=4096)(
+        lambda v: None if ids.brn_valid(v) else "R-031"
+    ),
     (None, ("patient", "rrn")): lambda v: None if ids.rrn_birth_date(v) is not None else "R-032",
     ("prescription", ("document_no",)): lambda v: None if ids.issue_no_date(v) is not None else "R-301",
     ("pharmacy_receipt", ("prescription_issue_no",)): (
         lambda v: None if ids.issue_no_date(v) is not None else "R-404"
     ),
 }
-_EXTRA_NAMES = frozenset(path[-1] for _, path in _EXTRA_STR)
+
+
+def _compile_str(f: Field, name: str, extra: Callable[[str], str | None] | None) -> _Check:
+    type_rule, enum_rule, pattern_rule = f.type_rule, f.enum_rule, f.pattern_rule
+    enum = frozenset(f.enum) if f.enum is not None else None
+    match = f.compiled.match if f.compiled is not None else None
+    # Enumeration values whose text is clean: a value equal to one of them passes every check
+    # when no pattern or identifier check follows.
+    known = (
+        frozenset(v for v in enum if _text_rule(v, f) is None)
+        if enum is not None and match is None and extra is None
+        else frozenset()
+    )
+    control = _CONTROL_RE if f.multiline else _CONTROL_NO_LF_RE
+    max_len = f.max_len if f.max_len is not None else sys.maxsize
+    is_normalized = unicodedata.is_normalized
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        if not isinstance(value, str):
+            rule: str | None = type_rule
+        elif value in known:
+            return value, value
+        elif not value or value.isspace():
+            rule = "R-022"
+        elif (
+            (not value.isprintable() and control.search(value))
+            or value[0].isspace()
+            or value[-1].isspace()
+            or len(value) > max_len
+            or (not value.isascii() and not is_normalized("NFC", value))
+        ):
+            rule = "R-023"
+        elif enum is not None and value not in enum:
+            rule = enum_rule
+        elif match is not None and not match(value):
+            rule = pattern_rule
+        elif extra is None or (rule := extra(value)) is None:
+            return value, value
+        ctx.problems.append((rule, f"{parent}.{name}" if parent else name))  # type: ignore[arg-type]
+        return value, _BAD
+
+    return check
+
+
+def _compile_int(f: Field, name: str) -> _Check:
+    type_rule, range_rule = f.type_rule, f.range_rule
+    min_rule = f.min_rule or f.range_rule
+    lo, hi, exclusive, nonzero = f.minimum, f.maximum, f.min_exclusive, f.nonzero
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        if type(value) is not int:  # bool is an int subclass and floats are never accepted
+            rule = type_rule
+        elif lo is not None and (value <= lo if exclusive else value < lo):
+            rule = min_rule
+        elif (hi is not None and value > hi) or (nonzero and value == 0):
+            rule = range_rule
+        else:
+            return value, value
+        ctx.problems.append((rule, f"{parent}.{name}" if parent else name))
+        return value, _BAD
+
+    return check
+
+
+def _compile_dec(f: Field, name: str) -> _Check:
+    type_rule, range_rule = f.type_rule, f.range_rule
+    min_rule = f.min_rule or f.range_rule
+    lo, hi, exclusive, nonzero = f.minimum, f.maximum, f.min_exclusive, f.nonzero
+    frac_digits = f.frac_digits
+    dec_match = _DEC_RE.match
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        if not isinstance(value, str):
+            rule = type_rule
+        elif not dec_match(value):
+            rule = "R-027"
+        else:
+            dot = value.find(".")
+            if dot >= 0 and frac_digits is not None and len(value) - dot - 1 > frac_digits:
+                rule = "R-027"
+            else:
+                number = Decimal(value)
+                if lo is not None and (number <= lo if exclusive else number < lo):
+                    rule = min_rule
+                elif (hi is not None and number > hi) or (nonzero and number == 0):
+                    rule = range_rule
+                else:
+                    return canonical_decimal(value), number
+        ctx.problems.append((rule, f"{parent}.{name}" if parent else name))
+        return value, _BAD
+
+    return check
+
+
+def _compile_bool(f: Field, name: str) -> _Check:
+    type_rule = f.type_rule
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        if type(value) is not bool:
+            ctx.problems.append((type_rule, f"{parent}.{name}" if parent else name))
+            return value, _BAD
+        return value, value
+
+    return check
+
+
+def _compile_date(f: Field, name: str) -> _Check:
+    type_rule = f.type_rule
+    date_match = _DATE_RE.match
+    date = dt.date
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        if not isinstance(value, str):
+            rule = type_rule
+        else:
+            m = date_match(value)
+            if m is not None:
+                year, month, day = m.groups()
+                try:
+                    return value, date(int(year), int(month), int(day))
+                except ValueError:
+                    pass
+            rule = "R-024"
+        ctx.problems.append((rule, f"{parent}.{name}" if parent else name))
+        return value, _BAD
+
+    return check
+
+
+def _compile_datetime(f: Field, name: str) -> _Check:
+    type_rule = f.type_rule
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        if not isinstance(value, str):
+            rule = type_rule
+        else:
+            moment = parse_datetime(value)
+            if moment is not None:
+                return value, moment
+            rule = "R-024"
+        ctx.problems.append((rule, f"{parent}.{name}" if parent else name))
+        return value, _BAD
+
+    return check
+
+
+def _compile_object(f: Field, name: str, walk: _Walk) -> _Check:
+    type_rule = f.type_rule
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        path = f"{parent}.{name}" if parent else name
+        if not isinstance(value, dict):
+            ctx.problems.append((type_rule, path))
+            return value, _BAD
+        return walk(ctx, value, path)
+
+    return check
+
+
+def _compile_array_object(f: Field, name: str, walk: _Walk) -> _Check:
+    type_rule, items_rule = f.type_rule, f.items_rule
+    empty_rule = f.empty_rule or "R-028"
+    min_items = f.min_items
+    max_items = f.max_items if f.max_items is not None else sys.maxsize
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        path = f"{parent}.{name}" if parent else name
+        if not isinstance(value, list):
+            ctx.problems.append((type_rule, path))
+            return value, _BAD
+        if len(value) < min_items:
+            ctx.problems.append((empty_rule, path))
+            return value, _BAD
+        if len(value) > max_items:
+            ctx.problems.append((items_rule, path))
+            return value, _BAD
+        canon_list: list[Any] = []
+        clean_list: list[Any] = []
+        for i, element in enumerate(value):
+            epath = f"{path}[{i}]"
+            if not isinstance(element, dict):
+                ctx.problems.append(("R-021", epath))
+                canon_list.append(element)
+                clean_list.append(_BAD)
+                continue
+            c, k = walk(ctx, element, epath)
+            canon_list.append(c)
+            clean_list.append(k)
+        return canon_list, clean_list
+
+    return check
+
+
+def _compile_array_str(f: Field, name: str) -> _Check:
+    """Only diagnosis_codes (KCD, ID-4)."""
+    type_rule, items_rule, pattern_rule = f.type_rule, f.items_rule, f.pattern_rule
+    max_items = f.max_items if f.max_items is not None else sys.maxsize
+    match = f.compiled.match if f.compiled is not None else None
+
+    def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
+        path = f"{parent}.{name}" if parent else name
+        if not isinstance(value, list):
+            ctx.problems.append(("R-021", path))
+            return value, _BAD
+        if len(value) > max_items:
+            ctx.problems.append((items_rule, path))
+            return value, _BAD
+        canon_codes: list[Any] = []
+        clean_codes: list[Any] = []
+        for i, element in enumerate(value):
+            if not isinstance(element, str):
+                ctx.problems.append((type_rule, f"{path}[{i}]"))
+                canon_codes.append(element)
+                clean_codes.append(_BAD)
+                continue
+            if not element or element.isspace():
+                ctx.problems.append(("R-022", f"{path}[{i}]"))
+                canon_codes.append(element)
+                clean_codes.append(_BAD)
+                continue
+            code = ids.normalise_kcd(element)
+            canon_codes.append(code)
+            if match is not None and not match(code):
+                ctx.problems.append((pattern_rule, f"{path}[{i}]"))
+                clean_codes.append(_BAD)
+            else:
+                clean_codes.append(code)
+        return canon_codes, clean_codes
+
+    return check
+
+
+def _compile_field(f: Field, doc_type: str, ptuple: tuple[str, ...]) -> _Check:
+    """The check of one field at ``ptuple`` (index-free path) of a ``doc_type`` document."""
+    name = f.name
+    kind = f.kind
+    if kind == "str":
+        extra = _EXTRA_STR.get((doc_type, ptuple)) or _EXTRA_STR.get((None, ptuple))
+        return _compile_str(f, name, extra)
+    if kind == "int":
+        return _compile_int(f, name)
+    if kind == "dec":
+        return _compile_dec(f, name)
+    if kind == "bool":
+        return _compile_bool(f, name)
+    if kind == "date":
+        return _compile_date(f, name)
+    if kind == "datetime":
+        return _compile_datetime(f, name)
+    if kind == "object":
+        return _compile_object(f, name, _compile_walk(f.children or {}, doc_type, ptuple))
+    if kind == "array_object":
+        return _compile_array_object(f, name, _compile_walk(f.children or {}, doc_type, ptuple))
+    return _compile_array_str(f, name)
+
+
+def _compile_walk(fields: Mapping[str, Field], doc_type: str, ptuple: tuple[str, ...]) -> _Walk:
+    """The walk over one object whose field table is ``fields`` (at ``ptuple``): the fast path
+    for an object without any problem, else the full walk that records every problem."""
+    fast = _compile_fast_walk(fields, doc_type, ptuple)
+    full = _compile_full_walk(fields, doc_type, ptuple)
+
+    def walk(ctx: _Ctx, raw: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        result = fast(raw)
+        if result is None:
+            return full(ctx, raw, path)
+        return result
+
+    return walk
+
+
+def _compile_full_walk(fields: Mapping[str, Field], doc_type: str, ptuple: tuple[str, ...]) -> _Walk:
+    checks: dict[str, _Check] = {
+        name: _AGENT_FIELD if f.agent else _compile_field(f, doc_type, (*ptuple, name))
+        for name, f in fields.items()
+    }
+    optional = frozenset(name for name, f in fields.items() if not f.required)
+    # Cancellation records (§9.4) need only a few envelope fields; deeper objects that are
+    # present are validated normally.
+    cancel_scope = not ptuple or ptuple in (("institution",), ("patient",))
+    required = tuple(
+        (f.name, f.missing_rule, cancel_scope and (*ptuple, f.name) not in CANCEL_REQUIRED)
+        for f in fields.values()
+        if f.required
+    )
+    get_check = checks.get
+
+    def walk(ctx: _Ctx, raw: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        problems = ctx.problems
+        canon: dict[str, Any] = {}
+        clean: dict[str, Any] = {}
+        for key, value in raw.items():
+            if value is None:  # null means absent (§2.1)
+                continue
+            check = get_check(key)
+            if check is None:
+                problems.append(("R-025", f"{path}.{key}" if path else key))
+                canon[key] = value
+                continue
+            if check is _AGENT_FIELD:
+                continue  # reported as W-001 by the caller, never part of the canonical form
+            if isinstance(value, list) and not value and key in optional:
+                continue  # an empty optional array is "no value" (§9.3)
+            c, k = check(ctx, value, path)
+            canon[key] = c
+            if k is not _BAD:
+                clean[key] = k
+        for name, rule, cancel_exempt in required:
+            if raw.get(name) is None:
+                if cancel_exempt and ctx.cancelled:
+                    continue
+                problems.append((rule, f"{path}.{name}" if path else name))
+        return canon, clean
+
+    return walk
+
+
+# The fast path: the common object in which every value is valid. It records no problem; it
+# answers None as soon as anything is unusual (a problem, null, an unknown or agent field, an
+# empty array, a missing field, a non-plain type), and the full walk then decides. It accepts only
+# what the full walk accepts without a problem, and builds the same canonical and clean objects
+# (copies of the raw object, in its key order, with converted values replaced).
+#
+# Each field table becomes one generated function of straight-line checks, one block per field
+# with its limits as constants: no per-value call or dispatch on the kind. The source is kept as
+# ``fast.source`` for reading and debugging.
+_FastWalk = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]] | None]
+
+
+def _in_range(value: int | Decimal, lo: Any, hi: Any, exclusive: bool, nonzero: bool) -> bool:
+    """`_compile_int`/`_compile_dec` range test without a problem: True inside the range."""
+    if lo is not None and (value <= lo if exclusive else value < lo):
+        return False
+    if hi is not None and value > hi:
+        return False
+    return not (nonzero and value == 0)
+
+
+def _fast_dec(f: Field) -> Callable[[Any], tuple[str, Decimal] | None]:
+    frac_digits, lo, hi, exclusive, nonzero = f.frac_digits, f.minimum, f.maximum, f.min_exclusive, f.nonzero
+    dec_match = _DEC_RE.match
+
+    def dec(value: str) -> tuple[str, Decimal] | None:
+        if not dec_match(value):
+            return None
+        dot = value.find(".")
+        if dot >= 0 and frac_digits is not None and len(value) - dot - 1 > frac_digits:
+            return None
+        number = Decimal(value)
+        if not _in_range(number, lo, hi, exclusive, nonzero):
+            return None
+        return canonical_decimal(value), number
+
+    # Amounts, doses and counts repeat across lines and documents; Decimals are immutable.
+    cached = functools.lru_cache(maxsize=4096)(dec)
+
+    def dec_value(value: Any) -> tuple[str, Decimal] | None:
+        return cached(value) if type(value) is str else None  # the cache needs hashable keys
+
+    return dec_value
+
+
+# Dates repeat within and across documents (every line of a statement has one).
+_cached_date = functools.lru_cache(maxsize=4096)(parse_date)
+
+
+def _fast_date(value: Any) -> dt.date | None:
+    return _cached_date(value) if type(value) is str else None
+
+
+def _fast_datetime(value: Any) -> dt.datetime | None:
+    return parse_datetime(value) if type(value) is str else None
+
+
+def _fast_array(f: Field, child: _FastWalk) -> Callable[[Any], tuple[list[Any], list[Any]] | None]:
+    # An empty array is either skipped (optional) or a problem: the full walk decides.
+    min_items = max(f.min_items, 1)
+    max_items = f.max_items if f.max_items is not None else sys.maxsize
+
+    def array(value: Any) -> tuple[list[Any], list[Any]] | None:
+        if type(value) is not list or not min_items <= len(value) <= max_items:
+            return None
+        canon_list: list[Any] = []
+        clean_list: list[Any] = []
+        for element in value:
+            result = child(element)
+            if result is None:
+                return None
+            canon_list.append(result[0])
+            clean_list.append(result[1])
+        return canon_list, clean_list
+
+    return array
+
+
+def _fast_codes(f: Field) -> Callable[[Any], tuple[list[str], list[str]] | None]:
+    max_items = f.max_items if f.max_items is not None else sys.maxsize
+    match = f.compiled.match if f.compiled is not None else None
+
+    def codes_(value: Any) -> tuple[list[str], list[str]] | None:
+        if type(value) is not list or not 0 < len(value) <= max_items:
+            return None
+        canon_codes: list[str] = []
+        for element in value:
+            if type(element) is not str or not element or element.isspace():
+                return None
+            code = ids.normalise_kcd(element)
+            if match is not None and not match(code):
+                return None
+            canon_codes.append(code)
+        return canon_codes, list(canon_codes)
+
+    return codes_
+
+
+def _compile_fast_walk(fields: Mapping[str, Field], doc_type: str, ptuple: tuple[str, ...]) -> _FastWalk:
+    names: dict[str, Any] = {"is_normalized": unicodedata.is_normalized}
+
+    def constant(value: Any) -> str:
+        name = f"k{len(names)}"
+        names[name] = value
+        return name
+
+    required = [f for f in fields.values() if f.required and not f.agent]
+    lines = [
+        "def fast(raw):",
+        "    if type(raw) is not dict:",
+        "        return None",
+        "    get = raw.get",
+        "    canon = raw.copy()",
+        "    clean = raw.copy()",
+        f"    present = {len(required)}",
+    ]
+    for name, f in fields.items():
+        if f.agent:
+            continue  # present → the count below differs → the full walk reports W-001 and skips it
+        key = repr(name)
+        body: list[str] = []
+        kind = f.kind
+        if kind == "str":
+            extra = _EXTRA_STR.get((doc_type, (*ptuple, name))) or _EXTRA_STR.get((None, (*ptuple, name)))
+            if f.enum is not None and f.compiled is None and extra is None:
+                known = frozenset(v for v in f.enum if _text_rule(v, f) is None)  # see `_compile_str`
+                body.append(f"if type(v) is not str or v not in {constant(known)}: return None")
+            else:
+                # `_compile_str` for a value without a problem (isprintable: no control character,
+                # LF or lone surrogate; ASCII text is NFC).
+                tests = [
+                    "type(v) is not str",
+                    "not v",
+                    "not v.isprintable()",
+                    "v[0].isspace()",
+                    "v[-1].isspace()",
+                ]
+                if f.max_len is not None:
+                    tests.append(f"len(v) > {f.max_len}")
+                tests.append('(not v.isascii() and not is_normalized("NFC", v))')
+                if f.enum is not None:
+                    tests.append(f"v not in {constant(frozenset(f.enum))}")
+                if f.compiled is not None:
+                    tests.append(f"not {constant(f.compiled.match)}(v)")
+                if extra is not None:
+                    tests.append(f"{constant(extra)}(v) is not None")
+                body.append(f"if {' or '.join(tests)}: return None")
+        elif kind == "int":
+            if f.minimum is not None and f.maximum is not None and not (f.min_exclusive or f.nonzero):
+                body.append(f"if type(v) is not int or v < {f.minimum!r} or v > {f.maximum!r}: return None")
+            else:
+                limits = constant((f.minimum, f.maximum, f.min_exclusive, f.nonzero))
+                body.append(f"if type(v) is not int or not in_range(v, *{limits}): return None")
+                names["in_range"] = _in_range
+        elif kind == "bool":
+            body.append("if type(v) is not bool: return None")
+        elif kind in ("date", "datetime"):
+            parse = constant(_fast_date if kind == "date" else _fast_datetime)
+            body += [f"r = {parse}(v)", "if r is None: return None", f"clean[{key}] = r"]
+        else:
+            convert: Callable[[Any], Any]
+            if kind == "dec":
+                convert = _fast_dec(f)
+            elif kind == "object":
+                convert = _compile_fast_walk(f.children or {}, doc_type, (*ptuple, name))
+            elif kind == "array_object":
+                convert = _fast_array(f, _compile_fast_walk(f.children or {}, doc_type, (*ptuple, name)))
+            else:
+                convert = _fast_codes(f)
+            body += [
+                f"r = {constant(convert)}(v)",
+                "if r is None: return None",
+                f"canon[{key}], clean[{key}] = r",
+            ]
+        lines.append(f"    v = get({key})")
+        if f.required:  # missing or null fails the type test of every kind
+            lines += [f"    {line}" for line in body]
+        else:
+            lines += ["    if v is not None:", "        present += 1"] + [f"        {line}" for line in body]
+    lines += [
+        "    if len(raw) != present:",  # an unknown, null or agent field: the full walk reports it
+        "        return None",
+        "    return canon, clean",
+    ]
+    source = "\n".join(lines) + "\n"
+    label = ".".join(ptuple) or "(document)"
+    exec(compile(source, f"<fast walk of {doc_type} {label}>", "exec"), names)  # noqa: S102 - source built above from the field table
+    fast: _FastWalk = names["fast"]
+    fast.source = source  # type: ignore[attr-defined]
+    return fast
+
+
+# One compiled walk per document type over its whole field table.
+_WALKS: dict[str, _Walk] = {t: _compile_walk(fields, t, ()) for t, fields in FIELDS.items()}
 
 
 # ============================================================ pass 2: rules per type
@@ -491,17 +831,19 @@ def _layout_columns(ctx: _Ctx, raw: dict[str, Any], rule: str) -> tuple[str, ...
     if layout not in ("current", "legacy_selective"):
         return None
     legacy = layout == "legacy_selective"
-    containers: list[tuple[str, Any]] = [("totals", raw.get("totals"))]
+    totals = raw.get("totals")
+    if isinstance(totals, dict):
+        for col in LEGACY_COLUMNS:
+            if (totals.get(col) is not None) != legacy:
+                ctx.add(rule, f"totals.{col}")
     lines = raw.get("lines")
     if isinstance(lines, list):
-        containers += [(f"lines[{i}]", line) for i, line in enumerate(lines)]
-    for path, obj in containers:
-        if not isinstance(obj, dict):
-            continue
-        for col in LEGACY_COLUMNS:
-            present = obj.get(col) is not None
-            if present != legacy:
-                ctx.add(rule, f"{path}.{col}")
+        for i, line in enumerate(lines):
+            if not isinstance(line, dict):
+                continue
+            for col in LEGACY_COLUMNS:
+                if (line.get(col) is not None) != legacy:
+                    ctx.add(rule, f"lines[{i}].{col}")
     return CORE_COLUMNS + LEGACY_COLUMNS if legacy else CORE_COLUMNS
 
 
@@ -516,6 +858,9 @@ def _care_period(ctx: _Ctx, c: dict[str, Any], end_rule: str) -> tuple[dt.date, 
         ctx.add(end_rule, "care_period.end")
         return None
     return start, end
+
+
+_MONEY_COLUMNS = CORE_COLUMNS + LEGACY_COLUMNS
 
 
 def _receipt_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
@@ -637,7 +982,8 @@ def _receipt_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
     if visit == "outpatient" and cap is not None and cap > 0:
         ctx.add("W-101", "cap_excess")
     drg_lines = [ln for ln in lines if isinstance(ln, dict) and ln.get("item") == "drg_bundle"]
-    drg_nonzero = any(any(_i(ln, col) for col in CORE_COLUMNS + LEGACY_COLUMNS) for ln in drg_lines)
+    # Clean lines: their money fields hold ints, so ``get`` is `_i` (as in `_detail_rules`).
+    drg_nonzero = any(any(map(ln.get, _MONEY_COLUMNS)) for ln in drg_lines)
     has_drg_no = raw.get("drg_no") is not None
     if drg_nonzero != has_drg_no:
         ctx.add("W-105", "drg_no")
@@ -652,7 +998,7 @@ def _receipt_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
         if not isinstance(ln, dict):
             continue
         item = ln.get("item")
-        nonzero = any(_i(ln, col) for col in CORE_COLUMNS + LEGACY_COLUMNS)
+        nonzero = any(map(ln.get, _MONEY_COLUMNS))
         if not nonzero:
             continue
         if (visit == "outpatient" and isinstance(item, str) and item.startswith("room_")) or (
@@ -689,6 +1035,7 @@ def _cash_receipt_warning(ctx: _Ctx, raw: dict[str, Any], paid: dict[str, Any] |
 _ITEM_LINE_REQUIRED = ("item", "date", "amount", "count", "days")
 _ADJUSTMENT_FORBIDDEN = ("date", "code", "amount", "dose", "count", "days")
 _DETAIL_MONEY = ("total", *CORE_COLUMNS, *LEGACY_COLUMNS)
+_ONE = Decimal(1)
 
 
 def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
@@ -701,91 +1048,116 @@ def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
         lines = []
     previous_no: int | None = None
     seen_no: set[int] = set()
+    add = ctx.add
+    # RD-3 column sums over the clean lines, as `_sum` gives them (None once a line lacks a value).
+    sums: dict[str, int | None] = dict.fromkeys(_DETAIL_MONEY, 0)
     for i, (rl, ln) in enumerate(zip(raw_lines, lines, strict=False)):
         if not isinstance(rl, dict) or not isinstance(ln, dict):
+            sums = dict.fromkeys(_DETAIL_MONEY)
             continue
-        p = f"lines[{i}]"
-        no = _i(ln, "line_no")
+        # ``ln`` is a clean line: an int field in it holds an int (the field walk checked it), so
+        # ``get`` is `_i` here. Paths are formatted only for a problem.
+        get = ln.get
+        raw_get = rl.get
+        no = get("line_no")
         if no is not None:
             if no in seen_no or (previous_no is not None and no <= previous_no):
-                ctx.add("R-203", f"{p}.line_no")
+                add("R-203", f"lines[{i}].line_no")
             seen_no.add(no)
             previous_no = no if previous_no is None else max(previous_no, no)
-        line_type = ln.get("line_type")
-        has_code = rl.get("code") is not None
-        has_code_type = rl.get("code_type") is not None
-        money = {k: _i(ln, k) for k in _DETAIL_MONEY}
+        line_type = get("line_type")
+        has_code = raw_get("code") is not None
+        has_code_type = raw_get("code_type") is not None
+        total, copay, insurer = get("total"), get("copay"), get("insurer")
+        full_copay, non_covered = get("full_copay"), get("non_covered")
+        for col, s in sums.items():
+            if s is not None:
+                v = get(col)
+                sums[col] = None if v is None else s + v
         # RD-1 (R-205): every line
-        parts = [money[k] for k in CORE_COLUMNS]
-        if money["total"] is not None and None not in parts and money["total"] != sum(parts):  # type: ignore[arg-type]
-            ctx.add("R-205", f"{p}.total")
+        if (
+            total is not None
+            and copay is not None
+            and insurer is not None
+            and full_copay is not None
+            and non_covered is not None
+            and total != copay + insurer + full_copay + non_covered
+        ):
+            add("R-205", f"lines[{i}].total")
         # RD-4 (R-207)
-        if legacy and None not in (money["non_covered"], money["selective"], money["non_selective"]):
-            if money["non_covered"] != money["selective"] + money["non_selective"]:  # type: ignore[operator]
-                ctx.add("R-207", f"{p}.non_covered")
-        count = ln.get("count") if isinstance(ln.get("count"), Decimal) else None
-        total = money["total"]
+        if legacy and non_covered is not None:
+            selective, non_selective = get("selective"), get("non_selective")
+            if selective is not None and non_selective is not None:
+                if non_covered != selective + non_selective:
+                    add("R-207", f"lines[{i}].non_covered")
+        count = get("count")
+        if not isinstance(count, Decimal):
+            count = None
         if count is not None and count < 0:
-            ctx.add("W-203", f"{p}.count")
+            add("W-203", f"lines[{i}].count")
         elif total is not None and total < 0:
-            ctx.add("W-203", f"{p}.total")
+            add("W-203", f"lines[{i}].total")
         if line_type == "item":
             for name in _ITEM_LINE_REQUIRED:
-                if rl.get(name) is None:
-                    ctx.add("R-208", f"{p}.{name}")
+                if raw_get(name) is None:
+                    add("R-208", f"lines[{i}].{name}")
             if has_code != has_code_type:
-                ctx.add("R-211", f"{p}.code_type" if has_code else f"{p}.code")
+                add("R-211", f"lines[{i}].code_type" if has_code else f"lines[{i}].code")
             # RD-2 (R-204 / W-201)
-            amount, days = ln.get("amount"), _i(ln, "days")
+            amount, days = get("amount"), get("days")
             if isinstance(amount, Decimal) and count is not None and days is not None and total is not None:
-                dose_value = ln.get("dose")
-                dose = dose_value if isinstance(dose_value, Decimal) else Decimal(1)
-                if rl.get("dose") is None or isinstance(ln.get("dose"), Decimal):
+                dose_value = get("dose")
+                dose = dose_value if isinstance(dose_value, Decimal) else _ONE
+                if raw_get("dose") is None or isinstance(dose_value, Decimal):
                     product = _DEC_CTX.multiply(
                         _DEC_CTX.multiply(_DEC_CTX.multiply(amount, dose), count), days
                     )
                     diff = abs(total - round_half_up(product))
                     if diff > 10:
-                        ctx.add("R-204", f"{p}.total")
+                        add("R-204", f"lines[{i}].total")
                     elif diff > 1:
-                        ctx.add("W-201", f"{p}.total")
+                        add("W-201", f"lines[{i}].total")
             # RD-5 (R-209)
-            if count is not None:
-                values = [money[k] for k in ("total", *CORE_COLUMNS)]
-                if any(v is not None and ((count > 0 and v < 0) or (count < 0 and v > 0)) for v in values):
-                    ctx.add("R-209", p)
-            line_date = ln.get("date")
+            if count is not None and count != 0:
+                positive = count > 0
+                for v in (total, copay, insurer, full_copay, non_covered):
+                    if v is not None and (v < 0 if positive else v > 0):
+                        add("R-209", f"lines[{i}]")
+                        break
+            line_date = get("date")
             if period is not None and isinstance(line_date, dt.date):
                 if not period[0] <= line_date <= period[1]:
-                    ctx.add("W-202", f"{p}.date")
-            code = ln.get("code")
-            code_type = ln.get("code_type")
+                    add("W-202", f"lines[{i}].date")
+            code = get("code")
+            code_type = get("code_type")
             if isinstance(code, str) and isinstance(code_type, str):
                 syntax = ids.CODE_SYNTAX.get(code_type)
                 if syntax is not None and not syntax.match(code):
-                    ctx.add("W-205", f"{p}.code")
-            if rl.get("code") is None and any(money[k] for k in ("copay", "insurer", "full_copay")):
-                ctx.add("W-206", f"{p}.code")
+                    add("W-205", f"lines[{i}].code")
+            if not has_code and (copay or insurer or full_copay):
+                add("W-206", f"lines[{i}].code")
         elif line_type == "rounding_adjustment":
+            p = f"lines[{i}]"
+            money = {k: _i(ln, k) for k in _DETAIL_MONEY}
             for name in _ADJUSTMENT_FORBIDDEN:
                 if rl.get(name) is not None:
-                    ctx.add("R-208", f"{p}.{name}")
+                    add("R-208", f"{p}.{name}")
             if has_code_type and not has_code:
-                ctx.add("R-211", f"{p}.code")
+                add("R-211", f"{p}.code")
             for k in _DETAIL_MONEY:
                 v = money[k]
                 if v is not None and not -9_999 <= v <= 9_999:
-                    ctx.add("R-210", f"{p}.{k}")
+                    add("R-210", f"{p}.{k}")
             if any(v is not None and abs(v) >= 100 for v in money.values()) or (
                 total is not None and total != 0
             ):
-                ctx.add("W-204", p)
+                add("W-204", p)
     # RD-3 (R-206)
     totals = c.get("totals") if isinstance(c.get("totals"), dict) else None
     if columns is not None and totals is not None and lines:
         for col in ("total", *columns):
             t = _i(totals, col)
-            s = _sum(lines, col)
+            s = sums[col]
             if t is not None and s is not None and t != s:
                 ctx.add("R-206", f"totals.{col}")
     if legacy and totals is not None:
@@ -988,7 +1360,7 @@ def _validate(doc: Any, received_at: dt.datetime) -> Validation:
         if not isinstance(sv, str) or _check_schema_version(sv) is not None:
             ctx.add("R-006", "schema_version")
         return Validation(_finish(ctx), None, None)
-    canon, clean = _walk_object(ctx, doc, fields, "", ())
+    canon, clean = _WALKS[str(doc_type)](ctx, doc, "")
     received_on = kst_date(received_at)
     _common_rules(ctx, doc, clean, received_on)
     _TYPE_RULES[str(doc_type)](ctx, doc, clean)

@@ -20,8 +20,11 @@ _MAX_INT_DIGITS = 40
 def clean_text(value: str) -> str:
     """NFC-normalise, then trim characters for which ``str.isspace()`` is true (incl. U+3000).
 
-    ``str.strip()`` without arguments strips exactly the ``isspace()`` characters.
+    ``str.strip()`` without arguments strips exactly the ``isspace()`` characters. ASCII text is
+    already NFC, and both calls return the string itself when nothing changes.
     """
+    if value.isascii():
+        return value.strip()
     return unicodedata.normalize("NFC", value).strip()
 
 

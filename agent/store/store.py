@@ -835,6 +835,23 @@ class Store:
                 out[doc_id] = StoredDocument(doc_id, version, row[2], row[3], row[4], True, document)
         return out
 
+    def binding_with_documents(
+        self, claim_no: str, consent_id: str, doc_ids: Sequence[str], now: dt.datetime
+    ) -> tuple[Binding | None, dict[str, StoredDocument]]:
+        """A relay fetch's reads in one snapshot: the claim's live binding (B4) and — only when it
+        carries ``consent_id`` and allows every id of ``doc_ids`` (B5, all or nothing) — their
+        current versions, decrypted. An id purged since the search is absent from the dict."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[Binding | None, dict[str, StoredDocument]]:
+            binding = self._binding_in(conn, claim_no, now)
+            if binding is None or binding.consent_id != consent_id:
+                return binding, {}
+            if not binding.allowed_ids.issuperset(doc_ids):
+                return binding, {}
+            return binding, self._load_current_many(conn, doc_ids)
+
+        return self._reading(fn)  # type: ignore[no-any-return]
+
     def get_current_many(self, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
         """Current versions of several documents read in one snapshot (fetch: all or nothing)."""
         return self._reading(lambda conn: self._load_current_many(conn, doc_ids))  # type: ignore[no-any-return]
@@ -1045,19 +1062,31 @@ class Store:
 
     # -- relay state ---------------------------------------------------------------------------
     def replay_check_and_insert(self, request_id: str, now: dt.datetime) -> bool:
-        """Atomically record a request id; False when seen within 24 h (→ 409). Prunes older ids."""
+        """Atomically record a request id; False when seen within 24 h (→ 409)."""
+        return self.db.write(lambda conn: _replay_insert(conn, request_id, now.timestamp()))
+
+    def relay_request_record(self, request_id: str, now: dt.datetime, relay_id: str) -> str:
+        """relay-api.md §4 rules 1 and 3 for one request, in one write transaction.
+
+        ``"relay-not-allowed"`` when enrolled relay ids are stored and ``relay_id`` is not one of
+        them (nothing is recorded); ``"replay"`` when ``request_id`` was accepted within 24 h;
+        else the id is recorded: ``"recorded"``. Rule 2 (the clock window, between the two) is
+        pure: the caller checks it first and, when it fails, reads ``relay_ids`` instead.
+        """
         ts = now.timestamp()
 
-        def job(conn: sqlite3.Connection) -> bool:
-            conn.execute("DELETE FROM replay WHERE first_seen < ?", (ts - REPLAY_WINDOW_S,))
-            return (
-                conn.execute(
-                    "INSERT OR IGNORE INTO replay (request_id, first_seen) VALUES (?, ?)", (request_id, ts)
-                ).rowcount
-                == 1
-            )
+        def job(conn: sqlite3.Connection) -> str:
+            allowed = _relay_ids_in(conn)
+            if allowed is not None and relay_id not in allowed:
+                return "relay-not-allowed"
+            return "recorded" if _replay_insert(conn, request_id, ts) else "replay"
 
         return self.db.write(job)
+
+    def relay_ids(self) -> frozenset[str] | None:
+        """The relay ids received at enrollment, or ``None`` when never enrolled (accept any)."""
+        with self.db.reader() as conn:
+            return _relay_ids_in(conn)
 
     def replay_prune(self, now: dt.datetime) -> int:
         return self.db.write(
@@ -1071,11 +1100,15 @@ class Store:
     def binding_get(self, claim_no: str, now: dt.datetime) -> Binding | None:
         """The live binding of a claim (expired ones are treated as absent, B4)."""
         with self.db.reader() as conn:
-            r = conn.execute(
-                "SELECT claim_no, consent_id, subject_ref, allowed_ids, expires_at FROM bindings "
-                "WHERE claim_no = ? AND expires_at > ?",
-                (claim_no, now.timestamp()),
-            ).fetchone()
+            return self._binding_in(conn, claim_no, now)
+
+    @staticmethod
+    def _binding_in(conn: sqlite3.Connection, claim_no: str, now: dt.datetime) -> Binding | None:
+        r = conn.execute(
+            "SELECT claim_no, consent_id, subject_ref, allowed_ids, expires_at FROM bindings "
+            "WHERE claim_no = ? AND expires_at > ?",
+            (claim_no, now.timestamp()),
+        ).fetchone()
         return Binding(r[0], r[1], r[2], frozenset(json.loads(r[3])), r[4]) if r else None
 
     def binding_upsert(
@@ -1522,6 +1555,29 @@ def _count_in(conn: sqlite3.Connection, table: str, column: str, ids: Sequence[s
 def _seconds_iso(value: str) -> str:
     """``2026-11-23T05:12:00.481Z`` → ``2026-11-23T05:12:00Z`` (cli.md §3.1 shows whole seconds)."""
     return value[:19] + "Z" if len(value) > 20 else value
+
+
+def _replay_insert(conn: sqlite3.Connection, request_id: str, ts: float) -> bool:
+    """Record ``request_id`` as first seen at ``ts``; False when it was seen within the window.
+
+    An id older than the window is taken over in place (the hourly ``replay_prune`` removes the
+    rest), so no request pays for deleting other requests' rows.
+    """
+    return (
+        conn.execute(
+            "INSERT INTO replay (request_id, first_seen) VALUES (?, ?) "
+            "ON CONFLICT(request_id) DO UPDATE SET first_seen = excluded.first_seen "
+            "WHERE replay.first_seen < ?",
+            (request_id, ts, ts - REPLAY_WINDOW_S),
+        ).rowcount
+        == 1
+    )
+
+
+def _relay_ids_in(conn: sqlite3.Connection) -> frozenset[str] | None:
+    """The enrolled relay ids (kv ``relay_ids``, a JSON list), ``None`` when never enrolled."""
+    row = conn.execute("SELECT value FROM kv WHERE key = 'relay_ids'").fetchone()
+    return None if row is None else frozenset(json.loads(row[0]))
 
 
 __all__ = ["Store", "normalise_name", "STORE_FILE"]

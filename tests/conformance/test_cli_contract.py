@@ -1059,11 +1059,6 @@ def test_config_option_before_the_command(tmp_path):
 @pytest.mark.parametrize(
     "argv", [["service", "status"], ["provision", "BUNDLE"]], ids=["service", "provision"]
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEVIATION: cli.md §3 `service` and `provision` are not implemented "
-    "(exit 1 'not available in this build', exit 1 is reserved for bugs)",
-)
 def test_service_and_provision_commands_exist(tmp_path, argv):
     inst = Install.create(tmp_path)
     argv = [str(tmp_path / "missing.bundle") if a == "BUNDLE" else a for a in argv]
