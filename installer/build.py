@@ -24,7 +24,7 @@ def main() -> int:
         "--distpath", str(ROOT / "dist"), "--workpath", str(ROOT / "build"), "--specpath", str(ROOT / "build"),
         "--collect-submodules", "agent",
         "--add-data", f"{ROOT / 'config' / 'profiles'}{sep}config/profiles",
-        "--hidden-import", "uvicorn.protocols.http.h11_impl",
+        "--hidden-import", "uvicorn.protocols.http.httptools_impl",
         "--hidden-import", "uvicorn.lifespan.off",
     ]
     if os.name == "nt":

@@ -57,6 +57,7 @@ class BackendProtocol(Protocol):
     def audit_ok(self) -> bool: ...
     def signing_kid(self) -> str: ...
     def sign(self, data: bytes) -> str: ...
+    def current_signer(self) -> Any: ...
     def relay_ids(self) -> frozenset[str] | None: ...
     def subject_ref(self, rrn13: str) -> str: ...
     def relay_request_record(self, request_id: str, now: dt.datetime, relay_id: str) -> str: ...
@@ -139,6 +140,15 @@ class Backend:
             return False
 
     # -- keys ------------------------------------------------------------------------------
+    def set_signer(self, signer: Any) -> None:
+        """Sign documents with this key from now on (signing-key rotation; one reference swap, so a
+        response is signed entirely with the old or entirely with the new key)."""
+        self._signer = signer
+
+    def current_signer(self) -> Any:
+        """The signer now in use (``.kid``, ``.sign``): one response uses one key throughout."""
+        return self._signer
+
     def signing_kid(self) -> str:
         return str(self._signer.kid)
 

@@ -375,7 +375,8 @@ class Handlers:
             rendered.append(
                 (doc_id, str(doc.get("document_type")), int(doc.get("version", 0)), media_type, content)
             )
-        signer_kid = self.backend.signing_kid()
+        signer = self.backend.current_signer()  # one key for the whole response, even mid-rotation
+        signer_kid = str(signer.kid)
         for doc_id, doc_type, version, media_type, content in rendered:
             entries.append(
                 {
@@ -385,7 +386,7 @@ class Handlers:
                     "media_type": media_type,
                     "content_base64": base64.b64encode(content).decode("ascii"),
                     "content_sha256": hashlib.sha256(content).hexdigest(),
-                    "signature": {"alg": "ES256", "kid": signer_kid, "value": self.backend.sign(content)},
+                    "signature": {"alg": "ES256", "kid": signer_kid, "value": str(signer.sign(content))},
                 }
             )
         body = {

@@ -479,6 +479,10 @@ class AuditLog:
                     return False
         return True
 
+    def set_signer(self, signer: Signer) -> None:
+        """Sign anchors with this key from now on (signing-key rotation)."""
+        self._signer, self._signer_loaded = signer, True
+
     def signer(self) -> Signer | None:
         """The signing key for anchors: the one given, else ``keys_dir/signing.key`` if usable."""
         if not self._signer_loaded:

@@ -143,6 +143,8 @@ class Validation:
     document: dict[str, Any] | None
     content_hash: str | None
     document_type: str | None = None
+    # serialize(document): what content_hash is over; the store seals it without encoding again.
+    canonical: bytes | None = field(default=None, repr=False, compare=False)
     errors: list[Problem] = field(init=False)
     warnings: list[Problem] = field(init=False)
 
@@ -1365,4 +1367,5 @@ def _validate(doc: Any, received_at: dt.datetime) -> Validation:
     _common_rules(ctx, doc, clean, received_on)
     _TYPE_RULES[str(doc_type)](ctx, doc, clean)
     problems = _finish(ctx)
-    return Validation(problems, canon, hashlib.sha256(serialize(canon)).hexdigest(), doc_type)
+    canonical = serialize(canon)
+    return Validation(problems, canon, hashlib.sha256(canonical).hexdigest(), doc_type, canonical)

@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -60,6 +61,32 @@ def _warm_up() -> int:
     """A first task: the pool counts as ready once a worker has run it (files are prepared
     in-process meanwhile, so a starting pool never delays the first commits)."""
     return os.getpid()
+
+
+def _release_broken(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Make sure a broken pool's manager thread can end (or the process could never exit).
+
+    A worker killed while writing its result leaves a half-written message in the result pipe;
+    the manager thread then waits for the rest forever, since this process holds the pipe's write
+    end too. The remaining workers are killed (their look-aheads are prepared in-process again)
+    and our write end is closed: the reader sees end-of-file and the pool winds down."""
+    processes = dict(getattr(pool, "_processes", None) or {})
+    for process in processes.values():
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+    for process in processes.values():
+        try:
+            process.join(timeout=2.0)
+        except (OSError, ValueError, AssertionError, AttributeError):
+            pass
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    if writer is not None:
+        try:
+            writer.close()
+        except OSError:
+            pass
 
 
 def _worker_init(lifeline: Any, nice: int) -> None:
@@ -103,6 +130,10 @@ class Prefetcher:
         self.idle_s = idle_s
         self.nice = WORKER_NICE
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        # The pool each pending look-ahead was submitted to (weak: forgotten with the future).
+        self._pool_of: weakref.WeakKeyDictionary[concurrent.futures.Future[Prepared], Any] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lifeline: Any = None  # our (write) end of the workers' lifeline pipe
         self._lifeline_theirs: Any = None
         self._warm: concurrent.futures.Future[int] | None = None
@@ -166,16 +197,20 @@ class Prefetcher:
             return None
         self._last_used = time.monotonic()
         try:
-            return self._pool.submit(prepare, *args, **kwargs)
+            future = self._pool.submit(prepare, *args, **kwargs)
         except (BrokenProcessPool, RuntimeError):
             self.broken()
             return None
+        self._pool_of[future] = self._pool
+        return future
 
-    def workers_alive(self) -> bool:
-        """False when a pool process has died. ProcessPoolExecutor normally fails the pending futures
-        then, but not always in time (seen with the forkserver context): the waiter checks this."""
-        pool = self._pool
-        if pool is None:
+    def workers_alive(self, future: concurrent.futures.Future[Prepared] | None = None) -> bool:
+        """False when a process of the pool (of ``future``, else the current one) has died, or that
+        pool was already dropped as broken. ProcessPoolExecutor normally fails the pending futures
+        then, but not always: a worker killed while writing its result can leave the pool's
+        manager thread blocked on a half-written message forever. The waiter checks this."""
+        pool = self._pool if future is None else self._pool_of.get(future)
+        if pool is None or pool is not self._pool:
             return False
         processes = getattr(pool, "_processes", None) or {}
         return all(p.is_alive() for p in list(processes.values()))
@@ -185,6 +220,7 @@ class Prefetcher:
         pool, self._pool, self._warm = self._pool, None, None
         if pool is not None:
             log.warning("look-ahead worker lost; preparing in-process until the next backlog")
+            _release_broken(pool)
             pool.shutdown(wait=False, cancel_futures=True)
             self._close_lifeline()
 

@@ -491,7 +491,7 @@ class IngestService:
             try:
                 return future.result(timeout=1.0)
             except concurrent.futures.TimeoutError:
-                if not self.prefetch.workers_alive() or self._stop.is_set():
+                if not self.prefetch.workers_alive(future) or self._stop.is_set():
                     self.prefetch.broken()
                     return None
 

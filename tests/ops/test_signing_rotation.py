@@ -139,3 +139,42 @@ def test_retired_signing_private_keys_are_removed_after_30_days_public_keys_stay
         conn.close()
     retire = [r for r in records if r.get("signing_kid_prefixes")]
     assert len(retire) == 1 and retire[0]["signing_kid_prefixes"] == ["0123456789abcdef"]
+
+
+def test_running_daemon_switches_keys_on_sighup_and_rotates_yearly_by_itself(
+    enrolled: Path, sim: RelaySimulator
+):
+    from agent.ops.daemon import Daemon
+
+    daemon = Daemon(load_config(enrolled), stderr=open(os.devnull, "w"))  # noqa: SIM115
+    try:
+        daemon.start()
+        first = daemon.api.backend.signing_kid()
+        # `keys rotate-signing` by hand, then SIGHUP: the running agent signs with the new key.
+        assert run_cli("keys", "rotate-signing", "--config", str(enrolled)).code == 0
+        assert daemon.api.backend.signing_kid() == first  # not before the reload
+        daemon.reload_tls()
+        second = daemon.api.backend.signing_kid()
+        assert second != first and second == sim.signing_keys[-1]["kid"]
+        assert daemon.audit.signer().kid == second
+        # A key younger than 365 days is left alone by the daily job …
+        daemon._job_cert_renewal()
+        assert len(sim.signing_keys) == 1
+        # … one older is rotated with the relay, audited, and used at once.
+        key_file = enrolled.parent / "keys" / SIGNING_FILE
+        year_ago = time.time() - 366 * 86400
+        os.utime(key_file, (year_ago, year_ago))
+        daemon._job_cert_renewal()
+        assert len(sim.signing_keys) == 2 and sim.signing_keys[1]["previous_kid"] == second
+        third = daemon.api.backend.signing_kid()
+        assert third == sim.signing_keys[1]["kid"] == kid_of(load_signing_key(key_file).public_key())
+    finally:
+        daemon.stop()
+    conn = sqlite3.connect(enrolled.parent / "data" / "audit.db")
+    try:
+        actions = [
+            json.loads(r[0])["action"] for r in conn.execute("SELECT record FROM records ORDER BY seq")
+        ]
+    finally:
+        conn.close()
+    assert "system.keys.rotate_signing" in actions and "admin.keys.rotate_signing" in actions
