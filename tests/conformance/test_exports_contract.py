@@ -1317,7 +1317,8 @@ def test_backlog_present_before_start_is_ingested(tmp_path):
         inst.drop(f"old{i}.json", jdump(fresh_receipt(f"OLD-{i:04d}")))
     with Daemon(inst) as d:
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 3, 20, what="backlog ingested")
-        assert not [p for p in inst.inbox.iterdir()]
+        # Committed first, acknowledged (removed) right after the commit is durable: wait for that.
+        wait_for(lambda: not [p for p in inst.inbox.iterdir()], 10, what="backlog acknowledged")
         d.stop()
 
 
