@@ -30,6 +30,7 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -290,6 +291,10 @@ class IngestService:
         was_reachable = scanner.reachable
         first = not scanner.scanned_once
         started = time.monotonic()
+        with self._lock:
+            # A scan requested while this one runs (a completion signal that found an older file
+            # still settling) must not be lost when this scan sets its own next time.
+            self._due[index] = math.inf
         result = scanner.scan()
         now = time.monotonic()
         interval = scanner.watch.scan_interval
@@ -299,7 +304,7 @@ class IngestService:
         if not result.reachable:
             due = now + min(interval, 5.0)  # look for the share again soon
         with self._lock:
-            self._due[index] = due
+            self._due[index] = min(self._due[index], due)
         if result.reachable and not was_reachable and self.supervisor is not None:
             self.supervisor.restart(index)  # the old watch followed the old directory inode
         if first and result.reachable:
@@ -358,7 +363,7 @@ class IngestService:
                     except Exception:
                         log.error("scan failed; retrying", exc_info=True, extra={"watch": index})
                         with self._lock:
-                            self._due[index] = now + 5.0
+                            self._due[index] = min(self._due[index], now + 5.0)
             if self.supervisor is not None and now - last_supervise >= SUPERVISE_EVERY:
                 last_supervise = now
                 try:

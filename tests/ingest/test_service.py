@@ -176,3 +176,30 @@ def test_unsafe_name_is_quarantined(running):
     assert _wait(lambda: len(store.quarantine_list()) == 1, timeout=6)
     assert store.quarantine_list()[0].reason["rules"] == ["R-023"]
     assert _versions(store) == 0
+
+
+def test_scan_requested_during_a_scan_is_not_lost(tmp_path: Path):
+    """A completion signal that finds an older file still settling asks for a scan at once; if a
+    scan is running at that moment, its own next time (settle/scan_interval away) must not replace
+    the request — else the renamed-in file waits for the settle time (a CI flake, session 3)."""
+    toml = make_installation(tmp_path / "inst", watch={"scan_interval": "30s", "settle": "30s"})
+    config = config_for(toml)
+    store = Store.open(config)
+    try:
+        service = IngestService(config, IngestStore(store))
+        scanner = service.scanners[0]
+        real_scan = scanner.scan
+
+        def scan_with_a_request_in_the_middle():
+            result = real_scan()
+            service._request_scan(0)  # the observer thread, while this scan is still running
+            return result
+
+        scanner.scan = scan_with_a_request_in_the_middle
+        service.scan_now(0)
+        assert service._due[0] <= time.monotonic()
+        scanner.scan = real_scan
+        service.scan_now(0)  # no request this time: the next scan is scan_interval away
+        assert service._due[0] > time.monotonic() + 20
+    finally:
+        store.close()
