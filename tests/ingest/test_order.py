@@ -230,8 +230,11 @@ def test_synth_corpus_every_file_outcome_matches_the_manifest(tmp_path: Path, in
     results: dict[str, object] = {}
     lock = threading.Lock()
 
+    seen: list[str] = []  # every result in the order it came, for the failure message
+
     def record(item, result):
         with lock:
+            seen.append(f"{item.relpath}@{item.mtime_ns}{'s' if item.signalled else ''}:{result.outcome}")
             if result.outcome != "gone":
                 results.setdefault(item.relpath, result)
 
@@ -250,5 +253,10 @@ def test_synth_corpus_every_file_outcome_matches_the_manifest(tmp_path: Path, in
     finally:
         service.stop()
         store.close()
-    assert _manifest_outcomes_match(results, manifest) == []
+    wrong = _manifest_outcomes_match(results, manifest)
+    if wrong:  # rare (CI, session 2): show where each wrong file and its neighbours came
+        names_wrong = {w.split(":", 1)[0] for w in wrong}
+        at = [i for i, s in enumerate(seen) if s.split("@", 1)[0] in names_wrong]
+        context = [f"{i}: {seen[i]}" for a in at for i in range(max(0, a - 3), min(len(seen), a + 4))]
+        raise AssertionError("\n".join([*wrong, "order of results around them:", *context]))
     shutil.rmtree(tmp_path / "staging", ignore_errors=True)
