@@ -158,7 +158,8 @@ def write_key(path: Path, key: PrivateKey) -> None:
 
 
 def write_certs(path: Path, *certs: x509.Certificate) -> None:
-    atomic_write(path, cert_pem(*certs), 0o644)
+    """0600 like every file the agent creates (security.md §10), public as a certificate is."""
+    atomic_write(path, cert_pem(*certs), 0o600)
 
 
 def cert_sha256(cert: x509.Certificate) -> str:

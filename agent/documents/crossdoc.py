@@ -147,7 +147,8 @@ def _detail_receipt(detail: dict[str, Any], receipt: dict[str, Any]) -> list[Pro
         if ln.get("line_type") == "item":
             item_line_count[item] = item_line_count.get(item, 0) + 1
     w502 = w503 = False
-    for item in sorted(sums):  # "for some item k" of the detail; absent receipt line = 0
+    # "For some item k": of either side — an absent receipt line, or no detail line, counts as 0.
+    for item in sorted(set(sums) | set(receipt_lines)):
         d_sums = sums.get(item, {})
         r_line = receipt_lines.get(item, {})
         receipt_row = sum(_int(r_line.get(c)) for c in CORE_COLUMNS)

@@ -850,6 +850,8 @@ def _layout_columns(ctx: _Ctx, raw: dict[str, Any], rule: str) -> tuple[str, ...
 
 
 def _care_period(ctx: _Ctx, c: dict[str, Any], end_rule: str) -> tuple[dt.date, dt.date] | None:
+    """(start, end) when both are dates — also when ``end < start`` (reported here): the rules on
+    each end against ``issued_on`` hold independently of that one (documents.md §2.6)."""
     cp = c.get("care_period")
     if not isinstance(cp, dict):
         return None
@@ -858,7 +860,6 @@ def _care_period(ctx: _Ctx, c: dict[str, Any], end_rule: str) -> tuple[dt.date, 
         return None
     if end < start:
         ctx.add(end_rule, "care_period.end")
-        return None
     return start, end
 
 
@@ -1042,6 +1043,8 @@ _ONE = Decimal(1)
 
 def _detail_rules(ctx: _Ctx, raw: dict[str, Any], c: dict[str, Any]) -> None:
     period = _care_period(ctx, c, "R-202")
+    if period is not None and period[1] < period[0]:
+        period = None  # R-202: no line date is "inside" a period that ends before it starts
     columns = _layout_columns(ctx, raw, "R-201")
     legacy = raw.get("amount_layout") == "legacy_selective"
     raw_lines = _list(raw, "lines")

@@ -65,6 +65,12 @@ def test_init_dev_certs_creates_the_documented_layout(cli, tmp_path: Path) -> No
     ):
         assert stat.S_IMODE(os.stat(target / key).st_mode) == 0o600, key
     assert stat.S_IMODE(os.stat(target / "keys").st_mode) == 0o700
+    # security.md §10: every file the agent creates is 0600, every directory 0700, except logs.
+    for path in target.rglob("*"):
+        if path.is_relative_to(target / "logs") or path.is_symlink():
+            continue
+        want = 0o700 if path.is_dir() else 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == want, path.relative_to(target)
 
     config = load_config(target / "agent.toml")
     assert config.agent.institution_code == "12345678"

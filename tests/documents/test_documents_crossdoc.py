@@ -60,6 +60,15 @@ def test_w501_to_w504() -> None:
     assert rules(cross_warnings(d, r)) == {"W-504"}
 
 
+def test_w502_w503_a_receipt_line_with_no_detail_lines_counts() -> None:
+    """An item only the receipt has is one of "some item k": no detail line counts as 0."""
+    r, d = example("receipt"), example("receipt_detail")
+    d["lines"] = [ln for ln in d["lines"] if ln.get("item") != "materials"]
+    got = rules(cross_warnings(d, r))
+    assert {"W-502", "W-503"} <= got
+    assert rules(cross_warnings(r, d)) == got
+
+
 def test_w505_patient_mismatch_in_both_orders() -> None:
     rx, ph = example("prescription"), example("pharmacy_receipt")
     ph["patient"]["name"] = "홍길순"

@@ -361,3 +361,17 @@ def test_round_half_up_and_trunc10() -> None:
     assert round_half_up(Decimal("2.4999")) == 2
     assert round_half_up(Decimal("0.1") * 3) == 0
     assert trunc10(1803) == 1800 and trunc10(-1803) == -1800 and trunc10(Decimal("1197.9")) == 1190
+
+
+def test_r102_does_not_hide_the_rules_on_each_end_of_the_period() -> None:
+    """§2.6: R-103 (start after issued_on) and W-102 (end after issued_on) hold on their own even
+    when the period is also inverted (R-102); an inverted detail period marks no line W-202."""
+
+    d = example("receipt")
+    d["care_period"] = {"start": "2025-03-16", "end": "2025-03-15"}  # issued_on 2025-03-14
+    rules = {p.rule for p in validate_document(d, received_at=RECEIVED_AT).problems}
+    assert {"R-102", "R-103", "W-102"} <= rules
+    det = example("receipt_detail")
+    det["care_period"] = {"start": "2025-03-14", "end": "2025-03-13"}
+    rules = {p.rule for p in validate_document(det, received_at=RECEIVED_AT).problems}
+    assert "R-202" in rules and "W-202" not in rules
