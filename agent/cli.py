@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("json", "jsonl", "csv", "xml"))
     p.add_argument("--encoding", choices=("utf-8", "cp949"))
     p.add_argument("--invalid-rate", type=float, default=0.0)
+    p.add_argument("--manifest", help="where the manifest goes (default: DIR.manifest.json beside DIR)")
 
     for name, text in (
         ("status", "state of the agent"),

@@ -1,7 +1,8 @@
 """``synth --out DIR [--count N] [--seed S] [--format F] [--encoding E] [--invalid-rate R]`` (cli.md §3).
 
-Writes a deterministic synthetic corpus (`agent.synth`) into DIR plus ``DIR/manifest.json`` with the
-expected ingest outcome of every file. Progress: a rich progress bar when stderr is a terminal,
+Writes a deterministic synthetic corpus (`agent.synth`) into DIR, and the expected ingest outcome of
+every file into a manifest beside DIR (``DIR.manifest.json``, or ``--manifest PATH``) — never into
+DIR, which is often a watch folder (decision 17). Progress: a rich progress bar when stderr is a terminal,
 plain lines at every 10 % otherwise (cli.md §1). Needs no config: it touches nothing but DIR.
 """
 
@@ -14,8 +15,8 @@ from typing import Any
 
 from agent.cli import Environment
 from agent.errors import ExitStatus, UsageError
-from agent.synth import MANIFEST_NAME, write_corpus
-from agent.synth.corpus import FILE_PREFIX
+from agent.synth import write_corpus
+from agent.synth.corpus import FILE_PREFIX, manifest_path
 
 
 def _resolve(env: Environment, name: str) -> Path:
@@ -30,7 +31,7 @@ def _check_args(args: argparse.Namespace, out: Path) -> None:
         raise UsageError("synth: --invalid-rate must be between 0 and 1")
     if out.exists() and not out.is_dir():
         raise UsageError(f"synth: --out {out} is not a directory")
-    if out.is_dir() and any(p.name == MANIFEST_NAME or p.name.startswith(FILE_PREFIX) for p in out.iterdir()):
+    if out.is_dir() and any(p.name.startswith(FILE_PREFIX) for p in out.iterdir()):
         # Mixing two corpora would make the manifest lie about the folder's content.
         raise UsageError(f"synth: {out} already holds a synthetic corpus; use an empty directory")
 
@@ -51,10 +52,14 @@ def _plain_progress(env: Environment) -> Callable[[int, int], None]:
 def run(args: argparse.Namespace, env: Environment) -> int:
     out = _resolve(env, args.out)
     _check_args(args, out)
+    manifest_to = _resolve(env, args.manifest) if args.manifest else manifest_path(out)
+    if manifest_to.is_dir():
+        raise UsageError(f"synth: --manifest {manifest_to} is a directory")
     options: dict[str, Any] = {
         "format": args.format,
         "encoding": args.encoding,
         "invalid_rate": args.invalid_rate,
+        "manifest": manifest_to,
     }
     isatty = getattr(env.stderr, "isatty", None)
     if callable(isatty) and isatty():
@@ -72,6 +77,6 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     env.err(
         f"synth: wrote {len(manifest['files'])} files ({args.count} records) to {out}: "
         f"{s['accepted']} accepted, {s['superseded']} superseded, {s['duplicate']} duplicate, "
-        f"{s['quarantined']} quarantined expected; manifest {out / MANIFEST_NAME}"
+        f"{s['quarantined']} quarantined expected; manifest {manifest_to}"
     )
     return int(ExitStatus.OK)

@@ -13,6 +13,21 @@ encounter, corrections, cancellations), `mutations` (known violations), `corpus`
 from __future__ import annotations
 
 from agent.synth.builders import ANCHOR_DATE
-from agent.synth.corpus import MANIFEST_NAME, SynthFile, generate, generate_documents, write_corpus
+from agent.synth.corpus import (
+    MANIFEST_SUFFIX,
+    SynthFile,
+    generate,
+    generate_documents,
+    manifest_path,
+    write_corpus,
+)
 
-__all__ = ["ANCHOR_DATE", "MANIFEST_NAME", "SynthFile", "generate", "generate_documents", "write_corpus"]
+__all__ = [
+    "ANCHOR_DATE",
+    "MANIFEST_SUFFIX",
+    "SynthFile",
+    "generate",
+    "generate_documents",
+    "manifest_path",
+    "write_corpus",
+]

@@ -42,7 +42,7 @@ from agent.synth.builders import ANCHOR_DATE, Doc, DocumentFactory
 FORMATS: tuple[str, ...] = ("json", "jsonl", "xml", "csv")
 ENCODINGS: tuple[str, ...] = ("utf-8", "cp949")
 EXTENSIONS = {"json": ".json", "jsonl": ".jsonl", "xml": ".xml", "csv": ".csv"}
-MANIFEST_NAME = "manifest.json"
+MANIFEST_SUFFIX = ".manifest.json"
 FILE_PREFIX = "synth-"
 
 # Follow-up probabilities per original (per receipt+statement pair for cancellations).
@@ -401,10 +401,19 @@ def generate(count: int, seed: int, *, format: str | None = None, encoding: str 
     return _Planner(count, seed, format, encoding, invalid_rate).files()
 
 
+def manifest_path(out_dir: Path) -> Path:
+    """Where ``synth`` writes the manifest by default: ``DIR.manifest.json`` *beside* the output
+    folder — never inside it, since that folder is often a watch folder, where a manifest would be
+    one more (invalid) export file."""
+    out_dir = Path(os.path.abspath(out_dir))
+    return out_dir.parent / f"{out_dir.name}{MANIFEST_SUFFIX}"
+
+
 def write_corpus(out_dir: Path, count: int, seed: int, *, format: str | None = None, encoding: str | None = None,
-                 invalid_rate: float = 0.0, manifest: bool = True,
+                 invalid_rate: float = 0.0, manifest: bool | Path = True,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write the corpus into ``out_dir`` (and ``manifest.json`` unless ``manifest=False``).
+    """Write the corpus into ``out_dir`` and the manifest to ``manifest`` (a path; ``True``: the
+    default ``manifest_path(out_dir)``; ``False``: none).
 
     Each file appears under its final name only when complete (written under a dot-name, which
     watchers ignore, then renamed), in processing order. Returns the manifest."""
@@ -432,9 +441,11 @@ def write_corpus(out_dir: Path, count: int, seed: int, *, format: str | None = N
         "summary": {k: summary.get(k, 0) for k in ("accepted", "duplicate", "superseded", "quarantined")},
         "files": entries,
     }
-    if manifest:
+    if manifest is not False:
+        target = manifest_path(out_dir) if manifest is True else Path(manifest)
         text = json.dumps(result, ensure_ascii=False, indent=2) + "\n"
-        atomic_write(out_dir / MANIFEST_NAME, text.encode("utf-8"))
+        ensure_dir(target.parent)
+        atomic_write(target, text.encode("utf-8"))
     return result
 
 

@@ -1398,3 +1398,19 @@ def test_store_locked_defers_without_consuming(tmp_path):
             con.close()
         wait_for(lambda: inst.status()["documents"]["versions_total"] == 1, 60, what="retried after the lock")
         d.stop()
+
+
+def test_synth_straight_into_a_watch_folder_is_ingested_without_quarantine(tmp_path):
+    """cli.md §3 synth writes export files; with no --invalid-rate every one of them is a valid export,
+    so writing them straight into a running agent's inbox quarantines nothing (the manifest is
+    written beside the folder, not into it) and leaves the folder empty."""
+    inst = Install.create(tmp_path, watch={"settle": "1s", "scan_interval": "1s"})
+    with Daemon(inst) as d:
+        r = cli("synth", "--out", inst.inbox, "--count", "60", "--seed", "8", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: not any(inst.inbox.iterdir()), 60, what="inbox emptied")
+        st = inst.status()
+        d.stop()
+    assert st["ingest"]["files_quarantined"] == 0, st["ingest"]
+    assert st["ingest"]["files_accepted"] > 0
+    assert (inst.inbox.parent / f"{inst.inbox.name}.manifest.json").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.synth import MANIFEST_NAME, SynthFile, generate, write_corpus
+from agent.synth import SynthFile, generate, write_corpus
 from agent.synth.mutations import BYTE_RULES, CONFLICT_RULE, DOC_MUTATIONS
 from tests.synth.helpers import natural_key, read_back
 
@@ -98,18 +98,18 @@ def test_the_fraction_of_mutated_files_is_the_invalid_rate(rate: float) -> None:
 def test_write_corpus_writes_every_file_and_a_manifest(tmp_path: Path) -> None:
     out = tmp_path / "corpus"
     manifest = write_corpus(out, 250, 9, invalid_rate=0.2)
-    on_disk = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    on_disk = json.loads((tmp_path / "corpus.manifest.json").read_text(encoding="utf-8"))
     assert on_disk == manifest
     files = list(generate(250, 9, invalid_rate=0.2))
     assert [e["file"] for e in manifest["files"]] == [f.name for f in files]
     for f in files:
         assert (out / f.name).read_bytes() == f.data
         assert (out / f.name).stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST_NAME] + [f.name for f in files])
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in files)  # nothing else in it
     assert sum(manifest["summary"].values()) == len(files)
     assert manifest["summary"]["quarantined"] > 0
 
 
 def test_write_corpus_can_leave_out_the_manifest(tmp_path: Path) -> None:
-    write_corpus(tmp_path, 20, 1, manifest=False)
-    assert not (tmp_path / MANIFEST_NAME).exists()
+    write_corpus(tmp_path / "c", 20, 1, manifest=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
