@@ -22,9 +22,9 @@ from agent.errors import ConfigError
 
 ENV_VAR = "SILSON_AGENT_CONFIG"
 
-_DURATION_RE = re.compile(r"^([1-9][0-9]*)([smhdy])$")
+_DURATION_RE = re.compile(r"^([1-9][0-9]*)([smhdy])\Z")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
-_TIME_OF_DAY_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+_TIME_OF_DAY_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 
 
 def parse_duration(text: str) -> int:

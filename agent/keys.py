@@ -25,7 +25,7 @@ from agent.errors import ConfigError
 from agent.fsutil import atomic_write, ensure_dir, write_new
 from agent.signing import Signer
 
-KEK_RE = re.compile(r"^kek-([1-9][0-9]*)\.key$")
+KEK_RE = re.compile(r"^kek-([1-9][0-9]*)\.key\Z")
 BLIND_INDEX_FILE = "blind-index.key"
 SIGNING_FILE = "signing.key"
 
@@ -114,7 +114,7 @@ class KeyRing:
         self.keks.pop(kek_id, None)
 
 
-RETIRED_SIGNING_RE = re.compile(r"^signing-([0-9a-f]{16})\.retired\.key$")
+RETIRED_SIGNING_RE = re.compile(r"^signing-([0-9a-f]{16})\.retired\.key\Z")
 RETIRED_SIGNING_KEEP_S = 30 * 86400  # security.md §5: private key kept 30 days after rotation
 
 

@@ -84,15 +84,15 @@ def normalise_request_id(value: Any) -> str | None:
     """Canonical request id (UUIDv4 lowercase, ULID uppercase) or ``None`` if malformed."""
     if not isinstance(value, str):
         return None
-    if _UUID4.match(value.lower()):
+    if _UUID4.fullmatch(value.lower()):
         return value.lower()
-    if _ULID.match(value.upper()):
+    if _ULID.fullmatch(value.upper()):
         return value.upper()
     return None
 
 
 def parse_timestamp(value: str) -> dt.datetime | None:
-    match = _TIMESTAMP.match(value)
+    match = _TIMESTAMP.fullmatch(value)
     if not match:
         return None
     try:
@@ -114,7 +114,7 @@ def parse_timestamp(value: str) -> dt.datetime | None:
 
 
 def _parse_date(value: str) -> dt.date | None:
-    if not _DATE.match(value):
+    if not _DATE.fullmatch(value):
         return None
     try:
         return dt.date.fromisoformat(value)
@@ -234,7 +234,7 @@ def _envelope(
         if sent_at is None:
             c.add("/sent_at", "format")
     relay_id = c.string(body, "relay_id", "/relay_id")
-    if relay_id is not None and not _RELAY_ID.match(relay_id):
+    if relay_id is not None and not _RELAY_ID.fullmatch(relay_id):
         c.add("/relay_id", "pattern")
         relay_id = None
     claim = c.obj(body, "claim", "/claim")
@@ -242,11 +242,11 @@ def _envelope(
     if claim is not None:
         c.members(claim, "/claim", ("claim_no", "consent_id"))
         claim_no = c.string(claim, "claim_no", "/claim/claim_no")
-        if claim_no is not None and not _CLAIM_TOKEN.match(claim_no):
+        if claim_no is not None and not _CLAIM_TOKEN.fullmatch(claim_no):
             c.add("/claim/claim_no", "pattern")
             claim_no = None
         consent_id = c.string(claim, "consent_id", "/claim/consent_id")
-        if consent_id is not None and not _CLAIM_TOKEN.match(consent_id):
+        if consent_id is not None and not _CLAIM_TOKEN.fullmatch(consent_id):
             c.add("/claim/consent_id", "pattern")
             consent_id = None
     return request_id, sent_at, relay_id, claim_no, consent_id
@@ -281,7 +281,7 @@ def validate_search(body: dict[str, Any]) -> SearchRequest:
                 name = None
         raw_rrn = c.string(patient, "rrn", "/patient/rrn")
         if raw_rrn is not None:
-            match = _RRN.match(raw_rrn)
+            match = _RRN.fullmatch(raw_rrn)
             if not match:
                 c.add("/patient/rrn", "pattern")
             else:
@@ -356,7 +356,7 @@ def validate_fetch(body: dict[str, Any], *, max_ids: int) -> FetchRequest:
         for index, item in enumerate(raw_ids):
             if not isinstance(item, str):
                 c.add(f"/document_ids/{index}", "type")
-            elif not _DOC_ID.match(item):
+            elif not _DOC_ID.fullmatch(item):
                 c.add(f"/document_ids/{index}", "pattern")
             elif item in ids:
                 c.add(f"/document_ids/{index}", "duplicate")

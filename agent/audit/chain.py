@@ -53,7 +53,7 @@ SEARCH_ACTION = "documents.search"
 # Members the chain computes; an event's own values for them are replaced.
 COMPUTED = ("seq", "ts_utc", "ts_local", "prev_hash", "hash")
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 # One encoder: ``json.dumps`` with options builds a new one per call (two calls per record).

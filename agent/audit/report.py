@@ -19,7 +19,7 @@ from agent.audit.chain import VerifyResult
 from agent.audit.csvsafe import write_csv
 from agent.clock import KST, utc_iso
 
-MONTH_RE = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+MONTH_RE = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])\Z")
 SEARCH, FETCH = "documents.search", "documents.fetch"
 NAME_MISMATCH_REASONS = ("name_mismatch", "partial_name_mismatch")
 # Download-reason check (safeguards art. 8): these actions are listed with their stated reason.

@@ -27,7 +27,7 @@ from agent.commands._common import config_from_args, print_json
 from agent.errors import ExitStatus, IntegrityError, UsageError
 from agent.keys import load_keyring
 
-_RRN_RE = re.compile(r"^[0-9]{6}-?[0-9]{7}$")
+_RRN_RE = re.compile(r"^[0-9]{6}-?[0-9]{7}\Z")
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:

@@ -62,7 +62,7 @@ def _canon(value: Any, f: Field | None) -> Any:
             return {k: _canon(v, None) for k, v in value.items() if v is not None}
         return value
     if f.kind == "dec" and isinstance(value, str):
-        return canonical_decimal(value) if _DEC.match(value) else value
+        return canonical_decimal(value) if _DEC.fullmatch(value) else value
     if f.kind == "array_str" and isinstance(value, list):
         return [normalise_kcd(v) if isinstance(v, str) else v for v in value]
     if f.kind == "object" and isinstance(value, dict) and f.children is not None:

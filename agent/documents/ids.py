@@ -8,18 +8,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-_DIGITS13 = re.compile(r"^[0-9]{13}$")
-_DIGITS10 = re.compile(r"^[0-9]{10}$")
-_ISSUE_NO = re.compile(r"^([0-9]{8})-([0-9]{5})$")
+_DIGITS13 = re.compile(r"^[0-9]{13}\Z")
+_DIGITS10 = re.compile(r"^[0-9]{10}\Z")
+_ISSUE_NO = re.compile(r"^([0-9]{8})-([0-9]{5})\Z")
 _KCD_STRIP = re.compile(r"[\s†*+]")
-KCD_RE = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,3})?$")
+KCD_RE = re.compile(r"^[A-Z][0-9]{2}(\.[0-9A-Z]{1,3})?\Z")
 
 # ID-6 item-code syntax per code type (W-205, W-407, R-305).
 CODE_SYNTAX: dict[str, re.Pattern[str]] = {
-    "edi_drug": re.compile(r"^[0-9A-Z]{9}$"),
-    "edi_procedure": re.compile(r"^[A-Z0-9]{5,9}$"),
-    "edi_material": re.compile(r"^[A-Z0-9]{8,9}$"),
-    "local": re.compile(r"^[0-9A-Za-z-]{1,20}$"),
+    "edi_drug": re.compile(r"^[0-9A-Z]{9}\Z"),
+    "edi_procedure": re.compile(r"^[A-Z0-9]{5,9}\Z"),
+    "edi_material": re.compile(r"^[A-Z0-9]{8,9}\Z"),
+    "local": re.compile(r"^[0-9A-Za-z-]{1,20}\Z"),
 }
 DRUG_CODE_RE = CODE_SYNTAX["edi_drug"]
 

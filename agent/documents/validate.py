@@ -52,17 +52,17 @@ MIN_ISSUED_ON = dt.date(2000, 1, 1)
 GENERIC_RULES = frozenset({"R-020", "R-021", "R-026", "R-028", "R-029"})
 
 _DEC_RE = re.compile(DEC_PATTERN)
-_DATE_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})$")
+_DATE_RE = re.compile(r"^([0-9]{4})-([0-9]{2})-([0-9]{2})\Z")
 _DATETIME_RE = re.compile(
     r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?"
     r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))$"
 )
-_SCHEMA_VERSION_RE = re.compile(r"^([0-9]+)\.([0-9]+)$")
+_SCHEMA_VERSION_RE = re.compile(r"^([0-9]+)\.([0-9]+)\Z")
 # C0 and C1 controls (and DEL) except LF; lone surrogates cannot be encoded and are refused too.
 _CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _CONTROL_NO_LF_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_EXEMPTION_RE = re.compile(r"^[A-Z][0-9A-Z]{3}$")
-_ALL_DIGITS_RE = re.compile(r"^[0-9]+$")
+_EXEMPTION_RE = re.compile(r"^[A-Z][0-9A-Z]{3}\Z")
+_ALL_DIGITS_RE = re.compile(r"^[0-9]+\Z")
 
 # Exact arithmetic with room for 9+2 × 9+4 × 9+4 × 3 digits (RD-2); never floats.
 _DEC_CTX = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_UP)
@@ -97,7 +97,7 @@ def parse_datetime(value: Any) -> dt.datetime | None:
     """An RFC 3339 date-time with explicit offset and seconds, or None."""
     if not isinstance(value, str):
         return None
-    m = _DATETIME_RE.match(value)
+    m = _DATETIME_RE.fullmatch(value)
     if m is None:
         return None
     year, month, day, hour, minute, sec, frac, zulu, sign, off_hours, off_minutes = m.groups()
@@ -234,7 +234,7 @@ _EXTRA_STR: dict[tuple[str | None, tuple[str, ...]], Callable[[str], str | None]
 def _compile_str(f: Field, name: str, extra: Callable[[str], str | None] | None) -> _Check:
     type_rule, enum_rule, pattern_rule = f.type_rule, f.enum_rule, f.pattern_rule
     enum = frozenset(f.enum) if f.enum is not None else None
-    match = f.compiled.match if f.compiled is not None else None
+    match = f.compiled.fullmatch if f.compiled is not None else None
     # Enumeration values whose text is clean: a value equal to one of them passes every check
     # when no pattern or identifier check follows.
     known = (
@@ -298,7 +298,7 @@ def _compile_dec(f: Field, name: str) -> _Check:
     min_rule = f.min_rule or f.range_rule
     lo, hi, exclusive, nonzero = f.minimum, f.maximum, f.min_exclusive, f.nonzero
     frac_digits = f.frac_digits
-    dec_match = _DEC_RE.match
+    dec_match = _DEC_RE.fullmatch
 
     def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
         if not isinstance(value, str):
@@ -426,7 +426,7 @@ def _compile_array_str(f: Field, name: str) -> _Check:
     """Only diagnosis_codes (KCD, ID-4)."""
     type_rule, items_rule, pattern_rule = f.type_rule, f.items_rule, f.pattern_rule
     max_items = f.max_items if f.max_items is not None else sys.maxsize
-    match = f.compiled.match if f.compiled is not None else None
+    match = f.compiled.fullmatch if f.compiled is not None else None
 
     def check(ctx: _Ctx, value: Any, parent: str) -> tuple[Any, Any]:
         path = f"{parent}.{name}" if parent else name
@@ -569,7 +569,7 @@ def _in_range(value: int | Decimal, lo: Any, hi: Any, exclusive: bool, nonzero: 
 
 def _fast_dec(f: Field) -> Callable[[Any], tuple[str, Decimal] | None]:
     frac_digits, lo, hi, exclusive, nonzero = f.frac_digits, f.minimum, f.maximum, f.min_exclusive, f.nonzero
-    dec_match = _DEC_RE.match
+    dec_match = _DEC_RE.fullmatch
 
     def dec(value: str) -> tuple[str, Decimal] | None:
         if not dec_match(value):
@@ -626,7 +626,7 @@ def _fast_array(f: Field, child: _FastWalk) -> Callable[[Any], tuple[list[Any], 
 
 def _fast_codes(f: Field) -> Callable[[Any], tuple[list[str], list[str]] | None]:
     max_items = f.max_items if f.max_items is not None else sys.maxsize
-    match = f.compiled.match if f.compiled is not None else None
+    match = f.compiled.fullmatch if f.compiled is not None else None
 
     def codes_(value: Any) -> tuple[list[str], list[str]] | None:
         if type(value) is not list or not 0 < len(value) <= max_items:
@@ -689,7 +689,7 @@ def _compile_fast_walk(fields: Mapping[str, Field], doc_type: str, ptuple: tuple
                 if f.enum is not None:
                     tests.append(f"v not in {constant(frozenset(f.enum))}")
                 if f.compiled is not None:
-                    tests.append(f"not {constant(f.compiled.match)}(v)")
+                    tests.append(f"not {constant(f.compiled.fullmatch)}(v)")
                 if extra is not None:
                     tests.append(f"{constant(extra)}(v) is not None")
                 body.append(f"if {' or '.join(tests)}: return None")

@@ -80,8 +80,8 @@ RETRY_DELAYS = (2.0, 4.0, 8.0)
 MIN_REMAINING = dt.timedelta(days=30)  # a new certificate must be valid this much longer
 RENEW_WHEN_LEFT = dt.timedelta(days=30)  # renew with this much left (or less)
 MAX_RESPONSE_BYTES = 1 << 20
-_TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,512}$")  # printable ASCII, no spaces
-_SAFE_WORD = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,512}\Z")  # printable ASCII, no spaces
+_SAFE_WORD = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
 CERT_MODE = 0o644  # certificates are public; keys and state are 0600
 

@@ -84,7 +84,7 @@ listen = "{admin}"
 url = "{url}"
 server_ca = "tls/relay-server-ca.crt"
 """
-_AGENT_PATH = re.compile(r"^/v1/agents/(agt_[0-9A-Z]{26})/(heartbeats|certificates|signing-keys)$")
+_AGENT_PATH = re.compile(r"^/v1/agents/(agt_[0-9A-Z]{26})/(heartbeats|certificates|signing-keys)\Z")
 
 
 def _rfc3339(moment: dt.datetime) -> str:

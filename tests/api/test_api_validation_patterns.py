@@ -1,0 +1,71 @@
+"""Request-envelope patterns match the whole value (relay-api.md §4, §6): Python's ``$`` also
+matches before a final newline, so ``"<uuid>\\n"`` once passed as a new request id — a replay that
+slipped past the request-id memory — and ``claim_no``/``relay_id`` were stored with the newline."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from agent.api.problems import ProblemError
+from agent.api.relaysim import now_rfc3339
+from agent.api.validation import validate_fetch, validate_search
+
+
+def _search(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": str(uuid.uuid4()),
+        "sent_at": now_rfc3339(),
+        "relay_id": "silson24-relay-01",
+        "claim": {"claim_no": "CLM-20250314-000001", "consent_id": "CNS-20250314-0001"},
+        "patient": {"name": "가상홍길동", "rrn": "850101-1990001"},
+        "period": {"from": "2025-03-01", "to": "2025-03-31"},
+    }
+    body.update(over)
+    return body
+
+
+def _fetch(**over: Any) -> dict[str, Any]:
+    body = {k: v for k, v in _search().items() if k not in ("patient", "period")}
+    body["document_ids"] = ["doc_01JQ7Z8X9Y0A1B2C3D4E5F6G7H"]
+    body.update(over)
+    return body
+
+
+def _rejected(fn, body) -> bool:
+    try:
+        fn(body)
+    except ProblemError as exc:
+        return exc.name == "validation-failed"
+    return False
+
+
+def test_the_valid_bodies_pass() -> None:
+    validate_search(_search())
+    validate_fetch(_fetch(), max_ids=100)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b.update(request_id=b["request_id"] + "\n"),
+        lambda b: b.update(sent_at=b["sent_at"] + "\n"),
+        lambda b: b.update(relay_id="silson24-relay-01\n"),
+        lambda b: b["claim"].update(claim_no="CLM-20250314-000001\n"),
+        lambda b: b["claim"].update(consent_id="CNS-20250314-0001\n"),
+        lambda b: b["patient"].update(rrn="850101-1990001\n"),
+        lambda b: b["period"].update(to="2025-03-31\n"),
+    ],
+    ids=["request_id", "sent_at", "relay_id", "claim_no", "consent_id", "rrn", "period"],
+)
+def test_a_trailing_newline_is_a_validation_failure_in_search(mutate) -> None:
+    body = _search()
+    mutate(body)
+    assert _rejected(validate_search, body)
+
+
+def test_a_trailing_newline_in_a_document_id_is_a_validation_failure() -> None:
+    body = _fetch(document_ids=["doc_01JQ7Z8X9Y0A1B2C3D4E5F6G7H\n"])
+    assert _rejected(lambda b: validate_fetch(b, max_ids=100), body)
