@@ -46,12 +46,25 @@ def profile_search_dirs(config: Config | None) -> list[Path]:
     return dirs
 
 
-def load_named_profile(name: str | None, config: Config | None) -> Any:
+def load_named_profile(name: str | None, config: Config | None, *, cwd: str | None = None) -> Any:
+    """The profile ``name``: ``standard``, a name looked up in the profile folders, or a file path.
+
+    A relative file path is found, in order: against ``cwd`` (a ``--profile`` given on the command
+    line), then against the config's folder (a ``[[watch]] profile`` — cli.md §4: relative paths
+    resolve against the config's directory — whatever the daemon's working directory), then in the
+    other profile folders (e.g. the shipped ``vendor_a_csv.toml``)."""
     if not name or name == "standard":
         return None
     from agent.formats import load_profile
 
-    return load_profile(name, profile_search_dirs(config))
+    dirs = profile_search_dirs(config)
+    candidate = Path(name)
+    if (candidate.suffix == ".toml" or "/" in name or "\\" in name) and not candidate.is_absolute():
+        bases = ([Path(cwd)] if cwd is not None else []) + dirs
+        found = next((base / candidate for base in bases if (base / candidate).is_file()), None)
+        if found is not None:
+            name = str(found)
+    return load_profile(name, dirs)
 
 
 def print_json(env: Environment, value: Any) -> None:

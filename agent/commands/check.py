@@ -37,7 +37,7 @@ def check_path(
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = optional_config(args, env)
-    profile = load_named_profile(args.profile, config)
+    profile = load_named_profile(args.profile, config, cwd=env.cwd)
     max_size = config.watch[0].max_file_size if config else DEFAULT_MAX_FILE_SIZE
     valid_days = config.validation.default_valid_days if config else 3
     now = dt.datetime.now(dt.UTC)

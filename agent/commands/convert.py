@@ -29,7 +29,7 @@ def _doc_id_for(doc: dict) -> str:
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     config = optional_config(args, env)
-    profile = load_named_profile(args.profile, config)
+    profile = load_named_profile(args.profile, config, cwd=env.cwd)
     path = Path(args.file)
     if not path.is_absolute():
         path = Path(env.cwd) / path

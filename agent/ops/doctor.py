@@ -92,19 +92,58 @@ def _load_certs(path: Path) -> list[x509.Certificate]:
 
 
 def check_certificates(config: Config) -> Iterator[Check]:
+    """Server certificate and key, the relay-client CA and the relay-server CA: each reported on
+    its own (cli.md §4: doctor FAILs while either relay CA is missing — also before enrollment,
+    when there is no server certificate yet)."""
     now = dt.datetime.now(dt.UTC)
     cert_path, key_path, ca_path = config.api.server_cert, config.api.server_key, config.api.client_ca
+    leaf: x509.Certificate | None = None
     try:
-        chain = _load_certs(cert_path)
-    except (OSError, ValueError):
+        leaf = _load_certs(cert_path)[0]
+    except (OSError, ValueError, IndexError):
         yield Check(
             "server certificate",
             FAIL,
             f"{cert_path} missing or not PEM",
             "run `silson-agent enroll` (or `init --dev-certs` for a test installation)",
         )
-        return
-    leaf = chain[0]
+    if leaf is not None:
+        yield from _check_server_cert(leaf, key_path, now)
+    try:
+        cas = _load_certs(ca_path)
+    except (OSError, ValueError):
+        yield Check(
+            "relay client CA",
+            FAIL,
+            f"{ca_path} missing or not PEM",
+            "enroll writes it; it must hold only the relay-client issuer",
+        )
+    else:
+        if leaf is not None and any(ca.subject == leaf.issuer for ca in cas):
+            yield Check(
+                "relay client CA",
+                FAIL,
+                "api.client_ca contains the issuer of the server certificate",
+                "api.client_ca must hold only the relay-client issuer (relay-api.md §10)",
+            )
+        else:
+            yield Check("relay client CA", OK, f"{len(cas)} CA certificate(s)")
+    server_ca = config.relay.server_ca
+    if not Path(server_ca).is_file():
+        yield Check(
+            "relay server CA",
+            FAIL,
+            f"{server_ca} missing",
+            "copy the relay program's pinned CA bundle there before enrolling",
+        )
+    else:
+        yield Check("relay server CA", OK, "present")
+    crl = config.api.client_crl
+    if crl is not None and str(crl) and not Path(crl).is_file():
+        yield Check("client CRL", FAIL, f"{crl} missing", "fix api.client_crl or remove it")
+
+
+def _check_server_cert(leaf: x509.Certificate, key_path: Path, now: dt.datetime) -> Iterator[Check]:
     days = (leaf.not_valid_after_utc - now).days
     if now < leaf.not_valid_before_utc or days < 0:
         yield Check("server certificate", FAIL, "not valid now", "renew through the relay (enroll)")
@@ -135,38 +174,20 @@ def check_certificates(config: Config) -> Iterator[Check]:
             )
     except (OSError, ValueError):
         yield Check("server key matches certificate", FAIL, f"{key_path} missing or unreadable", "")
+
+
+def _agent_running(config: Config) -> bool:
+    from agent.ops.daemon import is_running, read_state
+
     try:
-        cas = _load_certs(ca_path)
-    except (OSError, ValueError):
-        yield Check(
-            "relay client CA",
-            FAIL,
-            f"{ca_path} missing or not PEM",
-            "enroll writes it; it must hold only the relay-client issuer",
-        )
-        return
-    if any(ca.subject == leaf.issuer for ca in cas):
-        yield Check(
-            "relay client CA",
-            FAIL,
-            "api.client_ca contains the issuer of the server certificate",
-            "api.client_ca must hold only the relay-client issuer (relay-api.md §10)",
-        )
-    else:
-        yield Check("relay client CA", OK, f"{len(cas)} CA certificate(s)")
-    server_ca = config.relay.server_ca
-    if not Path(server_ca).is_file():
-        yield Check(
-            "relay server CA",
-            FAIL,
-            f"{server_ca} missing",
-            "copy the relay program's pinned CA bundle there before enrolling",
-        )
-    else:
-        yield Check("relay server CA", OK, "present")
+        state = read_state(config)
+        return state is not None and is_running(state)
+    except Exception:  # noqa: BLE001 - unknown: treat as not running (the port check then FAILs)
+        return False
 
 
 def check_ports(config: Config) -> Iterator[Check]:
+    agent_running = _agent_running(config)
     for name, listen in (("api.listen", config.api.listen), ("admin.listen", config.admin.listen)):
         host, port = parse_listen(listen)
         if port == 0:
@@ -178,12 +199,15 @@ def check_ports(config: Config) -> Iterator[Check]:
             try:
                 sock.bind((host, port))
             except OSError:
-                yield Check(
-                    f"{name} bindable",
-                    WARN,
-                    f"{host}:{port} in use (fine if the agent is running)",
-                    "stop the other program holding the port",
-                )
+                if agent_running:
+                    yield Check(f"{name} bindable", OK, f"{host}:{port} held by the running agent")
+                else:  # cli.md §2: port in use → exit 5
+                    yield Check(
+                        f"{name} bindable",
+                        FAIL,
+                        f"{host}:{port} in use by another program",
+                        "stop the other program holding the port, or change the listen address",
+                    )
             else:
                 yield Check(f"{name} bindable", OK, f"{host}:{port}")
     if config.admin.allow_non_loopback:
@@ -211,6 +235,22 @@ def check_watch_folders(config: Config) -> Iterator[Check]:
             )
         else:
             yield Check(f"watch[{index}] folder", OK, str(path))
+
+
+def check_profiles(config: Config) -> Iterator[Check]:
+    """Every watch folder's profile loads (else `run` would exit 4)."""
+    from agent.commands._common import load_named_profile
+    from agent.formats.profiles import ProfileError
+
+    for index, watch in enumerate(config.watch):
+        if watch.profile in ("", "standard"):
+            continue
+        try:
+            load_named_profile(watch.profile, config)
+        except ProfileError as exc:
+            yield Check(f"watch[{index}] profile", FAIL, str(exc), "fix the profile file or the config")
+        else:
+            yield Check(f"watch[{index}] profile", OK, watch.profile)
 
 
 def check_disk(config: Config) -> Iterator[Check]:
@@ -305,6 +345,7 @@ CHECKS: list[CheckFn] = [
     check_certificates,
     check_ports,
     check_watch_folders,
+    check_profiles,
     check_disk,
     check_settings,
     check_store,

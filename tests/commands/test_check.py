@@ -101,3 +101,25 @@ def test_convert_to_fhir_renders_a_valid_r4_document_bundle(cli) -> None:
     assert bundle["entry"][0]["resource"]["resourceType"] == "Composition"
     Bundle.model_validate(bundle)
     assert "9001011000001" not in result.stdout
+
+
+def test_profile_file_paths_resolve_from_the_command_line_and_from_the_config(cli, installation, tmp_path):
+    """``check --profile FILE.toml`` finds a relative file against the working directory, then the
+    profile folders (the shipped ones too); a ``[[watch]] profile`` file path in the config resolves
+    against the config's folder (cli.md §4), whatever the working directory."""
+    import shutil
+
+    from agent.commands._common import load_named_profile
+    from agent.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    sample = repo / "config" / "profiles" / "samples" / "vendor_a_pharmacy.csv"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("check", "--profile", "vendor_a_csv.toml", str(sample), cwd=elsewhere)
+    assert result.code == 0, result.stderr
+
+    shutil.copy(repo / "config" / "profiles" / "vendor_a_csv.toml", installation / "site_a.toml")
+    config = load_config(installation / "agent.toml")
+    assert load_named_profile("site_a.toml", config).name == "vendor_a_csv"
+    assert load_named_profile("./site_a.toml", config, cwd=str(elsewhere)).name == "vendor_a_csv"

@@ -75,3 +75,41 @@ def test_store_integrity_sampled_ok_then_fail_after_corruption(cli, installation
     assert result.code == 5
     failed = [c for c in result.json()["checks"] if c["status"] == "FAIL"]
     assert [c["name"] for c in failed] == ["store integrity"], failed
+
+
+def test_port_held_by_another_program_is_a_fail_when_the_agent_is_not_running(
+    cli, installation: Path
+) -> None:
+    """cli.md §2/§3: "port in use" is exit 5; doctor checks "port bindable"."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        toml = installation / "agent.toml"
+        toml.write_text(toml.read_text().replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"', 1))
+        result = cli("doctor", "--config", str(toml), "--json")
+    assert result.code == 5, result.stdout
+    failed = {c["name"] for c in result.json()["checks"] if c["status"] == "FAIL"}
+    assert "api.listen bindable" in failed
+
+
+def test_relay_cas_are_reported_before_enrollment_too(cli, tmp_path: Path) -> None:
+    """cli.md §4: doctor reports FAIL while either relay CA is missing — also when there is no
+    server certificate yet (init without --dev-certs)."""
+    assert cli("init", "--dir", str(tmp_path / "site")).code == 0
+    result = cli("doctor", "--config", str(tmp_path / "site" / "agent.toml"), "--json")
+    assert result.code == 5
+    failed = {c["name"] for c in result.json()["checks"] if c["status"] == "FAIL"}
+    assert {"server certificate", "relay client CA", "relay server CA"} <= failed
+
+
+def test_a_watch_profile_that_does_not_load_is_a_fail(cli, installation: Path) -> None:
+    toml = installation / "agent.toml"
+    text = toml.read_text()
+    assert 'profile = "standard"' in text
+    toml.write_text(text.replace('profile = "standard"', 'profile = "nosuch_vendor"', 1))
+    result = cli("doctor", "--config", str(toml), "--json")
+    assert result.code == 5
+    assert any(c["name"] == "watch[0] profile" and c["status"] == "FAIL" for c in result.json()["checks"])
