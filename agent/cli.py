@@ -21,7 +21,10 @@ from typing import IO, Any
 from agent import __version__
 from agent.errors import AgentError, ExitStatus, UsageError
 
-BUG_REPORT = "this is a bug in silson-agent; please report it with the output of `silson-agent --debug ...`"
+BUG_REPORT = (
+    "this is a bug in silson-agent; please report it to your silson-agent support contact (see README.md, "
+    "'Reporting a bug') with the output of `silson-agent --version` and of the same command run with --debug"
+)
 
 
 @dataclasses.dataclass

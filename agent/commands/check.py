@@ -43,6 +43,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     now = dt.datetime.now(dt.UTC)
     reports = []
     all_ok = True
+    missing = False  # a FILE that is not a file is a bad argument (exit 2), the others still checked
     for name in args.files:
         path = Path(name)
         if not path.is_absolute():
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
                 }
             )
             all_ok = False
+            missing = True
             continue
         result = check_path(path, profile=profile, now=now, max_size=max_size, default_valid_days=valid_days)
         all_ok &= result.ok
@@ -91,4 +93,6 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     else:
         bad = sum(1 for r in reports if not r["ok"])
         env.err(f"{len(reports)} file(s) checked, {bad} invalid")
+    if missing:
+        return ExitStatus.USAGE
     return ExitStatus.OK if all_ok else ExitStatus.INVALID_INPUT

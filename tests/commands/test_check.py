@@ -123,3 +123,16 @@ def test_profile_file_paths_resolve_from_the_command_line_and_from_the_config(cl
     config = load_config(installation / "agent.toml")
     assert load_named_profile("site_a.toml", config).name == "vendor_a_csv"
     assert load_named_profile("./site_a.toml", config, cwd=str(elsewhere)).name == "vendor_a_csv"
+
+
+def test_a_file_argument_that_is_not_a_file_is_a_usage_error(cli, tmp_path) -> None:
+    """cli.md §2: exit 2 for a bad argument; 3 is only for records that failed validation. The
+    other files are still checked and reported."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(load_example("receipt")), encoding="utf-8")
+    result = cli("check", str(tmp_path / "missing.json"), str(good), "--json")
+    assert result.code == 2
+    files = {f["file"]: f for f in result.json()["files"]}
+    assert files[str(good)]["ok"] is True and files[str(tmp_path / "missing.json")]["ok"] is False
+    assert cli("check", str(tmp_path)).code == 2  # a directory is not a FILE either
+    assert "Traceback" not in result.stderr
