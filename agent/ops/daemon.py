@@ -406,9 +406,7 @@ def backup_job(config: Config, store: Any, audit: Any, now: dt.datetime) -> Path
 
 
 def _retire_unused_keks(store: Any, audit: Any) -> list[str]:
-    from agent.store.backup import backup_kek_ids
-
-    in_backups = backup_kek_ids(Path(store.backup_dir)) if getattr(store, "backup_dir", None) else set()
+    in_backups = store.backup_kek_ids()
     usage = store.kek_usage()
     unused = sorted(
         k

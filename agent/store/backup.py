@@ -101,6 +101,16 @@ def _db_generation(path: Path) -> tuple[int, str | None]:
     return int(rows.get("generation", 0) or 0), rows.get("store_id")
 
 
+BACKUP_REGISTRY_PREFIX = "backup_kek:"  # kv rows: backup_id -> {kek_id, created_at} (no path, no PHI)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
 def write_backup(store: Store, out_path: Path) -> dict[str, Any]:
     """Snapshot, encrypt and atomically write a backup; returns its (non-personal) header info."""
     tmp_dir = store.data_dir / "tmp"
@@ -116,9 +126,17 @@ def write_backup(store: Store, out_path: Path) -> dict[str, Any]:
             snapshot(audit, audit_copy)
         generation, store_id = _db_generation(store_copy)
         kek_id, kek = store._refresh_current_kek()
-        return _encrypt_members(
-            members, out_path, kek_id, kek, generation, store_id, utc_iso(store.clock.now())
-        )
+        created_at = utc_iso(store.clock.now())
+        info = _encrypt_members(members, out_path, kek_id, kek, generation, store_id, created_at)
+        in_backup_dir = store.backup_dir is not None and _same_dir(out_path.parent, Path(store.backup_dir))
+        if not in_backup_dir:
+            # Written elsewhere (`backup --out`): it keeps its KEK from retirement for backup.keep
+            # days. Backups in backup.dir are found there (and expire by count, nightly job).
+            store.kv_set(
+                BACKUP_REGISTRY_PREFIX + str(info["backup_id"]),
+                json.dumps({"kek_id": kek_id, "created_at": created_at}, sort_keys=True),
+            )
+        return info
     except OSError as exc:
         if exc.errno == 28:
             from agent.errors import DiskFullError

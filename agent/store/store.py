@@ -194,6 +194,7 @@ class Store:
         backup_dir: Path | None = None,
         *,
         default_valid_days: int = 3,
+        backup_keep_days: int = 7,
     ) -> None:
         self.db = db
         self.keyring = keyring
@@ -201,6 +202,7 @@ class Store:
         self.data_dir = data_dir
         self.retention_keep_s = retention_keep_s
         self.backup_dir = backup_dir
+        self.backup_keep_days = backup_keep_days  # backup.keep: how long a backup's KEK is kept
         self.default_valid_days = default_valid_days  # W-507 (config validation.default_valid_days)
         self._keys_stamp: int | None = None  # mtime of the key folder at the last KEK refresh
 
@@ -227,6 +229,7 @@ class Store:
             int(config.retention.keep),
             backup_dir=config.backup.dir,
             default_valid_days=int(config.validation.default_valid_days),
+            backup_keep_days=int(config.backup.keep),
         )
         store._ensure_identity()
         store._backfill_links()
@@ -1408,15 +1411,42 @@ class Store:
                     usage[kek_id] = usage.get(kek_id, 0) + n
         return usage
 
+    def backup_kek_ids(self) -> set[str]:
+        """KEK ids a backup still inside the backup retention needs: those in ``backup.dir`` and
+        those of every backup this store wrote in the last ``backup.keep`` days wherever it went
+        (a `backup --out` elsewhere must stay restorable after `keys rotate`, security.md §5)."""
+        from agent.store.backup import BACKUP_REGISTRY_PREFIX, backup_kek_ids
+
+        ids = backup_kek_ids(self.backup_dir) if self.backup_dir else set()
+        horizon = self.clock.now() - dt.timedelta(days=self.backup_keep_days + 1)
+        stale = []
+        with self.db.reader() as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM kv WHERE key >= ? AND key < ?",
+                (BACKUP_REGISTRY_PREFIX, BACKUP_REGISTRY_PREFIX + "\uffff"),
+            ).fetchall()
+        for key, value in rows:
+            try:
+                entry = json.loads(value)
+                created = dt.datetime.fromisoformat(str(entry["created_at"]).replace("Z", "+00:00"))
+            except (ValueError, KeyError, TypeError):
+                stale.append(key)
+                continue
+            if created < horizon:
+                stale.append(key)
+            else:
+                ids.add(str(entry["kek_id"]))
+        if stale:
+            self.db.write(lambda c: c.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in stale]))
+        return ids
+
     def retire_unused_keks(self) -> tuple[list[str], list[str]]:
         """Retire every non-current KEK used by no row and by no backup in ``backup.dir``.
 
         The usage check runs in a write transaction, so no commit can slip a row wrapped under the
         old KEK in between (and writers pick the newest KEK on disk anyway).
         """
-        from agent.store.backup import backup_kek_ids
-
-        in_backups = backup_kek_ids(self.backup_dir) if self.backup_dir else set()
+        in_backups = self.backup_kek_ids()
         retired, kept = [], []
         for kek_id in sorted(self.keyring.keks):
             if kek_id == self.keyring.current_kek_id:

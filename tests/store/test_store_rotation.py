@@ -79,3 +79,27 @@ def test_old_kek_still_used_by_a_backup_in_backup_dir_is_kept(config) -> None:
     assert result.retired == [] and result.kept == ["kek-1"]
     assert (config.keys_dir / "kek-1.key").exists()
     store.close()
+
+
+def test_a_backup_written_outside_backup_dir_keeps_its_kek_for_the_backup_retention(config, tmp_path) -> None:
+    """security.md §5: a KEK is retired only when no backup inside the backup retention uses it —
+    also a `backup --out` written anywhere else, which must stay restorable after `keys rotate`."""
+    from agent.clock import FakeClock
+    from agent.store.backup import verify_backup, write_backup
+
+    clock = FakeClock()
+    store = open_store(config, clock=clock)
+    try:
+        commit_docs(store, [make_doc(i) for i in range(5)], path="/x")
+        elsewhere = tmp_path / "usb"
+        elsewhere.mkdir()
+        write_backup(store, elsewhere / "manual.bak")
+        result = store.rotate_kek(batch=50)
+        assert result.retired == [] and (config.keys_dir / "kek-1.key").exists()
+        keyring = load_keyring(config.keys_dir)
+        assert verify_backup(elsewhere / "manual.bak", keyring, config.data_dir / "tmp")["kek_id"] == "kek-1"
+        clock.advance((store.backup_keep_days + 2) * 86400)  # past the backup retention
+        assert store.retire_unused_keks()[0] == ["kek-1"]
+        assert not (config.keys_dir / "kek-1.key").exists()
+    finally:
+        store.close()
