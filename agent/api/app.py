@@ -2,28 +2,44 @@
 
 A plain ASGI callable rather than a framework router, so the order of §8 is visible in one
 function: in-flight limit → route/method (404/405) → per-client rate limit (429) → body size
-(413) → media type (415); then the blocking part (JSON, schema, store) runs in a worker thread
-(``agent.api.handlers``) so SQLite never stalls the event loop that also runs handshakes and
-deadlines. The worker hands the request's audit record to the audit log's group commit and is
-free again; the loop awaits the record's commit — concurrent requests share one fsync — and only
-then sends the response (step 12). Every response carries the §2.4 headers; nothing here ever
-echoes input.
+(413) → media type (415). Then a search or fetch goes through ``agent.api.handlers`` in stages,
+each where it costs fewest thread hand-offs, and no thread is ever parked waiting for another:
+
+1. the event loop runs steps 6–9 (JSON, schema, envelope, clock window: pure) and queues the
+   replay record (step 10) on the store's writer thread, which group-commits every record
+   queued meanwhile;
+2. that commit hands the request to a worker thread, which does the store reads, rendering and
+   signing (steps 10–11) — so SQLite never stalls the loop that also runs handshakes and
+   deadlines — and hands the audit record to the audit log's group commit;
+3. the loop is woken when the record is durable (one wake-up per group) and only then sends
+   the response (step 12).
+
+Every response carries the §2.4 headers; nothing here ever echoes input.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent import metrics
 from agent.api.backend import BackendProtocol
-from agent.api.handlers import ConnPeer, Handlers, Prepared, Response, problem_response, today_kst
+from agent.api.handlers import (
+    ConnPeer,
+    Handlers,
+    Prepared,
+    Response,
+    Started,
+    problem_response,
+    today_kst,
+)
 from agent.api.problems import ProblemError
 from agent.api.ratelimit import TokenBucket
 from agent.api.tls import PeerIdentity
@@ -42,12 +58,13 @@ ROUTES: dict[str, tuple[str, str | None]] = {
 }
 
 _BASE_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
-# Worker threads for the blocking part of a request. Few on purpose: the work is mostly Python
-# (one GIL), and every extra runnable thread makes the store's writer thread — which commits
-# every replay record, one at a time — wait longer for the GIL, and costs context switches. No
-# worker waits for another thread's audit commit, so a handful keeps the store busy; requests
-# beyond them queue in FIFO order, inside the in-flight limit.
-WORKERS = 8
+# Worker threads for the reads, rendering and signing of a request. Few on purpose: the work is
+# Python (one GIL), no worker waits for a commit it does not write itself (the replay record is
+# committed before a worker gets the request, the audit record is awaited by the loop), and
+# every extra runnable thread makes the loop and the writer threads wait longer for the GIL and
+# costs context switches. One of them may be writing an audit group commit at any time.
+# Requests beyond them queue in FIFO order, inside the in-flight limit.
+WORKERS = 4
 
 
 @dataclasses.dataclass
@@ -77,6 +94,41 @@ class _Disconnected(Exception):
     pass
 
 
+class _LoopInbox:
+    """Calls from other threads into the event loop, delivered in batches.
+
+    An audit commit completes every request of its group at once, from one thread: the first
+    call of a batch wakes the loop (one write to its self-pipe), the others ride along.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._calls: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = collections.deque()
+        self._armed = False
+
+    def call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon; dropped silently once the loop is closed."""
+        with self._lock:
+            self._calls.append((fn, args))
+            if self._armed:
+                return
+            self._armed = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            with self._lock:
+                self._calls.clear()
+                self._armed = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, collections.deque()
+            self._armed = False
+        for fn, args in calls:
+            fn(*args)
+
+
 class RelayApp:
     def __init__(
         self,
@@ -102,6 +154,7 @@ class RelayApp:
         # Test hook (C-32): awaited inside the in-flight window, so a test can hold requests.
         self.handler_hook = handler_hook
         self.in_flight = 0
+        self._inbox: _LoopInbox | None = None
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(WORKERS, self.max_in_flight + 2), thread_name_prefix="relay-api"
         )
@@ -187,26 +240,36 @@ class RelayApp:
     async def _audited(
         self, action: str, conn: ConnInfo, early: ProblemError | None, body: bytes | None
     ) -> Response:
-        """Steps 6–12: a worker thread prepares the response and queues its audit record; the
-        loop is woken once, when the record is durable (or could not be written)."""
+        """Steps 6–12 with as few thread hand-offs as possible, and no thread parked waiting.
+
+        The loop runs steps 6–9 (pure) and queues the replay record on the store's writer
+        (step 10); once it is committed, a worker thread does the rest (reads, rendering,
+        signing) and hands the audit record to the audit log's group commit; the loop is woken
+        once, when that record is durable (or could not be written).
+        """
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[tuple[Prepared, BaseException | None]] = loop.create_future()
         peer = conn.conn_peer()
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = _LoopInbox(loop)
 
         def settle(prepared: Prepared, error: BaseException | None) -> None:
             if not outcome.done():
                 outcome.set_result((prepared, error))
 
         def settle_threadsafe(prepared: Prepared, error: BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the server has stopped
-                loop.call_soon_threadsafe(settle, prepared, error)
+            inbox.call(settle, prepared, error)
 
-        def work() -> None:  # in a worker thread
+        def fail_closed(error: BaseException) -> None:
+            # No record describes this request, so nothing may be sent but the fail-closed 503.
+            settle_threadsafe(Prepared(problem_response("internal-error", None), {}, None), error)
+
+        def finish(started: Prepared | Started) -> None:  # in a worker thread
             try:
-                prepared = self.handlers.prepare(action, peer, early, body)
-            except BaseException as exc:  # noqa: BLE001 - a bug (prepare answers every request)
-                # No record describes this request, so nothing may be sent but the fail-closed 503.
-                settle_threadsafe(Prepared(problem_response("internal-error", None), {}, None), exc)
+                prepared = started if isinstance(started, Prepared) else self.handlers.finish(started)
+            except BaseException as exc:  # noqa: BLE001 - a bug (finish answers every request)
+                fail_closed(exc)
                 return
             try:
                 submitted = self.backend.audit_submit(prepared.event)
@@ -218,7 +281,24 @@ class RelayApp:
             # leader; else another thread does and wakes the loop — no thread waits for it here.
             submitted.add_done_callback(lambda done: settle_threadsafe(prepared, done.exception()))
 
-        self.pool.submit(work)
+        def to_worker(started: Prepared | Started) -> None:
+            try:
+                self.pool.submit(finish, started)
+            except RuntimeError as exc:  # the pool is shut down: the server is stopping
+                fail_closed(exc)
+
+        try:
+            started = self.handlers.start(action, peer, early, body)
+        except Exception as exc:  # a bug (start answers every request)
+            fail_closed(exc)
+        else:
+            if isinstance(started, Started) and started.record is not None:
+                # Runs in the store's writer thread right after the commit (or here, if done).
+                started.record.add_done_callback(lambda _: to_worker(started))
+            else:
+                # Answered by ``start``, or outside the clock window: the audit record (and the
+                # relay-id read) is a worker's — the loop never waits for the disk.
+                to_worker(started)
         prepared, error = await outcome
         return self.handlers.audited(prepared, error)
 

@@ -60,7 +60,10 @@ class BackendProtocol(Protocol):
     def current_signer(self) -> Any: ...
     def relay_ids(self) -> frozenset[str] | None: ...
     def subject_ref(self, rrn13: str) -> str: ...
-    def relay_request_record(self, request_id: str, now: dt.datetime, relay_id: str) -> str: ...
+    def relay_request_submit(
+        self, request_id: str, now: dt.datetime, relay_id: str
+    ) -> concurrent.futures.Future[str]: ...
+    def relay_request_outcome(self, submitted: concurrent.futures.Future[str]) -> str: ...
     def search(
         self,
         rrn13: str,
@@ -163,10 +166,22 @@ class Backend:
         """The relay ids received at enrollment, or ``None`` when never enrolled (accept any)."""
         return self._call(self.store.relay_ids)  # type: ignore[no-any-return]
 
-    def relay_request_record(self, request_id: str, now: dt.datetime, relay_id: str) -> str:
-        """§8 steps 8 and 10 in one store transaction (step 9 is checked before): ``"recorded"``,
-        ``"replay"`` or ``"relay-not-allowed"`` (then nothing is recorded)."""
-        return str(self._call(self.store.relay_request_record, request_id, now, relay_id))
+    def relay_request_submit(
+        self, request_id: str, now: dt.datetime, relay_id: str
+    ) -> concurrent.futures.Future[str]:
+        """§8 steps 8 and 10 in one store transaction (step 9 is checked before), queued on the
+        store's writer thread without waiting: the future completes after the COMMIT that made
+        the record durable, group-committed with the other requests queued meanwhile. Its
+        outcome (``relay_request_outcome``) is ``"recorded"``, ``"replay"`` or
+        ``"relay-not-allowed"`` (then nothing is recorded).
+        """
+        submitted = self._call(self.store.relay_request_submit, request_id, now, relay_id)
+        return submitted  # type: ignore[no-any-return]
+
+    def relay_request_outcome(self, submitted: concurrent.futures.Future[str]) -> str:
+        """The outcome of ``relay_request_submit`` once committed (waits until then); a failed
+        commit is ``StorageUnavailable``, like every store failure."""
+        return str(self._call(self.store.db.result, submitted))
 
     def search(
         self,

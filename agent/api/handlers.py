@@ -5,22 +5,27 @@ and hands the body here. Everything below is ordered exactly as §8: JSON → sc
 clock window → replay record → business rules → audit (fail closed) → response. Every search or
 fetch that reaches this module produces exactly one audit record (C-34).
 
-Steps 6–11 (``prepare``) are synchronous and run in a worker thread; they end with the prepared
-response and its audit event. Step 12 is the caller's: the event goes to the audit log's group
-commit and ``audited`` turns the outcome into the response that may be sent — the prepared one
-only once the record is durable, else ``503 audit-unavailable``. ``process`` does all of it in
-the calling thread.
+Steps 6–11 come in two parts, so that no thread waits for the replay record's commit:
+``start`` (steps 6–9, pure, run by the event loop) queues the replay record on the store's
+writer and returns; ``finish`` (steps 10–11: the replay outcome, business rules, store reads,
+rendering, signing; run by a worker once the record is committed) ends with the prepared
+response and its audit event. ``prepare`` does both in the calling thread. Step 12 is the
+caller's: the event goes to the audit log's group commit and ``audited`` turns the outcome into
+the response that may be sent — the prepared one only once the record is durable, else
+``503 audit-unavailable``. ``process`` does all of it in the calling thread.
 """
 
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import functools
 import hashlib
 import json
 import logging
+import math
 from typing import Any
 
 from agent import API_REVISION, __version__, metrics
@@ -29,7 +34,6 @@ from agent.api.problems import PROBLEM_MEDIA_TYPE, PROBLEMS, ProblemError, probl
 from agent.api.validation import (
     _CLAIM_TOKEN,
     _RELAY_ID,
-    Envelope,
     FetchRequest,
     SearchRequest,
     parse_json,
@@ -153,6 +157,16 @@ class _AuditContext:
         return event
 
 
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """Steps 6–9 passed: the request waits for its replay record (step 10), queued by
+    ``Handlers.start``; ``record`` is ``None`` when the request is outside the clock window."""
+
+    ctx: _AuditContext
+    request: SearchRequest | FetchRequest
+    record: concurrent.futures.Future[str] | None
+
+
 class Handlers:
     def __init__(self, config: Config, backend: BackendProtocol, clock: Clock) -> None:
         self.config = config
@@ -217,9 +231,19 @@ class Handlers:
     def prepare(
         self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None
     ) -> Prepared:
-        """Steps 6–11 for one request; ``early`` is a problem the HTTP layer already decided.
+        """Steps 6–11 for one request in the calling thread (waits for the replay record)."""
+        started = self.start(action, peer, early, body)
+        return started if isinstance(started, Prepared) else self.finish(started)
 
-        Never raises: every outcome is a response plus the audit event describing it.
+    def start(
+        self, action: str, peer: ConnPeer, early: ProblemError | None, body: bytes | None
+    ) -> Prepared | Started:
+        """Steps 6–9, and step 10 queued: no I/O and no waiting, so the event loop runs it.
+
+        ``early`` is a problem the HTTP layer already decided. A request that fails here is
+        answered here (``Prepared``); else its replay record is on its way to the store's writer
+        (group-committed with the other requests waiting there) and ``finish`` continues once
+        that record is durable. Never raises.
         """
         ctx = _AuditContext(action=action, peer=peer)
         close = False
@@ -231,42 +255,66 @@ class Handlers:
             data = parse_json(body)
             ctx.request_id = request_id_of(data)
             self._note_envelope(ctx, data)
+            request: SearchRequest | FetchRequest
             if action == "documents.search":
-                response = self._search(validate_search(data), ctx)
+                request = validate_search(data)
             else:
-                response = self._fetch(validate_fetch(data, max_ids=int(self.limits.max_fetch_ids)), ctx)
-        except ProblemError as problem:
-            ctx.reason = ctx.reason or problem.reason
-            response = problem_response(
-                problem.name,
-                ctx.request_id,
-                errors=problem.errors,
-                retry_after=problem.retry_after,
-                close=close,
+                request = validate_fetch(data, max_ids=int(self.limits.max_fetch_ids))
+                ctx.document_ids = list(request.document_ids)
+            env = request.envelope
+            now = self.clock.now()
+            if abs(clock_skew_s(env.sent_at, now)) > CLOCK_TOLERANCE_S:
+                # Outside the clock window nothing is recorded; whether the answer is 403 or 422
+                # takes a store read, which is ``finish``'s (never the event loop's).
+                return Started(ctx, request, None)
+            return Started(ctx, request, self.backend.relay_request_submit(env.request_id, now, env.relay_id))
+        except Exception as exc:
+            response = self._failure(ctx, exc, close=close)
+        return Prepared(response, ctx.event(response), ctx.request_id)
+
+    def finish(self, started: Started) -> Prepared:
+        """Steps 8–11 after ``start``: the relay id and replay outcome, the business rules, the
+        reads, rendering and signing. Blocks until the replay record is committed (returns at
+        once when called from its completion). Never raises."""
+        ctx = started.ctx
+        try:
+            self._check_envelope(started)
+            if isinstance(started.request, SearchRequest):
+                response = self._search(started.request, ctx)
+            else:
+                response = self._fetch(started.request, ctx)
+        except Exception as exc:
+            response = self._failure(ctx, exc, close=False)
+        return Prepared(response, ctx.event(response), ctx.request_id)
+
+    @staticmethod
+    def _failure(ctx: _AuditContext, exc: Exception, *, close: bool) -> Response:
+        """The problem response for a request that stopped at ``exc``; notes the audit reason."""
+        if isinstance(exc, ProblemError):
+            ctx.reason = ctx.reason or exc.reason
+            return problem_response(
+                exc.name, ctx.request_id, errors=exc.errors, retry_after=exc.retry_after, close=close
             )
-        except StorageUnavailable:
+        if isinstance(exc, StorageUnavailable):
             ctx.reason = ctx.reason or "storage"
-            response = problem_response(
-                "storage-unavailable", ctx.request_id, retry_after=STORAGE_RETRY_AFTER
-            )
-        except IntegrityError:
+            return problem_response("storage-unavailable", ctx.request_id, retry_after=STORAGE_RETRY_AFTER)
+        if isinstance(exc, IntegrityError):
             # A stored record failed authenticated decryption: nothing is released (S-22).
             ctx.reason = "integrity"
-            response = problem_response("internal-error", ctx.request_id)
-        except Exception as exc:  # a bug: log the class and place only, never the message (§8 logging)
-            tb = exc.__traceback__
-            while tb is not None and tb.tb_next is not None:
-                tb = tb.tb_next
-            log.error(
-                "internal error in %s: %s at %s:%s",
-                action,
-                type(exc).__name__,
-                tb.tb_frame.f_code.co_filename if tb else "?",
-                tb.tb_lineno if tb else "?",
-            )
-            ctx.reason = ctx.reason or "internal"
-            response = problem_response("internal-error", ctx.request_id)
-        return Prepared(response, ctx.event(response), ctx.request_id)
+            return problem_response("internal-error", ctx.request_id)
+        # A bug: log the class and place only, never the message (§8 logging).
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        log.error(
+            "internal error in %s: %s at %s:%s",
+            ctx.action,
+            type(exc).__name__,
+            tb.tb_frame.f_code.co_filename if tb else "?",
+            tb.tb_lineno if tb else "?",
+        )
+        ctx.reason = ctx.reason or "internal"
+        return problem_response("internal-error", ctx.request_id)
 
     @staticmethod
     def _note_envelope(ctx: _AuditContext, data: dict[str, Any]) -> None:
@@ -280,20 +328,20 @@ class Handlers:
             if isinstance(claim_no, str) and _CLAIM_TOKEN.match(claim_no):
                 ctx.claim_no = claim_no
 
-    def _check_envelope(self, env: Envelope) -> None:
+    def _check_envelope(self, started: Started) -> None:
         """Steps 8–10: relay id, clock window, then the atomic replay record.
 
-        The clock window is pure, so it is looked at first: inside it, the relay-id check and the
-        replay record are one store transaction; outside it, only the relay ids are read (a
-        relay that is not allowed still gets its 403 before the 422).
+        The clock window is pure, so ``start`` looked at it first: inside it, the relay-id check
+        and the replay record are one store transaction, queued by ``start``; outside it, only
+        the relay ids are read (a relay that is not allowed still gets its 403 before the 422).
         """
-        now = self.clock.now()
-        if abs((env.sent_at - now).total_seconds()) > CLOCK_TOLERANCE_S:
+        env = started.request.envelope
+        if started.record is None:
             relay_ids = self.backend.relay_ids()
             if relay_ids is not None and env.relay_id not in relay_ids:
                 raise ProblemError("relay-not-allowed")
             raise ProblemError("clock-skew")
-        outcome = self.backend.relay_request_record(env.request_id, now, env.relay_id)
+        outcome = self.backend.relay_request_outcome(started.record)
         if outcome == "relay-not-allowed":
             raise ProblemError("relay-not-allowed")
         if outcome != "recorded":
@@ -301,7 +349,6 @@ class Handlers:
 
     def _search(self, req: SearchRequest, ctx: _AuditContext) -> Response:
         env = req.envelope
-        self._check_envelope(env)
         subject_ref = self.backend.subject_ref(req.rrn13)
         ctx.subject_ref = subject_ref
         now = self.clock.now()
@@ -349,8 +396,6 @@ class Handlers:
 
     def _fetch(self, req: FetchRequest, ctx: _AuditContext) -> Response:
         env = req.envelope
-        ctx.document_ids = list(req.document_ids)
-        self._check_envelope(env)
         now = self.clock.now()
         # Binding and documents in one store snapshot; documents only when B4 and B5 hold.
         view = self.backend.fetch_view(env.claim_no, env.consent_id, req.document_ids, now)
@@ -415,6 +460,14 @@ class Handlers:
 def _released_counter(document_type: str, fmt: str) -> Any:
     """The metric child of one (closed) label set, looked up once rather than per document."""
     return metrics.DOCUMENTS_RELEASED.labels(document_type=document_type, format=fmt)
+
+
+def clock_skew_s(sent_at: dt.datetime, now: dt.datetime) -> int:
+    """``sent_at − now`` in whole seconds, both truncated to the second (relay-api.md §4 rule 2:
+    "the boundary value 300 s is accepted"): a relay that stamps ``now − 300 s`` in whole seconds
+    is accepted although its request is a fraction of a second older by the time it is read;
+    301 s is not."""
+    return math.floor(sent_at.timestamp()) - math.floor(now.timestamp())
 
 
 def today_kst(now: dt.datetime) -> str:

@@ -1076,6 +1076,14 @@ class Store:
         else the id is recorded: ``"recorded"``. Rule 2 (the clock window, between the two) is
         pure: the caller checks it first and, when it fails, reads ``relay_ids`` instead.
         """
+        return self.db.result(self.relay_request_submit(request_id, now, relay_id))
+
+    def relay_request_submit(
+        self, request_id: str, now: dt.datetime, relay_id: str
+    ) -> concurrent.futures.Future[str]:
+        """``relay_request_record`` queued on the writer without waiting: the future resolves
+        after the COMMIT that made the record durable (group-committed with the other writes
+        queued meanwhile); ``Database.result(future)`` maps its errors."""
         ts = now.timestamp()
 
         def job(conn: sqlite3.Connection) -> str:
@@ -1084,7 +1092,7 @@ class Store:
                 return "relay-not-allowed"
             return "recorded" if _replay_insert(conn, request_id, ts) else "replay"
 
-        return self.db.write(job)
+        return self.db.submit(job)
 
     def relay_ids(self) -> frozenset[str] | None:
         """The relay ids received at enrollment, or ``None`` when never enrolled (accept any)."""

@@ -69,3 +69,17 @@ def test_a_trailing_newline_is_a_validation_failure_in_search(mutate) -> None:
 def test_a_trailing_newline_in_a_document_id_is_a_validation_failure() -> None:
     body = _fetch(document_ids=["doc_01JQ7Z8X9Y0A1B2C3D4E5F6G7H\n"])
     assert _rejected(lambda b: validate_fetch(b, max_ids=100), body)
+
+
+def test_the_300_s_clock_boundary_is_accepted_in_both_directions() -> None:
+    """§4 rule 2: |sent_at − agent clock| ≤ 300 s, the boundary value 300 s accepted — with
+    whole-second timestamps and a request read a fraction of a second after it was stamped."""
+    import datetime as dt
+
+    from agent.api.handlers import CLOCK_TOLERANCE_S, clock_skew_s
+
+    now = dt.datetime(2026, 11, 24, 9, 0, 0, 990_000, tzinfo=dt.UTC)  # read 0.99 s into the second
+    whole = now.replace(microsecond=0)
+    for offset, ok in ((-300, True), (-301, False), (300, True), (301, False), (0, True)):
+        sent = whole + dt.timedelta(seconds=offset)
+        assert (abs(clock_skew_s(sent, now)) <= CLOCK_TOLERANCE_S) is ok, offset
