@@ -234,18 +234,28 @@ def parse_clean_json_text(text: str) -> Any:
         raise
 
 
-def read_json(text: str, sink: ProblemSink) -> list[Record]:
-    """Read a ``.json`` file: one document object or a non-empty array of them."""
+def parse_json_file(text: str, sink: ProblemSink) -> tuple[bool, Any]:
+    """Parse the whole text of a ``.json`` file under the limits, strings cleaned.
+
+    ``(True, value)``, or ``(False, None)`` after adding the R-004 problem (empty, too deep, a
+    string over 1 MiB, a duplicate key, NaN, or not well-formed). Shared by the standard reader and
+    JSON vendor profiles, so both get the same protections and messages."""
     if not text.strip():
         sink.add("R-004", "", "file holds no records (empty file)")
-        return []
+        return False, None
     try:
-        value = parse_clean_json_text(text)
+        return True, parse_clean_json_text(text)
     except JsonLimitError as exc:
         sink.add("R-004", "", str(exc))
-        return []
     except ValueError:
         sink.add("R-004", "", "content is not well-formed JSON")
+    return False, None
+
+
+def read_json(text: str, sink: ProblemSink) -> list[Record]:
+    """Read a ``.json`` file: one document object or a non-empty array of them."""
+    ok, value = parse_json_file(text, sink)
+    if not ok:
         return []
     if isinstance(value, dict):
         return [Record(0, value)]

@@ -16,7 +16,9 @@ from typing import Any
 from agent.documents.fields import DOCUMENT_TYPES
 from agent.errors import ConfigError
 
-PROFILE_FORMATS = ("csv", "xml", "fixed")
+PROFILE_FORMATS = ("csv", "xml", "json", "fixed")
+# A JSON profile reads these extensions as JSON Lines (one object per line), others as one JSON text.
+JSON_LINES_EXTENSIONS = (".jsonl", ".ndjson")
 PROFILE_ENCODINGS = ("auto", "utf-8", "cp949")
 TRANSFORMS = ("strip", "digits-only", "upper", "lower", "remove-spaces")
 SIGN_STYLES = ("minus", "trailing-minus", "parentheses", "triangle")
@@ -73,6 +75,10 @@ class Profile:
     # xml: record elements ("/"-path under the root, "*" = every child), line elements under a record
     xml_records: str = "*"
     xml_lines: str = ""
+    # json: record objects ("/"-path of members from the top-level value, "" = the value itself,
+    # "*" = every member), line array under a record ("" = no line array: objects are rows)
+    json_records: str = ""
+    json_lines: str = ""
     # values
     date_formats: tuple[str, ...] = ("%Y-%m-%d",)
     datetime_formats: tuple[str, ...] = ()
@@ -88,6 +94,7 @@ class Profile:
     type_file_names: dict[str, str] = field(default_factory=dict)
     type_xml_root: dict[str, str] = field(default_factory=dict)
     type_xml_record: dict[str, str] = field(default_factory=dict)
+    type_json_record: dict[str, str] = field(default_factory=dict)
     type_default: str | None = None
     # mapping
     fields: tuple[FieldMap, ...] = ()
@@ -225,7 +232,7 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
         "description": top.get("description", str, ""),
         "path": path,
     }
-    default_ext = {"csv": (".csv",), "xml": (".xml",), "fixed": (".txt", ".dat")}[fmt]
+    default_ext = {"csv": (".csv",), "xml": (".xml",), "json": (".json",), "fixed": (".txt", ".dat")}[fmt]
     extensions = top.str_list("extensions", default_ext)
     if not extensions or not all(e.startswith(".") for e in extensions):
         raise top.fail("extensions", "a list of extensions starting with '.'")
@@ -265,6 +272,11 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
     kw["xml_lines"] = xml_table.get("lines", str, "")
     xml_table.finish()
 
+    json_table = _Reader(top.get("json", dict, {}), "json", source)
+    kw["json_records"] = _member_path(json_table, "records", wildcard=True)
+    kw["json_lines"] = _member_path(json_table, "lines", wildcard=False)
+    json_table.finish()
+
     values = _Reader(top.get("values", dict, {}), "values", source)
     date_formats = values.str_list("date_formats", ("%Y-%m-%d",))
     for fmt_text in date_formats:
@@ -296,6 +308,7 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
         ("file_names", "type_file_names"),
         ("xml_root", "type_xml_root"),
         ("xml_record", "type_xml_record"),
+        ("json_record", "type_json_record"),
     ):
         mapping = dtype.str_map(key)
         for value in mapping.values():
@@ -309,6 +322,7 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
         or kw["type_file_names"]
         or kw["type_xml_root"]
         or kw["type_xml_record"]
+        or kw["type_json_record"]
         or kw["type_default"]
     ):
         raise top.fail("document_type", "a profile must say how the document type is determined")
@@ -334,6 +348,16 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
     kw["fields"] = tuple(fields)
     top.finish()
     return Profile(**kw)
+
+
+def _member_path(table: _Reader, key: str, *, wildcard: bool) -> str:
+    """A "/"-path of JSON member names ("" = the value itself); ``*`` only where allowed."""
+    value = table.get(key, str, "")
+    steps = value.split("/") if value else []
+    if any(not step for step in steps) or (not wildcard and "*" in steps):
+        allowed = "member names (or *) joined by '/'" if wildcard else "member names joined by '/'"
+        raise table.fail(key, f"{allowed}, no empty step")
+    return value
 
 
 def _field_map(entry: _Reader, code_tables: dict[str, dict[str, str]]) -> FieldMap:

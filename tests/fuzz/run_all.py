@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = ("json", "jsonl", "xml", "csv", "vendor_csv", "vendor_xml")
+HARNESSES = ("json", "jsonl", "xml", "csv", "vendor_csv", "vendor_xml", "vendor_json")
 EXAMPLES = ROOT / "tests" / "formats" / "examples"
 SAMPLES = ROOT / "config" / "profiles" / "samples"
 
@@ -41,6 +41,8 @@ def seed_corpus(harness: str, directory: Path) -> None:
         seeds = [p.read_bytes() for p in SAMPLES.glob("*.csv")]
     elif harness == "vendor_xml":
         seeds = [p.read_bytes() for p in SAMPLES.glob("*.xml")]
+    elif harness == "vendor_json":
+        seeds = [p.read_bytes() for p in SAMPLES.glob("*.json")]
     for i, seed in enumerate(seeds):
         (directory / f"seed{i}").write_bytes(seed)
 
