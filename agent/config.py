@@ -152,6 +152,8 @@ class WatchConfig:
     sentinel: str
     max_file_size: int
     source_mode: str
+    # ``path`` as written in the config (status shows it so, cli.md §3.1); ``path`` is resolved.
+    configured_path: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,7 +354,8 @@ def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> C
             values.setdefault(
                 key, _convert(setting, setting.default, f"watch[{index}].{key}", file, base_dir)
             )
-        watches.append(WatchConfig(**values))
+        raw_path = entry.get("path", WATCH_SETTINGS["path"].default)
+        watches.append(WatchConfig(**values, configured_path=str(raw_path)))
 
     fingerprints = sections["api"]["allowed_client_fingerprints"]
     if any(not re.fullmatch(r"[0-9a-fA-F]{64}", fp) for fp in fingerprints):

@@ -12,7 +12,7 @@ binding and the document (store reads, decryption), rendering, an ES256 signatur
 record committed before the response. Nothing is cached between requests.
 
 Knobs (environment): ``BENCH_API_SECONDS`` per cell (5), ``BENCH_API_CLIENTS`` ("1,10,50"),
-``BENCH_API_MODES`` ("keepalive,handshake"), ``BENCH_API_ROUNDS`` (1): with more than one round
+``BENCH_API_MODES`` ("keepalive,handshake"), ``BENCH_API_ROUNDS`` (3): with more than one round
 each cell is measured that many times, alternating which server goes first, and the table shows
 the medians — the machine is shared, so single runs are noisy. Also reported: the agent's CPU
 time per request (the server runs in this process, which otherwise only waits) and the latency of
@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 DURATION_S = float(os.environ.get("BENCH_API_SECONDS", "5"))
 CLIENT_COUNTS = [int(n) for n in os.environ.get("BENCH_API_CLIENTS", "1,10,50").split(",")]
 MODES = [m.strip() for m in os.environ.get("BENCH_API_MODES", "keepalive,handshake").split(",")]
-ROUNDS = max(1, int(os.environ.get("BENCH_API_ROUNDS", "1")))
+ROUNDS = max(1, int(os.environ.get("BENCH_API_ROUNDS", "3")))
 CLIENT_PROCESSES = 2
 CLAIM = {"claim_no": "CLM-BENCH-1", "consent_id": "CNS-BENCH-1"}
 

@@ -633,7 +633,7 @@ class IngestService:
                 alive = self.supervisor.observers[i].alive()
             watch.append(
                 {
-                    "path": str(scanner.watch.path),
+                    "path": scanner.watch.configured_path or str(scanner.watch.path),
                     "reachable": scanner.reachable,
                     "pending": self.folder_pending(i),
                     "observer": observer,

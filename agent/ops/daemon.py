@@ -153,7 +153,7 @@ def status_document(
         if entry is None:
             reachable = os.path.isdir(w.path) and os.access(w.path, os.R_OK | os.X_OK)
             entry = {
-                "path": str(w.path),
+                "path": w.configured_path or str(w.path),
                 "reachable": reachable,
                 "pending": _count_pending(w.path) if reachable else 0,
                 "observer": "polling" if w.polling else "native",

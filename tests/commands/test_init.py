@@ -118,3 +118,11 @@ def test_loose_key_permissions_are_a_config_error(installation: Path) -> None:
     link.symlink_to(real)
     with pytest.raises(ConfigError, match="symbolic link"):
         load_keyring(installation / "keys")
+
+
+def test_status_shows_the_watch_path_as_configured(cli, installation: Path) -> None:
+    """cli.md §3.1: `"watch": [ { "path": "inbox", ... } ]` for `path = "inbox"` in the config."""
+    result = cli("status", "--config", str(installation / "agent.toml"), "--json")
+    assert result.code == 0, result.stderr
+    watch = result.json()["watch"]
+    assert watch[0]["path"] == "inbox" and watch[0]["reachable"] is True
