@@ -263,7 +263,7 @@ class Handlers:
                 ctx.document_ids = list(request.document_ids)
             env = request.envelope
             now = self.clock.now()
-            if abs(clock_skew_s(env.sent_at, now)) > CLOCK_TOLERANCE_S:
+            if not within_clock_window(env.sent_at, now, whole=env.sent_at_whole):
                 # Outside the clock window nothing is recorded; whether the answer is 403 or 422
                 # takes a store read, which is ``finish``'s (never the event loop's).
                 return Started(ctx, request, None)
@@ -462,12 +462,22 @@ def _released_counter(document_type: str, fmt: str) -> Any:
     return metrics.DOCUMENTS_RELEASED.labels(document_type=document_type, format=fmt)
 
 
-def clock_skew_s(sent_at: dt.datetime, now: dt.datetime) -> int:
-    """``sent_at − now`` in whole seconds, both truncated to the second (relay-api.md §4 rule 2:
-    "the boundary value 300 s is accepted"): a relay that stamps ``now − 300 s`` in whole seconds
-    is accepted although its request is a fraction of a second older by the time it is read;
-    301 s is not."""
-    return math.floor(sent_at.timestamp()) - math.floor(now.timestamp())
+TRANSIT_GRACE_S = 0.4  # a sub-second stamp's age includes its own transit and parsing
+
+
+def within_clock_window(sent_at: dt.datetime, now: dt.datetime, *, whole: bool | None = None) -> bool:
+    """relay-api.md §4 rule 2: ``|sent_at − agent clock| ≤ 300 s``, "the boundary value 300 s is
+    accepted" — at the resolution of the stamp (decision 32). A whole-second stamp is compared
+    with the agent clock truncated to the second, so ``now − 300 s`` written in whole seconds is
+    accepted although it is read a fraction of a second later, and 301 s is not; a stamp with a
+    fraction is compared exactly, less 0.4 s for its transit when it lies in the past (so
+    300.5 s old is refused). A stamp in the future only gets closer in transit: no grace."""
+    age = (now - sent_at).total_seconds()
+    if age < 0:
+        return -age <= CLOCK_TOLERANCE_S
+    if whole if whole is not None else sent_at.microsecond == 0:
+        return math.floor(now.timestamp()) - sent_at.timestamp() <= CLOCK_TOLERANCE_S
+    return age - TRANSIT_GRACE_S <= CLOCK_TOLERANCE_S
 
 
 def today_kst(now: dt.datetime) -> str:

@@ -159,6 +159,7 @@ class Envelope:
     relay_id: str
     claim_no: str
     consent_id: str
+    sent_at_whole: bool = False  # ``sent_at`` written without a fraction (whole seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +250,7 @@ def _envelope(
         if consent_id is not None and not _CLAIM_TOKEN.fullmatch(consent_id):
             c.add("/claim/consent_id", "pattern")
             consent_id = None
-    return request_id, sent_at, relay_id, claim_no, consent_id
+    return request_id, sent_at, relay_id, claim_no, consent_id, sent_text is not None and "." not in sent_text
 
 
 def request_id_of(body: dict[str, Any]) -> str | None:
@@ -265,7 +266,7 @@ def _fail(c: _Checker) -> None:
 def validate_search(body: dict[str, Any]) -> SearchRequest:
     c = _Checker()
     c.members(body, "", _SEARCH_MEMBERS)
-    request_id, sent_at, relay_id, claim_no, consent_id = _envelope(c, body)
+    request_id, sent_at, relay_id, claim_no, consent_id, whole = _envelope(c, body)
     name = rrn13 = None
     patient = c.obj(body, "patient", "/patient")
     if patient is not None:
@@ -329,7 +330,7 @@ def validate_search(body: dict[str, Any]) -> SearchRequest:
     assert request_id and sent_at and relay_id and claim_no and consent_id and name and rrn13
     assert period_from and period_to
     return SearchRequest(
-        Envelope(request_id, sent_at, relay_id, claim_no, consent_id),
+        Envelope(request_id, sent_at, relay_id, claim_no, consent_id, whole),
         name,
         rrn13,
         period_from,
@@ -341,7 +342,7 @@ def validate_search(body: dict[str, Any]) -> SearchRequest:
 def validate_fetch(body: dict[str, Any], *, max_ids: int) -> FetchRequest:
     c = _Checker()
     c.members(body, "", _FETCH_MEMBERS)
-    request_id, sent_at, relay_id, claim_no, consent_id = _envelope(c, body)
+    request_id, sent_at, relay_id, claim_no, consent_id, whole = _envelope(c, body)
     ids: list[str] = []
     too_many = False
     if "document_ids" not in body:
@@ -377,4 +378,4 @@ def validate_fetch(body: dict[str, Any], *, max_ids: int) -> FetchRequest:
         raise ProblemError("too-many-documents")
     _fail(c)
     assert request_id and sent_at and relay_id and claim_no and consent_id
-    return FetchRequest(Envelope(request_id, sent_at, relay_id, claim_no, consent_id), tuple(ids), fmt)
+    return FetchRequest(Envelope(request_id, sent_at, relay_id, claim_no, consent_id, whole), tuple(ids), fmt)

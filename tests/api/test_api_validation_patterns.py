@@ -73,13 +73,26 @@ def test_a_trailing_newline_in_a_document_id_is_a_validation_failure() -> None:
 
 def test_the_300_s_clock_boundary_is_accepted_in_both_directions() -> None:
     """§4 rule 2: |sent_at − agent clock| ≤ 300 s, the boundary value 300 s accepted — with
-    whole-second timestamps and a request read a fraction of a second after it was stamped."""
+    whole-second stamps read a fraction of a second after they were made, and with sub-second
+    stamps (exact, less a transit grace for stamps in the past); 300.5 s and 301 s are refused."""
     import datetime as dt
 
-    from agent.api.handlers import CLOCK_TOLERANCE_S, clock_skew_s
+    from agent.api.handlers import within_clock_window
 
-    now = dt.datetime(2026, 11, 24, 9, 0, 0, 990_000, tzinfo=dt.UTC)  # read 0.99 s into the second
-    whole = now.replace(microsecond=0)
-    for offset, ok in ((-300, True), (-301, False), (300, True), (301, False), (0, True)):
-        sent = whole + dt.timedelta(seconds=offset)
-        assert (abs(clock_skew_s(sent, now)) <= CLOCK_TOLERANCE_S) is ok, offset
+    for frac_us in (0, 10_000, 500_000, 990_000):  # when in its second the agent reads it
+        now = dt.datetime(2026, 11, 24, 9, 0, 0, frac_us, tzinfo=dt.UTC)
+        whole = now.replace(microsecond=0)
+        for offset, ok in ((-300, True), (-301, False), (300, True), (301, False), (0, True)):
+            sent = whole + dt.timedelta(seconds=offset)
+            assert within_clock_window(sent, now, whole=True) is ok, (frac_us, offset)
+        read = now + dt.timedelta(milliseconds=20)  # a sub-second stamp, read 20 ms later
+        for offset, ok in (
+            (-299.7, True),
+            (-300.0, True),
+            (-300.5, False),
+            (-301, False),
+            (300.0, True),
+            (300.5, False),
+        ):
+            sent = now + dt.timedelta(seconds=offset)
+            assert within_clock_window(sent, read, whole=False) is ok, (frac_us, offset)

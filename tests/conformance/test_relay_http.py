@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -771,6 +772,12 @@ def test_c11_300s_boundary_is_accepted(agent) -> None:
     ok_json(agent.search(S.search_body(sent_at=S.utc_z(offset_s=300))))
     # 300 s in the past, allowing 0.3 s for the trip to the agent
     ok_json(agent.search(S.search_body(sent_at=_frac(-299.7))))
+    # exactly 300 s in the past, as a relay stamps it: whole seconds (decision 32), and sub-second;
+    # stamped early in a second, so that the request cannot reach the agent in the next one
+    while dt.datetime.now(dt.UTC).microsecond > 500_000:
+        time.sleep(0.01)
+    ok_json(agent.search(S.search_body(sent_at=S.utc_z(offset_s=-300))))
+    ok_json(agent.search(S.search_body(sent_at=_frac(-300))))
 
 
 def test_c11_just_over_300s_past_is_rejected(agent) -> None:
