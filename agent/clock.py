@@ -49,13 +49,13 @@ class FakeClock:
 
 def utc_iso(moment: dt.datetime, millis: bool = True) -> str:
     """RFC 3339 UTC with ``Z`` (``2025-11-03T05:12:00.481Z``)."""
-    moment = moment.astimezone(dt.UTC)
-    if millis:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    m = moment.astimezone(dt.UTC)  # f-string fields: several times cheaper than strftime (hot path)
+    head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+    return f"{head}.{m.microsecond // 1000:03d}Z" if millis else f"{head}Z"
 
 
 def kst_iso(moment: dt.datetime) -> str:
     """RFC 3339 in Asia/Seoul (+09:00) with milliseconds."""
-    local = moment.astimezone(KST)
-    return local.strftime("%Y-%m-%dT%H:%M:%S.") + f"{local.microsecond // 1000:03d}+09:00"
+    m = moment.astimezone(KST)
+    head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+    return f"{head}.{m.microsecond // 1000:03d}+09:00"
