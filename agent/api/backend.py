@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from agent.clock import Clock
+from agent.clock import Clock, utc_iso
 from agent.config import Config
 from agent.errors import AuditUnavailableError, IntegrityError, UnavailableError
 
@@ -90,6 +90,12 @@ class BackendProtocol(Protocol):
     def audit_append(self, event: dict[str, Any]) -> None: ...
     def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]: ...
     def count_rate_limited(self, client: str, day: str) -> None: ...
+
+
+# An `acceptance` run against a running daemon registers its claim number under this kv key, with
+# the time until which its requests are self-test requests (agent.ops.acceptance).
+SELFTEST_CLAIM_PREFIX = "ACPT-"
+SELFTEST_CLAIM_KEY = "selftest_claim:"
 
 
 def _served_input(stored: Any) -> dict[str, Any]:
@@ -257,12 +263,31 @@ class Backend:
 
     # -- audit -----------------------------------------------------------------------------
     def audit_append(self, event: dict[str, Any]) -> None:
-        self.audit.append(event)
+        self.audit.append(self._selftest_tag(event))
 
     def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]:
         """Queue the record for the audit log's group commit; the future completes once it is
         durable, or with ``AuditUnavailableError``."""
-        return self.audit.submit(event)  # type: ignore[no-any-return]
+        return self.audit.submit(self._selftest_tag(event))  # type: ignore[no-any-return]
+
+    def _selftest_tag(self, event: dict[str, Any]) -> dict[str, Any]:
+        """``actor.kind = "selftest"`` for the requests of an `acceptance` run that uses this
+        running daemon's public port (security.md §10, S-37): the run registers its claim number
+        in the store first (only a local admin can), so a relay cannot pass its own requests off
+        as self-test ones. Only claim numbers with the self-test prefix are looked up."""
+        claim = event.get("claim_no")
+        actor = event.get("actor")
+        if not (isinstance(claim, str) and claim.startswith(SELFTEST_CLAIM_PREFIX)):
+            return event
+        if not isinstance(actor, dict) or actor.get("kind") != "relay":
+            return event
+        try:
+            until = self.store.kv_get(SELFTEST_CLAIM_KEY + claim)
+        except Exception:  # noqa: BLE001 - the record is written untagged rather than not at all
+            return event
+        if until is None or until < utc_iso(self.clock.now()):
+            return event
+        return {**event, "actor": {**actor, "kind": "selftest"}}
 
     def count_rate_limited(self, client: str, day: str) -> None:
         # The audit log keeps the per-day counters its monthly report summarises (security.md §7.5).

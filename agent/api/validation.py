@@ -221,7 +221,7 @@ _FETCH_MEMBERS = ("request_id", "sent_at", "relay_id", "claim", "document_ids", 
 
 def _envelope(
     c: _Checker, body: dict[str, Any]
-) -> tuple[str | None, dt.datetime | None, str | None, str | None, str | None]:
+) -> tuple[str | None, dt.datetime | None, str | None, str | None, str | None, bool]:
     raw_id = c.string(body, "request_id", "/request_id")
     request_id = None
     if raw_id is not None:

@@ -52,8 +52,8 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from agent.api.backend import Backend
-from agent.clock import SystemClock
+from agent.api.backend import SELFTEST_CLAIM_KEY, SELFTEST_CLAIM_PREFIX, Backend
+from agent.clock import SystemClock, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import AgentError
 
@@ -474,6 +474,8 @@ class _Acceptance:
         self.ingest_timeout = ingest_timeout
         self.run_id = secrets.token_hex(5).upper()
         self.claim_no = f"{MARK}-{self.run_id}"
+        assert self.claim_no.startswith(SELFTEST_CLAIM_PREFIX)
+        self.selftest_claim_registered = False
         self.consent_id = f"{MARK}-CONSENT-{self.run_id}"
         self.checks: list[Check] = []
         self.keyring: Any = None
@@ -607,6 +609,10 @@ class _Acceptance:
             self.store = Store.open(self.config, keyring=self.keyring)
             self.own_store = True
             self.api_listen = listen
+            # The running daemon's API tags this run's requests as self-test ones (S-37).
+            until = utc_iso(dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+            self.store.kv_set(SELFTEST_CLAIM_KEY + self.claim_no, until)
+            self.selftest_claim_registered = True
             return f"running daemon used (pid {state.get('pid')}, api {listen})"
         return self._start_daemon()
 
@@ -1000,6 +1006,10 @@ class _Acceptance:
             with contextlib.suppress(Exception):
                 self.daemon.stop()
         if self.own_store and self.store is not None:
+            if self.selftest_claim_registered:
+                with contextlib.suppress(Exception):
+                    key = SELFTEST_CLAIM_KEY + self.claim_no
+                    self.store.db.write(lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
             with contextlib.suppress(Exception):
                 self.store.close()
         if self.audit is not None:

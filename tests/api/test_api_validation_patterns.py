@@ -96,3 +96,33 @@ def test_the_300_s_clock_boundary_is_accepted_in_both_directions() -> None:
         ):
             sent = now + dt.timedelta(seconds=offset)
             assert within_clock_window(sent, read, whole=False) is ok, (frac_us, offset)
+
+
+def test_only_a_registered_self_test_claim_makes_a_relay_request_a_selftest_record() -> None:
+    """security.md §10 / S-37 with a running daemon: `acceptance` registers its claim number in the
+    store; the relay cannot pass its own requests off as self-test ones by choosing such a claim."""
+    import datetime as dt
+
+    from agent.api.backend import SELFTEST_CLAIM_KEY, Backend
+    from agent.clock import FakeClock, utc_iso
+
+    clock = FakeClock()
+    kv: dict[str, str] = {}
+
+    class Store:
+        def kv_get(self, key: str) -> str | None:
+            return kv.get(key)
+
+    backend = Backend(None, store=Store(), audit=None, keyring=None, clock=clock)  # type: ignore[arg-type]
+    event = {
+        "action": "documents.fetch",
+        "claim_no": "ACPT-01RUN",
+        "actor": {"kind": "relay", "relay_id": "r"},
+    }
+    assert backend._selftest_tag(event)["actor"]["kind"] == "relay"  # not registered
+    kv[SELFTEST_CLAIM_KEY + "ACPT-01RUN"] = utc_iso(clock.now() + dt.timedelta(hours=1))
+    assert backend._selftest_tag(event)["actor"]["kind"] == "selftest"
+    other = dict(event, claim_no="CLM-1")
+    assert backend._selftest_tag(other)["actor"]["kind"] == "relay"
+    clock.advance(7200)  # the registration expired
+    assert backend._selftest_tag(event)["actor"]["kind"] == "relay"

@@ -155,12 +155,19 @@ def test_running_daemon_is_used_and_keeps_running(tmp_path: Path) -> None:
     acceptance = [r for r in records if r["action"] == "admin.acceptance"]
     assert [r["actor"]["kind"] for r in acceptance] == ["selftest", "selftest"]
     assert acceptance[-1]["result"] == "success"
-    # The running daemon's API records its requests as relay requests (it cannot tell them apart).
-    assert {r["action"] for r in records if r["action"].startswith("documents.")} == {
-        "documents.search",
-        "documents.fetch",
-    }
+    # S-37: the running daemon's API records the run's requests as self-test ones too (the run
+    # registered its claim number in the store), and nothing else as self-test.
+    documents = [r for r in records if r["action"].startswith("documents.")]
+    assert {r["action"] for r in documents} == {"documents.search", "documents.fetch"}
+    assert {r["actor"]["kind"] for r in documents} == {"selftest"}
     _assert_no_selftest_trace(root, records)
+    from agent.config import load_config
+    from agent.store import Store
+
+    with Store.open(load_config(toml)) as store:  # the registration is gone with the run
+        assert not store.db.write(
+            lambda c: c.execute("SELECT key FROM kv WHERE key LIKE 'selftest_claim:%'").fetchall()
+        )
 
 
 def test_installation_without_relay_client_certificate_uses_a_temporary_listener(tmp_path: Path) -> None:
