@@ -112,7 +112,12 @@ SETTINGS: dict[str, dict[str, Setting]] = {
         ),
     },
     "keys": {
-        "protect": Setting("enum", "file", "file (0600) | dpapi (Windows)", choices=("file", "dpapi")),
+        "protect": Setting(
+            "enum",
+            "file",
+            "file (0600) | dpapi (Windows; not available in this build: exit 4)",
+            choices=("file", "dpapi"),
+        ),
     },
 }
 
@@ -322,6 +327,16 @@ def _check_limits(limits: dict[str, Any], file: Path | None) -> None:
             )
 
 
+def _is_url(value: str, *, schemes: tuple[str, ...]) -> bool:
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in schemes and bool(parts.hostname) and not any(c.isspace() for c in value)
+
+
 def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> Config:
     """Validate a parsed TOML mapping into a ``Config`` (raises ``ConfigError``)."""
     known = set(SETTINGS) - {"api.limits"} | {"watch"}
@@ -371,6 +386,20 @@ def build_config(raw: Mapping[str, Any], file: Path | None, base_dir: Path) -> C
         raise ConfigError(
             f"configuration error: {_where(file, 'retention.audit_keep')}: "
             'must be at least "3y" (security.md §7.4)'
+        )
+    relay_url = sections["relay"]["url"]
+    if relay_url and not _is_url(relay_url, schemes=("https",)):
+        raise ConfigError(
+            f'configuration error: {_where(file, "relay.url")}: expected an https:// URL (or "" = offline)'
+        )
+    if not _is_url(sections["api"]["fhir_base"], schemes=("https", "http")):
+        raise ConfigError(f"configuration error: {_where(file, 'api.fhir_base')}: expected an absolute URL")
+    if sections["keys"]["protect"] == "dpapi":
+        # Not built: accepting it would leave the keys as plain 0600 files while the operator
+        # believes they are DPAPI-protected. Say so instead (exit 4).
+        raise ConfigError(
+            f'configuration error: {_where(file, "keys.protect")}: "dpapi" is not available in this '
+            'build (Windows DPAPI); keys are protected as 0600 files: use "file"'
         )
     admin_host, _ = parse_listen(sections["admin"]["listen"])
     if not is_loopback(admin_host) and not sections["admin"]["allow_non_loopback"]:

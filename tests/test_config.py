@@ -128,3 +128,20 @@ def test_every_key_of_the_cli_spec_is_implemented() -> None:
     config = build_config(raw, None, Path("/tmp"))
     assert config.agent.institution_code == "12345678"
     assert config.limits.write_timeout == 60
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("relay", "url", "not a url"),
+        ("relay", "url", "http://relay.example"),  # outbound calls are TLS with a pinned CA only
+        ("api", "fhir_base", "fhir"),
+        ("keys", "protect", "dpapi"),  # not built: never accepted silently
+    ],
+)
+def test_values_that_cannot_work_are_configuration_errors(tmp_path, section, key, value) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text(f'[{section}]\n{key} = "{value}"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(toml)
+    assert f"{section}.{key}" in str(err.value)
