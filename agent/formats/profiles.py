@@ -17,6 +17,8 @@ from agent.documents.fields import DOCUMENT_TYPES
 from agent.errors import ConfigError
 
 PROFILE_FORMATS = ("csv", "xml", "json", "fixed")
+# exports.md §3 spells the last one "fixed-width"; both spellings are accepted, "fixed" is canonical.
+_FORMAT_ALIASES = {"fixed-width": "fixed"}
 # A JSON profile reads these extensions as JSON Lines (one object per line), others as one JSON text.
 JSON_LINES_EXTENSIONS = (".jsonl", ".ndjson")
 PROFILE_ENCODINGS = ("auto", "utf-8", "cp949")
@@ -224,7 +226,8 @@ def parse_profile(data: dict[str, Any], *, source: str = "<profile>", path: Path
     name = top.get("name", str)
     if name is None or not _NAME_RE.fullmatch(name) or name == "standard":
         raise top.fail("name", "required; letters, digits, '_', '-', '.'; not 'standard'")
-    fmt = top.choice("format", PROFILE_FORMATS, "csv")
+    fmt = top.choice("format", (*PROFILE_FORMATS, *_FORMAT_ALIASES), "csv")
+    fmt = _FORMAT_ALIASES.get(fmt, fmt)
     kw: dict[str, Any] = {
         "name": name,
         "format": fmt,

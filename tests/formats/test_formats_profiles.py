@@ -229,6 +229,14 @@ def test_fixed_width_profile_cuts_by_bytes_of_the_encoding() -> None:
     assert [p.rule for p in split.problems] == ["R-004"]
 
 
+def test_format_fixed_width_is_the_spelling_of_exports_md() -> None:
+    """exports.md §3 lists the format as "fixed-width"; "fixed" is accepted too (canonical)."""
+    columns = {"columns": [{"name": "no", "start": 1, "width": 6}]}
+    spec = {"name": "fw2", "format": "fixed-width", "fixed": columns, "document_type": {"default": "receipt"}}
+    spec["field"] = [{"source": "no", "target": "document_no"}]
+    assert parse_profile(spec).format == "fixed"
+
+
 def test_vendor_xml_rejects_unsafe_xml() -> None:
     profile = load_profile("vendor_b_xml", [shipped_profiles_dir()])
     data = b'<!DOCTYPE x [<!ENTITY a "b">]><EMRExport><Prescription/></EMRExport>'
