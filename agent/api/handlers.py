@@ -278,6 +278,10 @@ class Handlers:
         once when called from its completion). Never raises."""
         ctx = started.ctx
         try:
+            if isinstance(started.request, SearchRequest):
+                # The RRN was read at step 7: a search refused at steps 8–10 (relay id, clock,
+                # replay) names its subject too (security.md §7.2: null only before it was read).
+                ctx.subject_ref = self.backend.subject_ref(started.request.rrn13)
             self._check_envelope(started)
             if isinstance(started.request, SearchRequest):
                 response = self._search(started.request, ctx)

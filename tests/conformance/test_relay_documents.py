@@ -887,6 +887,15 @@ def test_s10_masked_search_audit_subject_ref_is_full_rrn_index(agent) -> None:
     assert agent.audit_for(rid)[0]["subject_ref"] == blind(agent, "rrn:v1:" + S.M_RRN)
 
 
+def test_search_refused_after_the_rrn_was_read_names_its_subject(agent) -> None:
+    """security.md §7.2: subject_ref is null only when the request was rejected before the RRN was
+    read; a search refused for its clock (step 9, after the schema step that read it) names it."""
+    body = S.search_body(sent_at=S.utc_z(offset_s=-3600))
+    assert agent.search(body).status_code == 422
+    rrn = body["patient"]["rrn"].replace("-", "")
+    assert agent.audit_for(body["request_id"])[0]["subject_ref"] == blind(agent, "rrn:v1:" + rrn)
+
+
 def test_rejected_before_rrn_read_has_null_subject_ref(agent) -> None:
     body = S.search_body()
     body["patient"]["rrn"] = "bad"
