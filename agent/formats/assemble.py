@@ -32,6 +32,14 @@ def set_path(target: dict[str, Any], path: Path, value: Any) -> None:
     node[path[-1]] = value
 
 
+def nest(flat: dict[Path, Any]) -> dict[str, Any]:
+    """The object the dotted paths of ``flat`` describe (a document head or one line)."""
+    out: dict[str, Any] = {}
+    for path, value in flat.items():
+        set_path(out, path, value)
+    return out
+
+
 class GroupAssembler:
     """Groups consecutive rows into documents; returns each document when its group ends."""
 
@@ -80,18 +88,13 @@ class GroupAssembler:
     def _add_line(self, line: dict[Path, Any]) -> None:
         if not line:
             return  # every line cell empty: this row adds no line
-        item: dict[str, Any] = {}
-        for path, value in line.items():
-            set_path(item, path, value)
-        self._lines.append(item)
+        self._lines.append(nest(line))
 
     def finish(self) -> Record | None:
         """The document of the current group (None before the first row); resets the group."""
         if self._key is None:
             return None
-        document: dict[str, Any] = {}
-        for path, value in self._header.items():
-            set_path(document, path, value)
+        document = nest(self._header)
         if self._lines:
             document[self.array_name] = self._lines
         record = Record(self.index, document)

@@ -21,7 +21,7 @@ from xml.etree.ElementTree import Element
 
 from agent.documents.fields import DOCUMENT_TYPES, field_kind
 from agent.documents.problems import Problem
-from agent.formats.assemble import GroupAssembler, Path, StopReading, set_path
+from agent.formats.assemble import GroupAssembler, Path, StopReading, nest
 from agent.formats.csv_reader import is_blank_row, iter_rows
 from agent.formats.encoding import decode_as
 from agent.formats.json_reader import parse_json_file, read_jsonl
@@ -442,13 +442,8 @@ def _read_xml(text: str, file_name: str, profile: Profile, sink: ProblemSink) ->
         for line_elem in _select(elem, profile.xml_lines) if profile.xml_lines else []:
             _, line = mapper.map(document_type, _xml_getter(line_elem), index, lines_only=True)
             if line:
-                item: dict[str, Any] = {}
-                for path, value in line.items():
-                    set_path(item, path, value)
-                lines.append(item)
-        document: dict[str, Any] = {}
-        for path, value in head.items():
-            set_path(document, path, value)
+                lines.append(nest(line))
+        document = nest(head)
         if lines:
             document["lines"] = lines
         records.append(Record(index, document))
@@ -608,13 +603,8 @@ def _json_documents(
                 check_line.check(line_obj, sink, index, f"lines[{position}]")
             _, line = mapper.map(document_type, _json_getter(line_obj), index, lines_only=True)
             if line:
-                item: dict[str, Any] = {}
-                for path, value in line.items():
-                    set_path(item, path, value)
-                lines.append(item)
-        document: dict[str, Any] = {}
-        for path, value in head.items():
-            set_path(document, path, value)
+                lines.append(nest(line))
+        document = nest(head)
         if lines:
             document["lines"] = lines
         yield Record(index, document)
