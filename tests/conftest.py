@@ -65,3 +65,14 @@ def installation(tmp_path: Path) -> Path:
         root, code="99000001", kind="clinic", dev_certs=True, listen="127.0.0.1:0", admin="127.0.0.1:0"
     )
     return root
+
+
+@pytest.fixture
+def sim(tmp_path: Path):
+    """The relay simulator (real TLS on 127.0.0.1), for enrollment, heartbeat and provisioning tests."""
+    from agent.ops.relaysim_server import RelaySimulator
+
+    simulator = RelaySimulator(tmp_path / "sim")
+    simulator.start()
+    yield simulator
+    simulator.stop()

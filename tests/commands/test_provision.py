@@ -18,7 +18,6 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ from agent.ops.relaysim_server import RelaySimulator
 from tests.conftest import run_cli
 
 CODE = "12345678"
-
-
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[RelaySimulator]:
-    simulator = RelaySimulator(tmp_path / "sim")
-    simulator.start()
-    yield simulator
-    simulator.stop()
 
 
 def _free_port() -> int:
