@@ -1008,8 +1008,7 @@ class _Acceptance:
         if self.own_store and self.store is not None:
             if self.selftest_claim_registered:
                 with contextlib.suppress(Exception):
-                    key = SELFTEST_CLAIM_KEY + self.claim_no
-                    self.store.db.write(lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
+                    self.store.kv_delete(SELFTEST_CLAIM_KEY + self.claim_no)
             with contextlib.suppress(Exception):
                 self.store.close()
         if self.audit is not None:

@@ -1165,6 +1165,9 @@ class Store:
             lambda c: c.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
         )
 
+    def kv_delete(self, *keys: str) -> None:
+        self.db.write(lambda c: c.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in keys]))
+
     # -- status --------------------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:
         """The store-derived members of ``status --json`` (cli.md §3.1)."""
@@ -1445,7 +1448,7 @@ class Store:
             else:
                 ids.add(str(entry["kek_id"]))
         if stale:
-            self.db.write(lambda c: c.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in stale]))
+            self.kv_delete(*stale)
         return ids
 
     def retire_unused_keks(self) -> tuple[list[str], list[str]]:
