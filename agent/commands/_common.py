@@ -55,11 +55,11 @@ def load_named_profile(name: str | None, config: Config | None, *, cwd: str | No
     other profile folders (e.g. the shipped ``vendor_a_csv.toml``)."""
     if not name or name == "standard":
         return None
-    from agent.formats import load_profile
+    from agent.formats.profiles import is_profile_path, load_profile
 
     dirs = profile_search_dirs(config)
     candidate = Path(name)
-    if (candidate.suffix == ".toml" or "/" in name or "\\" in name) and not candidate.is_absolute():
+    if is_profile_path(name) and not candidate.is_absolute():
         bases = ([Path(cwd)] if cwd is not None else []) + dirs
         found = next((base / candidate for base in bases if (base / candidate).is_file()), None)
         if found is not None:

@@ -127,13 +127,18 @@ def shipped_profiles_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "config" / "profiles"
 
 
+def is_profile_path(name_or_path: str) -> bool:
+    """A profile file path (``x.toml``, ``dir/x``) rather than a profile name."""
+    return Path(name_or_path).suffix == ".toml" or "/" in name_or_path or "\\" in name_or_path
+
+
 def load_profile(name_or_path: str, search_dirs: list[Path]) -> Profile:
     """The profile ``standard`` (built in), a profile file path, or ``NAME`` found as
     ``NAME.toml`` in the first of ``search_dirs`` that has it. Raises `ProfileError`."""
     if name_or_path == "standard":
         return STANDARD
     candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or "/" in name_or_path or "\\" in name_or_path:
+    if is_profile_path(name_or_path):
         if not candidate.is_file():
             raise ProfileError(f"profile file not found: {candidate}")
         return parse_profile_file(candidate)
