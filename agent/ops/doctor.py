@@ -59,10 +59,8 @@ def _check_daemon_user(config: Config) -> Iterator[Check]:
     """The daemon must not run as root (security.md §10); doctor itself may (it is an admin tool)."""
     if os.name == "nt":
         return
-    from agent.ops.daemon import is_running, read_state
-
-    state = read_state(config)
-    if state is None or not is_running(state):
+    state = _running_state(config)
+    if state is None:
         if os.geteuid() == 0:
             yield Check(
                 "service user",
@@ -176,18 +174,19 @@ def _check_server_cert(leaf: x509.Certificate, key_path: Path, now: dt.datetime)
         yield Check("server key matches certificate", FAIL, f"{key_path} missing or unreadable", "")
 
 
-def _agent_running(config: Config) -> bool:
+def _running_state(config: Config) -> dict[str, Any] | None:
+    """The state file of this installation's daemon if it is running, else ``None``."""
     from agent.ops.daemon import is_running, read_state
 
     try:
         state = read_state(config)
-        return state is not None and is_running(state)
+        return state if state is not None and is_running(state) else None
     except Exception:  # noqa: BLE001 - unknown: treat as not running (the port check then FAILs)
-        return False
+        return None
 
 
 def check_ports(config: Config) -> Iterator[Check]:
-    agent_running = _agent_running(config)
+    agent_running = _running_state(config) is not None
     for name, listen in (("api.listen", config.api.listen), ("admin.listen", config.admin.listen)):
         host, port = parse_listen(listen)
         if port == 0:
