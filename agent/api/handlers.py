@@ -353,7 +353,8 @@ class Handlers:
 
     def _search(self, req: SearchRequest, ctx: _AuditContext) -> Response:
         env = req.envelope
-        subject_ref = self.backend.subject_ref(req.rrn13)
+        # ``finish`` computed it before the envelope checks (so refusals there name it too).
+        subject_ref = ctx.subject_ref or self.backend.subject_ref(req.rrn13)
         ctx.subject_ref = subject_ref
         now = self.clock.now()
         binding = self.backend.binding_get(env.claim_no, now)
