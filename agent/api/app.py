@@ -8,9 +8,11 @@ each where it costs fewest thread hand-offs, and no thread is ever parked waitin
 1. the event loop runs steps 6–9 (JSON, schema, envelope, clock window: pure) and queues the
    replay record (step 10) on the store's writer thread, which group-commits every record
    queued meanwhile;
-2. that commit hands the request to a worker thread, which does the store reads, rendering and
-   signing (steps 10–11) — so SQLite never stalls the loop that also runs handshakes and
-   deadlines — and hands the audit record to the audit log's group commit;
+2. that commit queues the request for the workers, which take queued requests in lots: one
+   worker does the store reads, rendering and signing (steps 10–11) of every request of its lot
+   — so SQLite never stalls the loop that also runs handshakes and deadlines — and hands all
+   their audit records to the audit log's group commit at once (one wake-up and at most one
+   commit per lot, not per request);
 3. the loop is woken when the record is durable (one wake-up per group) and only then sends
    the response (step 12).
 
@@ -58,12 +60,13 @@ ROUTES: dict[str, tuple[str, str | None]] = {
 }
 
 _BASE_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
-# Worker threads for the reads, rendering and signing of a request. Few on purpose: the work is
+# Worker threads for the reads, rendering and signing of requests. Few on purpose: the work is
 # Python (one GIL), no worker waits for a commit it does not write itself (the replay record is
 # committed before a worker gets the request, the audit record is awaited by the loop), and
 # every extra runnable thread makes the loop and the writer threads wait longer for the GIL and
-# costs context switches. One of them may be writing an audit group commit at any time.
-# Requests beyond them queue in FIFO order, inside the in-flight limit.
+# costs context switches. Requests are taken in lots (``RelayApp._to_workers``), in FIFO order:
+# one worker works through a lot while another may be writing the previous lot's audit group
+# commit; the others answer health checks and count 429s.
 WORKERS = 4
 
 
@@ -129,6 +132,36 @@ class _LoopInbox:
             fn(*args)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A search or fetch past the event loop's steps, on its way through a worker; its outcome
+    (the prepared response, and the audit error if its record could not be written) is set on
+    the loop."""
+
+    started: Prepared | Started | None
+    outcome: asyncio.Future[tuple[Prepared, BaseException | None]]
+    inbox: _LoopInbox
+
+    def settle(self, prepared: Prepared, error: BaseException | None) -> None:  # any thread
+        self.inbox.call(_set_outcome, self.outcome, prepared, error)
+
+    def settle_audited(self, prepared: Prepared, done: concurrent.futures.Future[Any]) -> None:
+        self.settle(prepared, done.exception())
+
+    def fail_closed(self, error: BaseException) -> None:  # any thread
+        # No record describes this request, so nothing may be sent but the fail-closed 503.
+        self.settle(Prepared(problem_response("internal-error", None), {}, None), error)
+
+
+def _set_outcome(
+    outcome: asyncio.Future[tuple[Prepared, BaseException | None]],
+    prepared: Prepared,
+    error: BaseException | None,
+) -> None:
+    if not outcome.done():
+        outcome.set_result((prepared, error))
+
+
 class RelayApp:
     def __init__(
         self,
@@ -155,6 +188,9 @@ class RelayApp:
         self.handler_hook = handler_hook
         self.in_flight = 0
         self._inbox: _LoopInbox | None = None
+        self._jobs_lock = threading.Lock()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._collecting = False  # a worker has been asked to take the queued jobs
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(WORKERS, self.max_in_flight + 2), thread_name_prefix="relay-api"
         )
@@ -243,9 +279,10 @@ class RelayApp:
         """Steps 6–12 with as few thread hand-offs as possible, and no thread parked waiting.
 
         The loop runs steps 6–9 (pure) and queues the replay record on the store's writer
-        (step 10); once it is committed, a worker thread does the rest (reads, rendering,
-        signing) and hands the audit record to the audit log's group commit; the loop is woken
-        once, when that record is durable (or could not be written).
+        (step 10); once it is committed, a worker does the rest (reads, rendering, signing) with
+        its lot and hands the audit records to the audit log's group commit; the loop is woken
+        when the record is durable (or could not be written), once for all requests settled
+        together.
         """
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[tuple[Prepared, BaseException | None]] = loop.create_future()
@@ -253,54 +290,79 @@ class RelayApp:
         inbox = self._inbox
         if inbox is None or inbox.loop is not loop:
             inbox = self._inbox = _LoopInbox(loop)
-
-        def settle(prepared: Prepared, error: BaseException | None) -> None:
-            if not outcome.done():
-                outcome.set_result((prepared, error))
-
-        def settle_threadsafe(prepared: Prepared, error: BaseException | None) -> None:
-            inbox.call(settle, prepared, error)
-
-        def fail_closed(error: BaseException) -> None:
-            # No record describes this request, so nothing may be sent but the fail-closed 503.
-            settle_threadsafe(Prepared(problem_response("internal-error", None), {}, None), error)
-
-        def finish(started: Prepared | Started) -> None:  # in a worker thread
-            try:
-                prepared = started if isinstance(started, Prepared) else self.handlers.finish(started)
-            except BaseException as exc:  # noqa: BLE001 - a bug (finish answers every request)
-                fail_closed(exc)
-                return
-            try:
-                submitted = self.backend.audit_submit(prepared.event)
-            except BaseException as exc:  # noqa: BLE001 - a bug: fail closed
-                settle_threadsafe(prepared, exc)
-                return
-            # The record is written whatever becomes of this request (the future cannot be
-            # cancelled). This worker may have written it itself, as the audit log's group-commit
-            # leader; else another thread does and wakes the loop — no thread waits for it here.
-            submitted.add_done_callback(lambda done: settle_threadsafe(prepared, done.exception()))
-
-        def to_worker(started: Prepared | Started) -> None:
-            try:
-                self.pool.submit(finish, started)
-            except RuntimeError as exc:  # the pool is shut down: the server is stopping
-                fail_closed(exc)
-
         try:
             started = self.handlers.start(action, peer, early, body)
         except Exception as exc:  # a bug (start answers every request)
-            fail_closed(exc)
+            _Job(None, outcome, inbox).fail_closed(exc)
         else:
+            job = _Job(started, outcome, inbox)
             if isinstance(started, Started) and started.record is not None:
                 # Runs in the store's writer thread right after the commit (or here, if done).
-                started.record.add_done_callback(lambda _: to_worker(started))
+                started.record.add_done_callback(lambda _: self._to_workers(job))
             else:
                 # Answered by ``start``, or outside the clock window: the audit record (and the
                 # relay-id read) is a worker's — the loop never waits for the disk.
-                to_worker(started)
+                self._to_workers(job)
         prepared, error = await outcome
         return self.handlers.audited(prepared, error)
+
+    def _to_workers(self, job: _Job) -> None:
+        """Queue ``job`` for the workers (from the loop, or the store's writer thread right after
+        a replay commit). Jobs are taken in lots: a worker finishes every job queued when it
+        starts, then hands all their audit records to the audit log at once, so a lot costs one
+        wake-up of one worker and (at most) one group commit, whatever its size."""
+        with self._jobs_lock:
+            self._jobs.append(job)
+            if self._collecting:
+                return  # a worker will take it with its lot
+            self._collecting = True
+        self._schedule_lot()
+
+    def _schedule_lot(self) -> None:
+        try:
+            self.pool.submit(self._work_lot)
+        except RuntimeError as exc:  # the pool is shut down: the server is stopping
+            with self._jobs_lock:
+                jobs, self._jobs = list(self._jobs), collections.deque()
+                self._collecting = False
+            for queued in jobs:
+                queued.fail_closed(exc)
+
+    def _work_lot(self) -> None:  # in a worker thread
+        with self._jobs_lock:
+            jobs, self._jobs = list(self._jobs), collections.deque()
+        # Jobs queued from now on form the next lot, taken by another worker once this one has
+        # finished these (while it hands their records to the audit log).
+        done: list[tuple[_Job, Prepared]] = []
+        try:
+            for job in jobs:
+                try:
+                    started = job.started
+                    assert started is not None
+                    prepared = started if isinstance(started, Prepared) else self.handlers.finish(started)
+                except BaseException as exc:  # noqa: BLE001 - a bug (finish answers every request)
+                    job.fail_closed(exc)
+                    continue
+                done.append((job, prepared))
+        finally:
+            with self._jobs_lock:
+                more = bool(self._jobs)
+                self._collecting = more
+            if more:
+                self._schedule_lot()
+        if not done:
+            return
+        try:
+            submitted = self.backend.audit_submit_each([prepared.event for _, prepared in done])
+        except BaseException as exc:  # noqa: BLE001 - a bug: fail closed
+            for job, prepared in done:
+                job.settle(prepared, exc)
+            return
+        # Each record is written whatever becomes of its request (the futures cannot be
+        # cancelled). This worker may write them itself, as the audit log's group-commit leader;
+        # else another thread does and wakes the loop — no thread waits for them here.
+        for (job, prepared), future in zip(done, submitted, strict=True):
+            future.add_done_callback(functools.partial(job.settle_audited, prepared))
 
     async def _read_body(
         self, receive: Callable[[], Awaitable[dict[str, Any]]], conn: ConnInfo

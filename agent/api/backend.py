@@ -89,6 +89,7 @@ class BackendProtocol(Protocol):
     ) -> FetchView: ...
     def audit_append(self, event: dict[str, Any]) -> None: ...
     def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]: ...
+    def audit_submit_each(self, events: Sequence[dict[str, Any]]) -> list[concurrent.futures.Future[Any]]: ...
     def count_rate_limited(self, client: str, day: str) -> None: ...
 
 
@@ -263,14 +264,18 @@ class Backend:
 
     # -- audit -----------------------------------------------------------------------------
     def audit_append(self, event: dict[str, Any]) -> None:
-        self.audit.append(self._selftest_tag(event))
+        self.audit.append(self.tag_event(event))
 
     def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]:
         """Queue the record for the audit log's group commit; the future completes once it is
         durable, or with ``AuditUnavailableError``."""
-        return self.audit.submit(self._selftest_tag(event))  # type: ignore[no-any-return]
+        return self.audit_submit_each([event])[0]
 
-    def _selftest_tag(self, event: dict[str, Any]) -> dict[str, Any]:
+    def audit_submit_each(self, events: Sequence[dict[str, Any]]) -> list[concurrent.futures.Future[Any]]:
+        """``audit_submit`` for the records of several requests at once (one group commit)."""
+        return self.audit.submit_each([self.tag_event(event) for event in events])  # type: ignore[no-any-return]
+
+    def tag_event(self, event: dict[str, Any]) -> dict[str, Any]:
         """``actor.kind = "selftest"`` for the requests of an `acceptance` run that uses this
         running daemon's public port (security.md §10, S-37): the run registers its claim number
         in the store first (only a local admin can), so a relay cannot pass its own requests off

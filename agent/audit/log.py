@@ -199,6 +199,30 @@ class AuditLog:
         """
         return self._submit([event], single=True)
 
+    def submit_each(
+        self, events: Iterable[Mapping[str, Any]]
+    ) -> list[concurrent.futures.Future[dict[str, Any]]]:
+        """``submit`` for several independent records at once, each with its own future: all are
+        queued together for the same group commit, so a caller with many records leads (at most)
+        one commit for them, not one per record."""
+        normalised = [normalise_event(event) for event in events]
+        futures: list[concurrent.futures.Future[Any]] = []
+        for _ in normalised:
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()
+            futures.append(future)
+        if not normalised:
+            return futures
+        with self._queue_lock:
+            self._queue.extend(
+                ([event], future, True) for event, future in zip(normalised, futures, strict=True)
+            )
+            if self._leading:
+                return futures  # the current leader writes them
+            self._leading = True
+        self._lead()
+        return futures
+
     def submit_many(
         self, events: Iterable[Mapping[str, Any]]
     ) -> concurrent.futures.Future[list[dict[str, Any]]]:

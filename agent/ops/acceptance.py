@@ -240,20 +240,14 @@ class _SelftestBackend(Backend):
         super().__init__(config, store=store, audit=audit, keyring=keyring, clock=SystemClock())
         self.selftest_certs = certs
 
-    def _tag(self, event: dict[str, Any]) -> dict[str, Any]:
+    def tag_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        # Every record of this run's own requests (append and group-commit paths alike).
         actor = event.get("actor") or {}
         if actor.get("kind") == "relay" and (
             self.selftest_certs is None or actor.get("cert_sha256") in self.selftest_certs
         ):
             return {**event, "actor": {**actor, "kind": "selftest"}}
-        return event
-
-    def audit_append(self, event: dict[str, Any]) -> None:
-        super().audit_append(self._tag(event))
-
-    def audit_submit(self, event: dict[str, Any]) -> Any:
-        # The group-commit path of the API (when present); the same tagging.
-        return super().audit_submit(self._tag(event))  # type: ignore[misc]
+        return super().tag_event(event)
 
 
 # -- store clean-up ----------------------------------------------------------------------------------------

@@ -119,10 +119,10 @@ def test_only_a_registered_self_test_claim_makes_a_relay_request_a_selftest_reco
         "claim_no": "ACPT-01RUN",
         "actor": {"kind": "relay", "relay_id": "r"},
     }
-    assert backend._selftest_tag(event)["actor"]["kind"] == "relay"  # not registered
+    assert backend.tag_event(event)["actor"]["kind"] == "relay"  # not registered
     kv[SELFTEST_CLAIM_KEY + "ACPT-01RUN"] = utc_iso(clock.now() + dt.timedelta(hours=1))
-    assert backend._selftest_tag(event)["actor"]["kind"] == "selftest"
+    assert backend.tag_event(event)["actor"]["kind"] == "selftest"
     other = dict(event, claim_no="CLM-1")
-    assert backend._selftest_tag(other)["actor"]["kind"] == "relay"
+    assert backend.tag_event(other)["actor"]["kind"] == "relay"
     clock.advance(7200)  # the registration expired
-    assert backend._selftest_tag(event)["actor"]["kind"] == "relay"
+    assert backend.tag_event(event)["actor"]["kind"] == "relay"

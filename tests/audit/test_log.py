@@ -185,6 +185,27 @@ def test_submit_completes_its_future_once_durable_or_with_the_error(tmp_path: Pa
         assert log.verify().ok
 
 
+def test_submit_each_writes_several_records_in_one_commit_each_with_its_own_future(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    with AuditLog.open(tmp_path) as log:
+        log.append(relay_event(0))
+        before = log.transactions
+        futures = log.submit_each([relay_event(i) for i in range(1, 11)])
+        records = [f.result(timeout=10) for f in futures]
+        assert log.transactions - before == 1  # one group commit for the ten records, not ten
+        assert [r["seq"] for r in records] == list(range(2, 12))  # in the order given
+        assert [r["request_id"] for r in records] == [relay_event(i)["request_id"] for i in range(1, 11)]
+        assert log.submit_each([]) == []
+        db.chmod(0o400)
+        try:
+            failed = log.submit_each([relay_event(11), relay_event(12)])
+            assert all(isinstance(f.exception(timeout=10), AuditUnavailableError) for f in failed)
+        finally:
+            db.chmod(0o600)
+        assert log.head()[0] == 11  # nothing of the failed commit was written
+        assert log.verify().ok
+
+
 def test_an_unstorable_event_fails_only_its_caller(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path) as log:
         log.append(relay_event(0))
