@@ -20,7 +20,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +77,11 @@ def _fix_modes(path: Path) -> None:
                 os.chmod(p, 0o600)
 
 
+# The mode of a queued write that needs no savepoint (``Database.submit(single_statement=True)``);
+# truthy, like the ``True`` of other writes in a transaction.
+SINGLE_STATEMENT = "single-statement"
+
+
 class Database:
     """The writer thread and the read pool over one SQLite file."""
 
@@ -91,7 +96,7 @@ class Database:
         self._pool_lock = threading.Lock()
         self._all_readers: list[sqlite3.Connection] = []
         self._jobs: queue.Queue[
-            tuple[Callable[[sqlite3.Connection], Any], bool, concurrent.futures.Future[Any]] | None
+            tuple[Callable[[sqlite3.Connection], Any], bool | str, concurrent.futures.Future[Any]] | None
         ] = queue.Queue()
         self._closed = False
         old_umask = os.umask(0o077)  # -wal/-shm created by SQLite inherit it
@@ -146,18 +151,24 @@ class Database:
                 aborted: tuple[int, BaseException] | None = None
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    for index, (fn, _, _future) in enumerate(batch):
-                        conn.execute("SAVEPOINT job")
+                    for index, (fn, mode, _future) in enumerate(batch):
+                        # A single-statement write needs no savepoint: SQLite undoes a failed
+                        # statement by itself, and there is nothing else of it to undo.
+                        guarded = mode is not SINGLE_STATEMENT
+                        if guarded:
+                            conn.execute("SAVEPOINT job")
                         try:
                             result = fn(conn)
-                            conn.execute("RELEASE job")
+                            if guarded:
+                                conn.execute("RELEASE job")
                             outcomes.append((True, result))
                         except BaseException as exc:  # noqa: BLE001
                             if not conn.in_transaction:  # SQLite rolled the whole batch back (e.g. FULL)
                                 aborted = (index, exc)
                                 break
-                            conn.execute("ROLLBACK TO job")
-                            conn.execute("RELEASE job")
+                            if guarded:
+                                conn.execute("ROLLBACK TO job")
+                                conn.execute("RELEASE job")
                             outcomes.append((False, exc))
                     if aborted is None:
                         conn.execute("COMMIT")
@@ -184,15 +195,23 @@ class Database:
         return self.result(self.submit(fn, transaction=transaction))
 
     def submit(
-        self, fn: Callable[[sqlite3.Connection], T], *, transaction: bool = True
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        transaction: bool = True,
+        single_statement: bool = False,
     ) -> concurrent.futures.Future[T]:
         """Queue ``fn(conn)`` for the writer thread and return at once; writes run in submission
         order and the future resolves only after the COMMIT that made it durable. Use
-        ``result(future)`` to wait for it with the store's error mapping."""
+        ``result(future)`` to wait for it with the store's error mapping.
+
+        ``single_statement``: ``fn`` changes the database with at most one statement and raises
+        only from it, so it runs without a savepoint of its own (a failed statement leaves
+        nothing behind) — for small, frequent writes such as a relay request's replay record."""
         if self._closed:
             raise UnavailableError("the store is closed")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((fn, transaction, future))
+        self._jobs.put((fn, SINGLE_STATEMENT if single_statement and transaction else transaction, future))
         return future
 
     @staticmethod
@@ -224,6 +243,17 @@ class Database:
                 # Short transactions: a long reader would block WAL checkpoints.
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("COMMIT")
+        finally:
+            self._pool.put(conn)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """All rows of one SELECT on a pooled read connection. A single statement is its own
+        read transaction, so the rows come from one snapshot without a ``BEGIN``/``COMMIT``."""
+        if self._closed:
+            raise UnavailableError("the store is closed")
+        conn = self._take()
+        try:
+            return conn.execute(sql, params).fetchall()
         finally:
             self._pool.put(conn)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +68,40 @@ def test_database_full_fails_only_the_write_that_hit_it(tmp_path: Path) -> None:
         assert keys == {"small", "after"}
     finally:
         db.close()
+
+
+def test_single_statement_writes_run_without_savepoints_and_a_failing_one_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    db = Database(tmp_path / "store.db")
+    statements: list[str] = []
+    db._writer_conn.set_trace_callback(statements.append)
+    db.write(lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES ('taken', 'x')"))
+    gate, running = threading.Event(), threading.Event()
+    # Held on the writer so that the writes below queue up and share one transaction.
+    blocker = db.submit(lambda conn: (running.set(), gate.wait(10)))
+    assert running.wait(10)
+
+    def insert(key: str) -> Any:
+        return db.submit(
+            lambda conn: conn.execute("INSERT INTO kv (key, value) VALUES (?, 'v')", (key,)).rowcount,
+            single_statement=True,
+        )
+
+    statements.clear()
+    futures = {key: insert(key) for key in ("s1", "taken", "s2")}
+    gate.set()
+    try:
+        blocker.result(10)
+        assert futures["s1"].result(10) == 1 and futures["s2"].result(10) == 1
+        with pytest.raises(sqlite3.IntegrityError):
+            futures["taken"].result(10)
+        rows = dict(db.query("SELECT key, value FROM kv WHERE key IN ('s1', 's2', 'taken')"))
+    finally:
+        db.close()
+    assert rows == {"s1": "v", "s2": "v", "taken": "x"}  # the failed insert changed nothing
+    # After the blocker's transaction: one transaction for the three, without savepoints.
+    after = statements[statements.index("COMMIT") + 1 :]
+    after = after[: after.index("COMMIT") + 1]  # (closing adds a checkpoint)
+    assert after[0] == "BEGIN IMMEDIATE" and after[-1] == "COMMIT"
+    assert [s.split(" VALUES")[0] for s in after[1:-1]] == ["INSERT INTO kv (key, value)"] * 3

@@ -176,3 +176,27 @@ def test_kv_state(store: Store) -> None:
     assert store.kv_get("agent_id") is None
     store.kv_set("agent_id", "agt-1")
     assert store.kv_get("agent_id") == "agt-1"
+
+
+def test_binding_with_documents_reads_only_what_the_binding_allows_in_one_snapshot(store: Store) -> None:
+    t0 = dt.datetime(2025, 11, 3, tzinfo=dt.UTC)
+    ids = commit_docs(store, [make_doc(i) for i in range(3)]).doc_ids
+    store.binding_upsert("CLM-1", consent_id="CNS-1", subject_ref="a" * 64, add_ids=ids[:2], now=t0)
+    binding, docs = store.binding_with_documents("CLM-1", "CNS-1", ids[:2], t0)
+    assert binding is not None and binding.allowed_ids == set(ids[:2])
+    assert sorted(docs) == sorted(ids[:2])
+    for doc_id in ids[:2]:
+        current = store.get_current(doc_id)
+        assert current is not None and docs[doc_id].document == current.document
+        assert (docs[doc_id].version, docs[doc_id].status) == (current.version, current.status)
+    # B4/B5: another consent, or one id the binding does not allow → the binding, no document.
+    assert store.binding_with_documents("CLM-1", "CNS-2", ids[:1], t0)[1] == {}
+    assert store.binding_with_documents("CLM-1", "CNS-1", [ids[0], ids[2]], t0)[1] == {}
+    assert store.binding_with_documents("CLM-1", "CNS-1", [], t0)[1] == {}
+    # No live binding: nothing at all.
+    assert store.binding_with_documents("CLM-9", "CNS-1", ids[:1], t0) == (None, {})
+    assert store.binding_with_documents("CLM-1", "CNS-1", ids[:1], t0 + dt.timedelta(hours=2)) == (None, {})
+    # A document gone since the search (its rows removed) is absent; the other is still read.
+    store.db.write(lambda conn: conn.execute("DELETE FROM documents WHERE doc_id = ?", (ids[1],)))
+    binding, docs = store.binding_with_documents("CLM-1", "CNS-1", ids[:2], t0)
+    assert binding is not None and list(docs) == [ids[0]]
