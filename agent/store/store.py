@@ -832,11 +832,16 @@ class Store:
                 f"WHERE d.doc_id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ):
-                doc_id, version = row[0], row[1]
-                what = f"document {doc_id} version {version}"
-                document = json.loads(self._open(crypto.KIND_DOC, doc_id, version, _sealed(row, 5), what))
-                out[doc_id] = StoredDocument(doc_id, version, row[2], row[3], row[4], True, document)
+                out[row[0]] = self._open_current(row, 0)
         return out
+
+    def _open_current(self, row: Sequence[Any], at: int) -> StoredDocument:
+        """The current version of a document from ``row[at:]``: doc id, version, status, content
+        hash, received at, then the sealed columns; decrypted."""
+        doc_id, version = row[at], row[at + 1]
+        what = f"document {doc_id} version {version}"
+        document = json.loads(self._open(crypto.KIND_DOC, doc_id, version, _sealed(row, at + 5), what))
+        return StoredDocument(doc_id, version, row[at + 2], row[at + 3], row[at + 4], True, document)
 
     def binding_with_documents(
         self, claim_no: str, consent_id: str, doc_ids: Sequence[str], now: dt.datetime
@@ -879,12 +884,8 @@ class Store:
                 return binding, {}
             out: dict[str, StoredDocument] = {}
             for row in rows:
-                doc_id, version = row[5], row[6]
-                if doc_id is None:  # purged since the search
-                    continue
-                what = f"document {doc_id} version {version}"
-                document = json.loads(self._open(crypto.KIND_DOC, doc_id, version, _sealed(row, 10), what))
-                out[doc_id] = StoredDocument(doc_id, version, row[7], row[8], row[9], True, document)
+                if row[5] is not None:  # else purged since the search
+                    out[row[5]] = self._open_current(row, 5)
             return binding, out
 
         try:
