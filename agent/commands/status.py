@@ -30,6 +30,14 @@ def _open_store(config: Any) -> Any:
     return Store.open(config, keyring=load_keyring(config.keys_dir))
 
 
+def _open_audit(config: Any) -> Any:
+    if not (config.data_dir / "audit.db").exists():
+        return None  # never create an audit log just to report on it
+    from agent.audit import AuditLog
+
+    return AuditLog.open(config)
+
+
 def _live(state: dict[str, Any] | None) -> dict[str, Any] | None:
     """The running daemon's own status document, None when it cannot be had right now."""
     if not is_running(state):
@@ -52,11 +60,14 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     doc = _live(state)
     if doc is None:
         store = _open_store(config)
+        audit = _open_audit(config)
         try:
-            doc = status_document(config, store, state)
+            doc = status_document(config, store, state, audit=audit)
         finally:
             if store is not None:
                 store.close()
+            if audit is not None:
+                audit.close()
     if getattr(args, "json", False):
         print_json(env, doc)
         return 0
@@ -84,5 +95,24 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     lines.append(f"disk free in data_dir: {doc['disk']['data_dir_free_bytes']} bytes")
     for job in doc["jobs"]:
         lines.append(f"job {job['name']}: next {job['next_run_at'] or '-'}, last {job['last_result'] or '-'}")
+    lines.extend(attention_lines(doc))
     env.out("\n".join(lines))
     return 0
+
+
+def attention_lines(doc: dict[str, Any]) -> list[str]:
+    """What needs the operator: clock skew against the relay (relay-api.md §11, C-37) and an
+    overdue monthly access-log review (security.md §7.5)."""
+    lines = []
+    relay = doc.get("relay") or {}
+    level = relay.get("clock_skew")
+    if level in ("warning", "error"):
+        lines.append(f"{level.upper()}: {relay.get('clock_skew_message')}")
+    review = doc.get("audit") or {}
+    if review.get("review_overdue"):
+        month = review.get("review_month")
+        lines.append(
+            f"WARNING: the monthly access-log review of {month} is overdue; "
+            f"run `silson-agent audit report --month {month}`"
+        )
+    return lines

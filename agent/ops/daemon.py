@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent import __version__
-from agent.clock import Clock, SystemClock, utc_iso
+from agent.clock import KST, Clock, SystemClock, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import UnavailableError
 from agent.fsutil import atomic_write, ensure_dir
@@ -115,8 +115,26 @@ def ingest_workers(environ: Any) -> int:
 
 
 # -- status ---------------------------------------------------------------------------------------------
+def audit_review(audit: Any | None, now: dt.datetime) -> dict[str, Any]:
+    """security.md §7.5: whether the monthly access-log review of the previous month is overdue
+    (no ``audit report`` for it by the 10th); ``None`` when the audit log cannot be read."""
+    previous = (now.astimezone(KST).replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    overdue: bool | None = None
+    if audit is not None:
+        try:
+            overdue = bool(audit.review_overdue(now))
+        except Exception:  # noqa: BLE001 - status reports what it can
+            overdue = None
+    return {"review_overdue": overdue, "review_month": previous}
+
+
 def status_document(
-    config: Config, store: Any | None, state: dict[str, Any] | None, *, now: dt.datetime | None = None
+    config: Config,
+    store: Any | None,
+    state: dict[str, Any] | None,
+    *,
+    now: dt.datetime | None = None,
+    audit: Any | None = None,
 ) -> dict[str, Any]:
     """The ``status --json`` members of cli.md §3.1 (and a few more)."""
     now = now or dt.datetime.now(dt.UTC)
@@ -194,6 +212,7 @@ def status_document(
         "disk": {"data_dir_free_bytes": free},
         "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config),
         "relay": (state or {}).get("relay") if running else None,
+        "audit": audit_review(audit, now),
     }
 
 
@@ -765,7 +784,9 @@ class Daemon:
 
     # -- state / status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return status_document(self.config, self.store, self._state(running=True), now=self.clock.now())
+        return status_document(
+            self.config, self.store, self._state(running=True), now=self.clock.now(), audit=self.audit
+        )
 
     def _state(self, *, running: bool) -> dict[str, Any]:
         snap = self.ingest.snapshot() if self.ingest is not None else {}

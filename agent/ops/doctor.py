@@ -40,6 +40,10 @@ class Check:
 CheckFn = Callable[[Config], Iterator[Check]]
 
 
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 def check_key_files(config: Config) -> Iterator[Check]:
     files = list(kek_files(config.keys_dir).values()) or [config.keys_dir / "kek-1.key"]
     files += [config.keys_dir / BLIND_INDEX_FILE, config.keys_dir / SIGNING_FILE, config.api.server_key]
@@ -93,7 +97,7 @@ def check_certificates(config: Config) -> Iterator[Check]:
     """Server certificate and key, the relay-client CA and the relay-server CA: each reported on
     its own (cli.md §4: doctor FAILs while either relay CA is missing — also before enrollment,
     when there is no server certificate yet)."""
-    now = dt.datetime.now(dt.UTC)
+    now = _now()
     cert_path, key_path, ca_path = config.api.server_cert, config.api.server_key, config.api.client_ca
     leaf: x509.Certificate | None = None
     try:
@@ -314,10 +318,12 @@ def check_audit(config: Config) -> Iterator[Check]:
         return
     try:
         from agent.audit import AuditLog
+        from agent.ops.daemon import audit_review
 
         log = AuditLog.open(config)
         result = log.verify()
         writable = log.healthy()
+        review = audit_review(log, _now())
         log.close()
     except AgentError as exc:
         yield Check("audit log", FAIL, exc.message, "run `silson-agent audit verify`")
@@ -337,6 +343,49 @@ def check_audit(config: Config) -> Iterator[Check]:
         "" if writable else "cannot append",
         "" if writable else "check permissions and free space of data_dir",
     )
+    if review["review_overdue"]:
+        month = review["review_month"]
+        yield Check(
+            "monthly audit review",
+            WARN,
+            f"no access-log review of {month} (due by the 10th)",
+            f"run `silson-agent audit report --month {month}`",
+        )
+    elif review["review_overdue"] is False:
+        yield Check("monthly audit review", OK, "up to date")
+
+
+def check_relay_clock(config: Config) -> Iterator[Check]:
+    """relay-api.md §11 / C-37: the clock difference the daemon's last heartbeat measured against
+    the relay's ``server_time`` — more than 60 s a warning, more than 300 s an error (the relay's
+    requests are then refused with clock-skew)."""
+    from agent.ops.heartbeat import SKEW_ERROR_S, SKEW_WARNING_S
+
+    state = _running_state(config)
+    relay = (state or {}).get("relay") or {}
+    skew, level = relay.get("clock_skew_s"), relay.get("clock_skew")
+    if state is None:
+        yield Check(
+            "clock vs relay", OK, "not measured: the daemon is not running (its heartbeats measure it)"
+        )
+    elif skew is None:
+        yield Check("clock vs relay", OK, "not measured yet (no heartbeat answer with server_time)")
+    elif level == "error":
+        yield Check(
+            "clock vs relay",
+            FAIL,
+            f"differs by {skew} s (more than {SKEW_ERROR_S} s)",
+            "fix time synchronisation (NTP)",
+        )
+    elif level == "warning":
+        yield Check(
+            "clock vs relay",
+            WARN,
+            f"differs by {skew} s (more than {SKEW_WARNING_S} s)",
+            "check time synchronisation (NTP)",
+        )
+    else:
+        yield Check("clock vs relay", OK, f"differs by {skew} s")
 
 
 CHECKS: list[CheckFn] = [
@@ -349,6 +398,7 @@ CHECKS: list[CheckFn] = [
     check_settings,
     check_store,
     check_audit,
+    check_relay_clock,
 ]
 
 

@@ -83,7 +83,7 @@ MAX_RESPONSE_BYTES = 1 << 20
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]{1,512}\Z")  # printable ASCII, no spaces
 _SAFE_WORD = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "*"}
-CERT_MODE = 0o644  # certificates are public; keys and state are 0600
+CERT_MODE = 0o600  # security.md §10: every file the agent creates is 0600, certificates too
 
 
 # -- outbound HTTP ---------------------------------------------------------------------------------------

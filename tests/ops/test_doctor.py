@@ -113,3 +113,79 @@ def test_a_watch_profile_that_does_not_load_is_a_fail(cli, installation: Path) -
     result = cli("doctor", "--config", str(toml), "--json")
     assert result.code == 5
     assert any(c["name"] == "watch[0] profile" and c["status"] == "FAIL" for c in result.json()["checks"])
+
+
+def _fake_running_state(installation: Path, relay: dict | None) -> None:
+    """A state file as a running daemon writes it (this test process's pid is alive)."""
+    import json
+
+    from agent.config import load_config
+    from agent.ops.daemon import state_path
+
+    state = {"running": True, "pid": os.getpid(), "relay": relay}
+    state_path(load_config(installation / "agent.toml")).write_text(json.dumps(state), encoding="utf-8")
+
+
+def _relay_state(skew: int, level: str | None) -> dict:
+    return {"clock_skew_s": skew, "clock_skew": level, "clock_skew_message": f"clock differs by {skew} s"}
+
+
+def test_clock_skew_against_the_relay_is_a_warning_then_an_error(cli, installation: Path) -> None:
+    # relay-api.md §11 / C-37: the skew measured by the daemon's heartbeat; > 60 s WARN, > 300 s FAIL.
+    config = str(installation / "agent.toml")
+
+    def clock_check() -> tuple[int, dict]:
+        result = cli("doctor", "--config", config, "--json")
+        return result.code, next(c for c in result.json()["checks"] if c["name"] == "clock vs relay")
+
+    code, check = clock_check()
+    assert check["status"] == "OK" and "not running" in check["detail"]
+    _fake_running_state(installation, _relay_state(5, "ok"))
+    assert clock_check()[1]["status"] == "OK"
+    _fake_running_state(installation, _relay_state(100, "warning"))
+    # (The exit code is 5 from here on anyway: the "daemon" is this test process, run as root.)
+    code, check = clock_check()
+    assert check["status"] == "WARN" and "100 s" in check["detail"]
+    _fake_running_state(installation, _relay_state(-400, "error"))
+    code, check = clock_check()
+    assert (code, check["status"]) == (5, "FAIL") and "-400 s" in check["detail"]
+    status = cli("status", "--config", config)
+    assert "ERROR: clock differs by -400 s" in status.stdout
+
+
+def test_overdue_monthly_audit_review_is_reported_until_the_report_is_made(
+    cli, installation: Path, monkeypatch
+) -> None:
+    # security.md §7.5: no report for the previous month by the 10th → status and doctor say so.
+    import datetime as dt
+
+    from agent.audit import AuditLog
+    from agent.clock import FakeClock
+    from agent.config import load_config
+    from agent.ops import doctor
+    from agent.ops.daemon import audit_review, status_document
+    from tests.audit.audithelp import relay_event
+
+    config = load_config(installation / "agent.toml")
+    october = dt.datetime(2026, 10, 20, 3, 0, tzinfo=dt.UTC)
+    with AuditLog.open(config, clock=FakeClock(october)) as log:
+        log.append(relay_event(1))
+    now = dt.datetime(2026, 11, 11, 1, 0, tzinfo=dt.UTC)  # 11 Nov in Seoul: October's review is due
+    monkeypatch.setattr(doctor, "_now", lambda: now)
+    with AuditLog.open(config) as log:
+        assert audit_review(log, now) == {"review_overdue": True, "review_month": "2026-10"}
+        assert audit_review(log, now.replace(day=10))["review_overdue"] is False  # due by the 10th
+        doc = status_document(config, None, None, now=now, audit=log)
+    assert doc["audit"] == {"review_overdue": True, "review_month": "2026-10"}
+    from agent.commands.status import attention_lines
+
+    assert any("review of 2026-10 is overdue" in line for line in attention_lines(doc))
+    result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
+    review = next(c for c in result.json()["checks"] if c["name"] == "monthly audit review")
+    assert review["status"] == "WARN" and "2026-10" in review["fix"]
+    assert (
+        cli("audit", "report", "--month", "2026-10", "--config", str(installation / "agent.toml")).code == 0
+    )
+    result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
+    review = next(c for c in result.json()["checks"] if c["name"] == "monthly audit review")
+    assert review["status"] == "OK"

@@ -128,6 +128,9 @@ def test_enroll_installs_certificate_client_ca_relay_ids_and_keys_and_audits(sim
     for path in (tls / "server.key", root / "keys" / SIGNING_FILE):
         check_key_file(path)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # Certificates too (security.md §10: every file the agent creates is 0600).
+    for name in ("server.crt", "relay-ca.crt", "relay-server-ca.crt"):
+        assert stat.S_IMODE((tls / name).stat().st_mode) == 0o600, name
     assert (root / "keys" / SIGNING_FILE).read_bytes() == signing_before
     kid = kid_of(load_signing_key(root / "keys" / SIGNING_FILE).public_key())
     # State: relay ids where the relay API reads them, and the agent state.
