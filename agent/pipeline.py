@@ -64,8 +64,11 @@ def validate_export(
     profile: Any = None,
     max_file_size: int | None = None,
     default_valid_days: int = 3,
+    version_warnings: bool = False,
 ) -> FileCheck:
-    """Read and validate one export file held in memory."""
+    """Read and validate one export file held in memory. ``version_warnings``: also flag W-011 and
+    W-013 among the file's own versions (``check``; ingest has the store decide them, against
+    every stored version, when it commits)."""
     sha = hashlib.sha256(data).hexdigest()
     if max_file_size is not None and len(data) > max_file_size:
         return FileCheck(file_name, sha, len(data), None, None, [problem("R-001", "")], [])
@@ -81,7 +84,7 @@ def validate_export(
     history: dict[tuple[Any, Any, Any], tuple[list[StoredVersion], dict[str, Any]]] = {}
     valid = [r.validation for r in records if r.validation.ok and r.validation.document is not None]
     for validation in sorted(valid, key=_version_of):
-        _versions_within_file(validation, history)
+        _versions_within_file(validation, history, warnings=version_warnings)
     return FileCheck(
         file_name, sha, len(data), result.format, result.encoding, list(result.problems), records
     )
@@ -93,12 +96,19 @@ def _version_of(validation: Validation) -> int:
 
 
 def _versions_within_file(
-    validation: Validation, history: dict[tuple[Any, Any, Any], tuple[list[StoredVersion], dict[str, Any]]]
+    validation: Validation,
+    history: dict[tuple[Any, Any, Any], tuple[list[StoredVersion], dict[str, Any]]],
+    *,
+    warnings: bool,
 ) -> None:
     """§9.2 among the records of one file, in file order, as ingest will commit them: the same key
     and version with other content (R-010), a late lower version (R-010) or an identity change
-    (R-014) makes the file invalid even before anything is stored. Problems are appended to the
-    record's validation so ``check`` reports them like every other rule."""
+    (R-014) makes the file invalid even before anything is stored; a later version of the file
+    changing the patient's name or registration number (W-011) or re-activating a version the
+    file cancelled (W-013) is flagged as ingest will flag it, when ``warnings``. Problems are appended to the
+    record's validation so ``check`` reports them like every other rule. W-012 (a cancellation
+    of a key with no earlier version) is left to ingest: offline, an earlier version may well be
+    stored already (decision 39)."""
     doc = validation.document
     assert doc is not None
     key = ((doc.get("institution") or {}).get("ykiho"), doc.get("document_type"), doc.get("document_no"))
@@ -109,6 +119,9 @@ def _versions_within_file(
         if p.is_error:
             validation.problems.append(p)
             validation.errors.append(p)
+        elif warnings and p.rule != "W-012":
+            validation.problems.append(p)
+            validation.warnings.append(p)
     if decision.action == "new":
         merged = merge_cancellation(current, doc) if doc.get("status") == "cancelled" and current else doc
         history[key] = (stored + [StoredVersion(doc["version"], content_hash, doc["status"])], merged)

@@ -32,6 +32,7 @@ def check_path(
         received_at=now,
         profile=profile,
         default_valid_days=default_valid_days,
+        version_warnings=True,
     )
 
 

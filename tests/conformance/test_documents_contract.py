@@ -820,6 +820,23 @@ def test_check_reports_identity_swap_inside_one_file(tmp_path):
     assert code == 3 and "R-014" in rules
 
 
+def test_check_flags_a_name_change_between_versions_inside_one_file(tmp_path):
+    b = mut(R, ("version", 2), ("patient.name", "홍길순"))
+    code, rules = _check_rules(tmp_path, [R, b])
+    assert code == 0 and "W-011" in rules  # a warning: the file is still valid
+
+
+def test_check_flags_reactivation_after_a_cancellation_inside_one_file(tmp_path):
+    code, rules = _check_rules(tmp_path, [R, minimal_cancellation(R, 2), mut(R, ("version", 3))])
+    assert code == 0 and "W-013" in rules and "W-011" not in rules
+
+
+def test_check_does_not_guess_w012_for_a_lone_cancellation(tmp_path):
+    # Offline, the earlier version may already be stored by the agent (decision 39).
+    code, rules = _check_rules(tmp_path, [minimal_cancellation(R, 2)])
+    assert code == 0 and "W-012" not in rules
+
+
 def test_check_same_record_twice_is_fine(tmp_path):
     code, rules = _check_rules(tmp_path, [R, R])
     assert code == 0
