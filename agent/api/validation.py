@@ -73,11 +73,25 @@ def parse_json(body: bytes) -> dict[str, Any]:
         value, end = _DECODER.raw_decode(text.lstrip(" \t\r\n"))
         if text.lstrip(" \t\r\n")[end:].strip(" \t\r\n"):
             raise _BadJSON("trailing data")
+        # A \u escape of a lone surrogate decodes to text that is not Unicode: as invalid as
+        # invalid UTF-8 (only looked for when the body has an escape at all).
+        if b"\\u" in body and _has_lone_surrogate(value):
+            raise _BadJSON("lone surrogate")
     except (UnicodeDecodeError, ValueError, _BadJSON, RecursionError):
         raise ProblemError("bad-request") from None
     if not isinstance(value, dict):
         raise ProblemError("bad-request")
     return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return not value.isascii() and any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
 
 
 def normalise_request_id(value: Any) -> str | None:

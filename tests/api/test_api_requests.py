@@ -149,9 +149,12 @@ def test_charset_utf8_parameter_is_accepted(agent) -> None:
         b'{"request_id": "x"} trailing',
         b"\xef\xbb\xbf{}",
         b"",
+        b'{"patient": {"name": "\\ud800"}}',  # an escaped lone surrogate is not Unicode text
+        b'{"\\udc00": 1}',
     ],
 )
 def test_malformed_json_is_400(agent, raw: bytes) -> None:
+    # (An escaped surrogate *pair* is fine: see test_escaped_surrogate_pair_is_text.)
     with agent.client() as c:
         resp = c.post(SEARCH, raw)
     doc = assert_problem(resp, 400, "bad-request")
@@ -353,3 +356,12 @@ def test_no_floats_in_any_json_body(agent) -> None:
         responses.append(c.post(SEARCH, b"[]"))
     for resp in responses:
         json.loads(resp.text, parse_float=no_float)
+
+
+def test_escaped_surrogate_pair_is_text(agent) -> None:
+    body = json.dumps(search_body(), ensure_ascii=True)
+    body = body.replace(json.dumps(PATIENT_NAME), json.dumps(PATIENT_NAME + "\U0001f600"))
+    assert "\\ud83d\\ude00" in body  # the pair, escaped
+    with agent.client() as c:
+        resp = c.post(SEARCH, body.encode("ascii"))
+    assert resp.status_code == 200  # a valid (non-matching) name: no 400
