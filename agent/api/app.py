@@ -25,6 +25,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import datetime as dt
 import functools
 import threading
 import time
@@ -187,6 +188,8 @@ class RelayApp:
         # Test hook (C-32): awaited inside the in-flight window, so a test can hold requests.
         self.handler_hook = handler_hook
         self.in_flight = 0
+        # When the last search or fetch (any outcome) reached the app; `status` and the heartbeat.
+        self.last_request_at: dt.datetime | None = None
         self._inbox: _LoopInbox | None = None
         self._jobs_lock = threading.Lock()
         self._jobs: collections.deque[_Job] = collections.deque()
@@ -284,6 +287,7 @@ class RelayApp:
         when the record is durable (or could not be written), once for all requests settled
         together.
         """
+        self.last_request_at = self.clock.now()  # `status` "last relay request" (cli.md §3.1)
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future[tuple[Prepared, BaseException | None]] = loop.create_future()
         peer = conn.conn_peer()

@@ -16,9 +16,10 @@ names and stats, never contents) and decides for each file whether it is *ready*
   logged once and left in place.
 
 Ready files are returned in write order (``agent.ingest.order``: oldest mtime first, then name),
-and a ready file is **held** while an older file of the folder is still settling: the EMR wrote
-the older one first, so it is committed first (a correction must not overtake its original,
-documents.md §9.2). A hold lasts at most ``settle`` + two scan intervals from the moment the
+and a plain write found settled is **held** while an older file of the folder is still settling:
+the EMR wrote the older one first, so it is committed first (a correction should not overtake its
+original, documents.md §9.2). A file signalled complete (renamed in, closed after writing, or
+with its sentinel) is never held: exports.md §1 reads it at once ("No needless waiting"). A hold lasts at most ``settle`` + two scan intervals from the moment the
 older file was first seen, so a file that never settles (locked for ever, touched again and
 again) cannot block the folder. Files waiting for a sentinel never hold others (the sentinel may never come).
 
@@ -132,7 +133,7 @@ class FolderScanner:
         self._signals_lock = threading.Lock()
         self.scanned_once = False
         # (mtime_ns, relpath) of the oldest file still settling at the last scan, None if none:
-        # a signalled file newer than it must wait for it (read from the observer thread).
+        # a plain write found settled after it waits for it (signalled files never do).
         self.oldest_unready: tuple[int, str] | None = None
         # Sentinels whose file is gone (read before the sentinel came): relpath -> first seen (monotonic).
         self._orphans: dict[str, float] = {}
@@ -342,10 +343,12 @@ class FolderScanner:
             next_due = due if next_due is None else min(next_due, due)
         oldest = min(unready) if unready else None
         if oldest is not None:
-            # Written after a file that is still settling: wait for it, keep the write order.
-            held = [r for r in ready if (r.mtime_ns, r.relpath) > oldest]
+            # A plain write found settled after a file that is still settling: wait for it, keep
+            # the write order. A file signalled complete (event, sentinel) is read at once
+            # (exports.md §1 "No needless waiting"), whatever is still settling beside it.
+            held = [r for r in ready if (r.mtime_ns, r.relpath) > oldest and not r.signalled]
             if held:
-                ready = [r for r in ready if (r.mtime_ns, r.relpath) < oldest]
+                ready = [r for r in ready if r.signalled or (r.mtime_ns, r.relpath) < oldest]
                 pending += len(held)
         ready.sort(key=lambda r: (r.mtime_ns, r.relpath))
         self.oldest_unready = oldest

@@ -240,13 +240,13 @@ class IngestService:
             if self._is_done(watch_index, relpath, *st):
                 return
             scanner.mark_signalled(relpath, *st)
-            oldest = scanner.oldest_unready
-            if scanner.scanned_once and (oldest is None or (st[1], relpath) <= oldest):
-                # Nothing older is still being written here: no settle, no wait for a scan.
+            if scanner.scanned_once:
+                # Complete: read at once, no settle, no wait for a scan — not even for an older
+                # file still being written beside it (exports.md §1 "No needless waiting").
                 self.queue.put(Ready(watch_index, relpath, st[0], st[1], None, True, is_unsafe_name(name)))
             else:
-                # An older file (or a backlog not yet listed) comes first: the scan, which now
-                # treats this file as complete, releases it right after them.
+                # The backlog is not listed yet: the first scan, which now treats this file as
+                # complete, queues it in write order with the others.
                 self._request_scan(watch_index)
             return
         self._request_scan(watch_index, delay=HINT_DEBOUNCE)

@@ -104,3 +104,17 @@ def test_a_bug_in_one_request_of_a_lot_fails_only_that_request_and_closed(tmp_pa
     finally:
         release.set()
         stop_agent(agent)
+
+
+def test_last_request_at_is_the_time_of_the_last_search_or_fetch(agent) -> None:
+    # `status` shows the last relay request (cli.md §3.1 api.last_request_at); health is not one.
+    import datetime as dt
+
+    assert agent.server.app.last_request_at is None
+    with agent.client() as c:
+        assert c.health().status_code == 200
+        assert agent.server.app.last_request_at is None
+        before = dt.datetime.now(dt.UTC)
+        assert c.post(SEARCH, search_body()).status_code == 200
+    seen = agent.server.app.last_request_at
+    assert seen is not None and before <= seen <= dt.datetime.now(dt.UTC)

@@ -155,8 +155,10 @@ def _wait(predicate, timeout: float, step: float = 0.05) -> bool:
     return predicate()
 
 
-def test_signalled_file_waits_for_an_older_file_still_settling_then_follows_it(tmp_path: Path):
-    toml = make_installation(tmp_path / "inst", watch={"scan_interval": "1s", "settle": "2s"})
+def test_signalled_file_is_read_at_once_even_while_an_older_file_is_settling(tmp_path: Path):
+    # exports.md §1 "No needless waiting": a file signalled complete is read at once, without
+    # settle — also when an older plain write beside it is still settling (decision 22).
+    toml = make_installation(tmp_path / "inst", watch={"scan_interval": "1s", "settle": "3s"})
     config = config_for(toml)
     inbox = Path(config.watch[0].path)
     store = Store.open(config)
@@ -166,17 +168,21 @@ def test_signalled_file_waits_for_an_older_file_still_settling_then_follows_it(t
     service.start()
     try:
         assert _wait(lambda: service.scanners[0].scanned_once, 5)
-        (inbox / "a-v1.json").write_bytes(json_bytes([receipt(1, 1)]))  # plain write, no signal
+        (inbox / "a-other.json").write_bytes(json_bytes([receipt(2, 1)]))  # plain write, no signal
         old = time.time_ns() - 5_000_000_000
-        os.utime(inbox / "a-v1.json", ns=(old, old))
+        os.utime(inbox / "a-other.json", ns=(old, old))
         assert _wait(lambda: service.scanners[0].oldest_unready is not None, 5)
-        (inbox / "b-v2.json").write_bytes(json_bytes([receipt(1, 2)]))
-        service.hint(0, "b-v2.json", "signal")  # renamed in / closed: complete, but newer
+        (inbox / "b-new.json").write_bytes(json_bytes([receipt(1, 1)]))
+        signalled_at = time.monotonic()
+        service.hint(0, "b-new.json", "signal")  # renamed in / closed: complete
+        assert _wait(lambda: len(order) >= 1, 5)
+        read_after = time.monotonic() - signalled_at
         assert _wait(lambda: len(order) == 2, 10)
     finally:
         service.stop()
         store.close()
-    assert order == ["a-v1.json:accepted", "b-v2.json:superseded"]
+    assert order == ["b-new.json:accepted", "a-other.json:accepted"]
+    assert read_after < 1.0  # not held for a-other's settle (3 s)
 
 
 def _manifest_outcomes_match(results: dict[str, object], manifest: dict) -> list[str]:
