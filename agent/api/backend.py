@@ -88,7 +88,6 @@ class BackendProtocol(Protocol):
         self, claim_no: str, consent_id: str, doc_ids: Sequence[str], now: dt.datetime
     ) -> FetchView: ...
     def audit_append(self, event: dict[str, Any]) -> None: ...
-    def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]: ...
     def audit_submit_each(self, events: Sequence[dict[str, Any]]) -> list[concurrent.futures.Future[Any]]: ...
     def count_rate_limited(self, client: str, day: str) -> None: ...
 
@@ -266,13 +265,10 @@ class Backend:
     def audit_append(self, event: dict[str, Any]) -> None:
         self.audit.append(self.tag_event(event))
 
-    def audit_submit(self, event: dict[str, Any]) -> concurrent.futures.Future[Any]:
-        """Queue the record for the audit log's group commit; the future completes once it is
-        durable, or with ``AuditUnavailableError``."""
-        return self.audit_submit_each([event])[0]
-
     def audit_submit_each(self, events: Sequence[dict[str, Any]]) -> list[concurrent.futures.Future[Any]]:
-        """``audit_submit`` for the records of several requests at once (one group commit)."""
+        """Queue the records of several requests for the audit log's group commit (one commit for
+        them all); each future completes once its record is durable, or with
+        ``AuditUnavailableError``."""
         return self.audit.submit_each([self.tag_event(event) for event in events])  # type: ignore[no-any-return]
 
     def tag_event(self, event: dict[str, Any]) -> dict[str, Any]:
