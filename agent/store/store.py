@@ -803,12 +803,12 @@ class Store:
         A rotation may re-wrap a row and retire its old KEK between our SELECT and our decrypt;
         the second read sees the re-wrapped row. Real tampering fails the second time too.
         """
-        try:
+
+        def read() -> Any:
             with self.db.reader() as conn:
                 return fn(conn)
-        except IntegrityError:
-            with self.db.reader() as conn:
-                return fn(conn)
+
+        return _retry_integrity(read)
 
     def get_current(self, doc_id: str) -> StoredDocument | None:
         """The current (highest) version of a document, decrypted; ``None`` when unknown or purged."""
@@ -878,8 +878,7 @@ class Store:
             rows = self.db.query(sql, params)
             if not rows:
                 return None, {}
-            r = rows[0]
-            binding = Binding(r[0], r[1], r[2], frozenset(json.loads(r[3])), r[4])
+            binding = _binding_of(rows[0])
             if binding.consent_id != consent_id or not binding.allowed_ids.issuperset(ids):
                 return binding, {}
             out: dict[str, StoredDocument] = {}
@@ -888,10 +887,7 @@ class Store:
                     out[row[5]] = self._open_current(row, 5)
             return binding, out
 
-        try:
-            return read()
-        except IntegrityError:  # see ``_reading``: a rotation may have re-wrapped a row meanwhile
-            return read()
+        return _retry_integrity(read)  # type: ignore[no-any-return]
 
     def get_current_many(self, doc_ids: Sequence[str]) -> dict[str, StoredDocument]:
         """Current versions of several documents read in one snapshot (fetch: all or nothing)."""
@@ -1159,7 +1155,7 @@ class Store:
             "WHERE claim_no = ? AND expires_at > ?",
             (claim_no, now.timestamp()),
         ).fetchone()
-        return Binding(r[0], r[1], r[2], frozenset(json.loads(r[3])), r[4]) if r else None
+        return _binding_of(r) if r else None
 
     def binding_upsert(
         self, claim_no: str, *, consent_id: str, subject_ref: str, add_ids: Iterable[str], now: dt.datetime
@@ -1635,6 +1631,19 @@ def _count_in(conn: sqlite3.Connection, table: str, column: str, ids: Sequence[s
 def _seconds_iso(value: str) -> str:
     """``2026-11-23T05:12:00.481Z`` → ``2026-11-23T05:12:00Z`` (cli.md §3.1 shows whole seconds)."""
     return value[:19] + "Z" if len(value) > 20 else value
+
+
+def _binding_of(row: Sequence[Any]) -> Binding:
+    """A binding from its columns claim_no, consent_id, subject_ref, allowed_ids, expires_at."""
+    return Binding(row[0], row[1], row[2], frozenset(json.loads(row[3])), row[4])
+
+
+def _retry_integrity(read: Callable[[], Any]) -> Any:
+    """``read()``; on an integrity failure once more, in a fresh snapshot (``Store._reading``)."""
+    try:
+        return read()
+    except IntegrityError:
+        return read()
 
 
 def _replay_insert(conn: sqlite3.Connection, request_id: str, ts: float) -> bool:
