@@ -211,16 +211,7 @@ class AuditLog:
             future: concurrent.futures.Future[Any] = concurrent.futures.Future()
             future.set_running_or_notify_cancel()
             futures.append(future)
-        if not normalised:
-            return futures
-        with self._queue_lock:
-            self._queue.extend(
-                ([event], future, True) for event, future in zip(normalised, futures, strict=True)
-            )
-            if self._leading:
-                return futures  # the current leader writes them
-            self._leading = True
-        self._lead()
+        self._enqueue([([event], future, True) for event, future in zip(normalised, futures, strict=True)])
         return futures
 
     def submit_many(
@@ -237,13 +228,20 @@ class AuditLog:
         if not normalised:
             future.set_result([])
             return future
+        self._enqueue([(normalised, future, single)])
+        return future
+
+    def _enqueue(self, lots: list[_Pending]) -> None:
+        """Queue ``lots`` for the group commit; lead it (write until the queue is empty) unless
+        another thread already does."""
+        if not lots:
+            return
         with self._queue_lock:
-            self._queue.append((normalised, future, single))
+            self._queue.extend(lots)
             if self._leading:
-                return future  # the current leader writes it
+                return  # the current leader writes them
             self._leading = True
         self._lead()
-        return future
 
     def _lead(self) -> None:
         """Write what is queued, one transaction per lot, until the queue is empty."""
@@ -491,7 +489,7 @@ class AuditLog:
         if local.day <= 10:
             return False
         month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        previous = (month_start - dt.timedelta(days=1)).strftime("%Y-%m")
+        previous = review_month(local)
         with self._reader() as conn:
             first = conn.execute("SELECT ts_utc FROM records ORDER BY seq LIMIT 1").fetchone()
             if first is None or first[0] >= utc_iso(month_start):
@@ -622,6 +620,12 @@ class AuditLog:
             yield conn
         finally:
             conn.close()
+
+
+def review_month(now: dt.datetime) -> str:
+    """``YYYY-MM`` of the month whose access-log review is due this month (the previous one, in
+    Asia/Seoul; security.md §7.5)."""
+    return (now.astimezone(KST).replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

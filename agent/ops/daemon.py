@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent import __version__
-from agent.clock import KST, Clock, SystemClock, utc_iso
+from agent.clock import Clock, SystemClock, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import UnavailableError
 from agent.fsutil import atomic_write, ensure_dir
@@ -118,14 +118,15 @@ def ingest_workers(environ: Any) -> int:
 def audit_review(audit: Any | None, now: dt.datetime) -> dict[str, Any]:
     """security.md §7.5: whether the monthly access-log review of the previous month is overdue
     (no ``audit report`` for it by the 10th); ``None`` when the audit log cannot be read."""
-    previous = (now.astimezone(KST).replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    from agent.audit.log import review_month
+
     overdue: bool | None = None
     if audit is not None:
         try:
             overdue = bool(audit.review_overdue(now))
         except Exception:  # noqa: BLE001 - status reports what it can
             overdue = None
-    return {"review_overdue": overdue, "review_month": previous}
+    return {"review_overdue": overdue, "review_month": review_month(now)}
 
 
 def status_document(
