@@ -19,8 +19,11 @@ Ready files are returned in write order (``agent.ingest.order``: oldest mtime fi
 and a plain write found settled is **held** while an older file of the folder is still settling:
 the EMR wrote the older one first, so it is committed first (a correction should not overtake its
 original, documents.md §9.2). A file signalled complete (renamed in, closed after writing, or
-with its sentinel) is never held: exports.md §1 reads it at once ("No needless waiting"). A hold lasts at most ``settle`` + two scan intervals from the moment the
-older file was first seen, so a file that never settles (locked for ever, touched again and
+with its sentinel) is held only behind an older file first seen without a live observer — the
+backlog found at start, which may be complete but renamed in unseen. Beside a file the observer
+saw appear and that is still being written, it is read at once (exports.md §1, "No needless
+waiting"). A hold lasts at most ``settle`` + two scan intervals from the moment the older file
+was first seen, so a file that never settles (locked for ever, touched again and
 again) cannot block the folder. Files waiting for a sentinel never hold others (the sentinel may never come).
 
 An unreachable folder (missing, not a directory, permission denied, or a share that was a mount
@@ -70,6 +73,10 @@ class FileState:
     done: bool = False  # handled before and unchanged since (keep mode, R-001 left in place)
     sentinel: str | None = None
     unsafe: bool = False
+    # First seen by a scan that no event could have preceded: the backlog found at start, or a
+    # file that appeared while the folder had no live native observer. Such a file may well be
+    # complete (renamed in unseen), so even a signalled file written after it waits for it.
+    unobserved: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +142,12 @@ class FolderScanner:
         # (mtime_ns, relpath) of the oldest file still settling at the last scan, None if none:
         # a plain write found settled after it waits for it (signalled files never do).
         self.oldest_unready: tuple[int, str] | None = None
+        # The same among files first seen without a live observer (``FileState.unobserved``):
+        # a signalled file newer than it waits for it too (read from the observer thread).
+        self.oldest_unobserved: tuple[int, str] | None = None
+        # Set by the ingest service before each scan: a native observer of this folder is alive,
+        # so a file renamed in or closed after writing from now on sends its completion event.
+        self.observed = False
         # Sentinels whose file is gone (read before the sentinel came): relpath -> first seen (monotonic).
         self._orphans: dict[str, float] = {}
 
@@ -295,6 +308,7 @@ class FolderScanner:
         settling = False
         next_due: float | None = None
         unready: list[tuple[int, str]] = []  # settling files that hold newer ready ones
+        unobserved: list[tuple[int, str]] = []  # those of them first seen without an observer
         wall_now = self._wall()
         need_sentinel = self.needs_sentinel()
         hold_max = self.watch.settle + 2 * self.watch.scan_interval
@@ -302,7 +316,12 @@ class FolderScanner:
             key = _stat_key(st)
             state = self.files.get(rel)
             if state is None or (state.size, state.mtime_ns, state.ctime_ns) != key:
-                state = FileState(*key, last_change=now, first_seen=state.first_seen if state else now)
+                state = FileState(
+                    *key,
+                    last_change=now,
+                    first_seen=state.first_seen if state else now,
+                    unobserved=state.unobserved if state else not (self.scanned_once and self.observed),
+                )
                 self.files[rel] = state
             else:
                 state.unchanged_scans += 1
@@ -334,6 +353,8 @@ class FolderScanner:
             settling = True
             if now - state.first_seen < hold_max:
                 unready.append((st.st_mtime_ns, rel))
+                if state.unobserved:
+                    unobserved.append((st.st_mtime_ns, rel))
             wait = (
                 max(MIN_CONFIRM_GAP, self.watch.settle - quiet_for)
                 if state.unchanged_scans >= 1
@@ -342,16 +363,25 @@ class FolderScanner:
             due = now + wait
             next_due = due if next_due is None else min(next_due, due)
         oldest = min(unready) if unready else None
+        oldest_unobserved = min(unobserved) if unobserved else None
         if oldest is not None:
-            # A plain write found settled after a file that is still settling: wait for it, keep
-            # the write order. A file signalled complete (event, sentinel) is read at once
-            # (exports.md §1 "No needless waiting"), whatever is still settling beside it.
-            held = [r for r in ready if (r.mtime_ns, r.relpath) > oldest and not r.signalled]
-            if held:
-                ready = [r for r in ready if r.signalled or (r.mtime_ns, r.relpath) < oldest]
-                pending += len(held)
+            # Written after a file that is still settling: wait for it, keep the write order. A
+            # file signalled complete (event, sentinel) waits only for an older file first seen
+            # without an observer (the backlog found at start: it may be complete, renamed in
+            # unseen). A file the live observer saw appear and not yet complete is still being
+            # written by its writer: a signalled file is read at once beside it (exports.md §1,
+            # "No needless waiting"; decision 22).
+            def held(r: Ready) -> bool:
+                bar = oldest_unobserved if r.signalled else oldest
+                return bar is not None and (r.mtime_ns, r.relpath) > bar
+
+            waiting = [r for r in ready if held(r)]
+            if waiting:
+                ready = [r for r in ready if not held(r)]
+                pending += len(waiting)
         ready.sort(key=lambda r: (r.mtime_ns, r.relpath))
         self.oldest_unready = oldest
+        self.oldest_unobserved = oldest_unobserved
         self.scanned_once = True
         return ScanResult(True, ready, pending, settling, next_due)
 

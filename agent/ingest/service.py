@@ -240,13 +240,14 @@ class IngestService:
             if self._is_done(watch_index, relpath, *st):
                 return
             scanner.mark_signalled(relpath, *st)
-            if scanner.scanned_once:
-                # Complete: read at once, no settle, no wait for a scan — not even for an older
-                # file still being written beside it (exports.md §1 "No needless waiting").
+            oldest = scanner.oldest_unobserved
+            if scanner.scanned_once and (oldest is None or (st[1], relpath) <= oldest):
+                # Complete: read at once, no settle, no wait for a scan — also beside an older
+                # file still being written (exports.md §1 "No needless waiting").
                 self.queue.put(Ready(watch_index, relpath, st[0], st[1], None, True, is_unsafe_name(name)))
             else:
-                # The backlog is not listed yet: the first scan, which now treats this file as
-                # complete, queues it in write order with the others.
+                # The backlog is not listed yet, or an older backlog file is still settling: the
+                # scan, which now treats this file as complete, queues it in write order.
                 self._request_scan(watch_index)
             return
         self._request_scan(watch_index, delay=HINT_DEBOUNCE)
@@ -295,6 +296,11 @@ class IngestService:
             # A scan requested while this one runs (a completion signal that found an older file
             # still settling) must not be lost when this scan sets its own next time.
             self._due[index] = math.inf
+        scanner.observed = (
+            self.supervisor is not None
+            and not scanner.watch.polling
+            and self.supervisor.observers[index].alive()
+        )
         result = scanner.scan()
         now = time.monotonic()
         interval = scanner.watch.scan_interval

@@ -126,6 +126,53 @@ def test_a_ready_file_is_held_while_an_older_file_is_still_settling(tmp_path: Pa
     assert [r.relpath for r in scanner.scan().ready] == ["a-original.json", "b-correction.json"]
 
 
+def test_a_signalled_file_waits_for_an_older_backlog_file_but_not_for_an_observed_write(tmp_path: Path):
+    # Decision 22: a file found without a live observer (the backlog at start) may be complete,
+    # renamed in unseen — a signalled correction written after it waits for it. A file the live
+    # observer saw appear and that is still settling is being written: the signalled file is not
+    # held behind it (exports.md §1 "No needless waiting").
+    clock = _Time()
+    scanner = _scanner(tmp_path, clock)
+    (tmp_path / "a-backlog.json").write_bytes(b"{}")
+    os.utime(tmp_path / "a-backlog.json", ns=(T0, T0 + 1))
+    scanner.observed = True  # the observer runs, but the first scan's files predate it
+    assert scanner.scan().ready == []
+    assert scanner.oldest_unobserved == (T0 + 1, "a-backlog.json")
+    (tmp_path / "b-renamed.json").write_bytes(b"{}")
+    os.utime(tmp_path / "b-renamed.json", ns=(T0, T0 + 2))
+    scanner.mark_signalled("b-renamed.json", 2, T0 + 2)
+    clock.mono += 1
+    result = scanner.scan()
+    assert result.ready == [] and result.pending == 2  # held behind the backlog file
+    clock.mono += 5
+    assert [r.relpath for r in scanner.scan().ready] == ["a-backlog.json", "b-renamed.json"]
+
+    for name in ("a-backlog.json", "b-renamed.json"):
+        (tmp_path / name).unlink()
+        scanner.forget(name)
+    (tmp_path / "c-being-written.json").write_bytes(b"{")  # appears under the live observer
+    os.utime(tmp_path / "c-being-written.json", ns=(T0, T0 + 3))
+    assert scanner.scan().ready == []
+    assert scanner.oldest_unready == (T0 + 3, "c-being-written.json")
+    assert scanner.oldest_unobserved is None
+    (tmp_path / "d-renamed.json").write_bytes(b"{}")
+    os.utime(tmp_path / "d-renamed.json", ns=(T0, T0 + 4))
+    scanner.mark_signalled("d-renamed.json", 2, T0 + 4)
+    clock.mono += 1
+    assert [r.relpath for r in scanner.scan().ready] == ["d-renamed.json"]
+
+
+def test_without_a_live_observer_every_new_file_counts_as_unobserved(tmp_path: Path):
+    clock = _Time()
+    scanner = _scanner(tmp_path, clock)
+    scanner.observed = False  # observer dead or polling: nothing can signal what appears now
+    scanner.scan()
+    (tmp_path / "a.json").write_bytes(b"{}")
+    os.utime(tmp_path / "a.json", ns=(T0, T0 + 1))
+    scanner.scan()
+    assert scanner.oldest_unobserved == (T0 + 1, "a.json")
+
+
 def test_a_file_that_never_settles_stops_holding_after_the_hold_time(tmp_path: Path):
     clock = _Time()
     scanner = _scanner(tmp_path, clock)
@@ -155,34 +202,67 @@ def _wait(predicate, timeout: float, step: float = 0.05) -> bool:
     return predicate()
 
 
-def test_signalled_file_is_read_at_once_even_while_an_older_file_is_settling(tmp_path: Path):
+def test_signalled_file_is_read_at_once_even_while_an_older_file_is_being_written(tmp_path: Path):
     # exports.md §1 "No needless waiting": a file signalled complete is read at once, without
-    # settle — also when an older plain write beside it is still settling (decision 22).
+    # settle — also while an older file that the observer saw appear is still being written
+    # beside it (decision 22). Real observer, real rename.
     toml = make_installation(tmp_path / "inst", watch={"scan_interval": "1s", "settle": "3s"})
     config = config_for(toml)
     inbox = Path(config.watch[0].path)
     store = Store.open(config)
-    service = IngestService(config, IngestStore(store), observe=False)  # events are given by hand
+    service = IngestService(config, IngestStore(store), observe=True)
+    order: list[str] = []
+    service.on_result = lambda item, result: order.append(f"{item.relpath}:{result.outcome}")
+    service.start()
+    writer = None
+    try:
+        assert _wait(lambda: service.scanners[0].scanned_once, 5)
+        data = json_bytes([receipt(2, 1)])
+        writer = open(inbox / "a-other.json", "wb")  # noqa: SIM115 — held open: still being written
+        writer.write(data[:20])
+        writer.flush()
+        assert _wait(lambda: service.scanners[0].oldest_unready is not None, 5)
+        assert service.scanners[0].oldest_unobserved is None
+        (tmp_path / "b-new.json").write_bytes(json_bytes([receipt(1, 1)]))
+        signalled_at = time.monotonic()
+        os.rename(tmp_path / "b-new.json", inbox / "b-new.json")  # renamed in: complete
+        assert _wait(lambda: len(order) >= 1, 5)
+        read_after = time.monotonic() - signalled_at
+        writer.write(data[20:])
+        writer.close()
+        writer = None
+        assert _wait(lambda: len(order) == 2, 10)
+    finally:
+        if writer is not None:
+            writer.close()
+        service.stop()
+        store.close()
+    assert order == ["b-new.json:accepted", "a-other.json:accepted"]
+    assert read_after < 1.0  # not held for a-other's settle (3 s)
+
+
+def test_a_correction_renamed_in_after_a_restart_waits_for_its_original_in_the_backlog(tmp_path: Path):
+    # The original was exported while the agent was down (its completion event was never seen);
+    # the correction is renamed in right after the start: the original is committed first, the
+    # correction supersedes it — no late R-010 (decision 22; CI flake of session 4).
+    toml = make_installation(tmp_path / "inst", watch={"scan_interval": "1s", "settle": "2s"})
+    config = config_for(toml)
+    inbox = Path(config.watch[0].path)
+    (inbox / "a-original.json").write_bytes(json_bytes([receipt(7, 1)]))
+    store = Store.open(config)
+    service = IngestService(config, IngestStore(store), observe=True)
     order: list[str] = []
     service.on_result = lambda item, result: order.append(f"{item.relpath}:{result.outcome}")
     service.start()
     try:
         assert _wait(lambda: service.scanners[0].scanned_once, 5)
-        (inbox / "a-other.json").write_bytes(json_bytes([receipt(2, 1)]))  # plain write, no signal
-        old = time.time_ns() - 5_000_000_000
-        os.utime(inbox / "a-other.json", ns=(old, old))
-        assert _wait(lambda: service.scanners[0].oldest_unready is not None, 5)
-        (inbox / "b-new.json").write_bytes(json_bytes([receipt(1, 1)]))
-        signalled_at = time.monotonic()
-        service.hint(0, "b-new.json", "signal")  # renamed in / closed: complete
-        assert _wait(lambda: len(order) >= 1, 5)
-        read_after = time.monotonic() - signalled_at
+        (tmp_path / "b-correction.json").write_bytes(json_bytes([receipt(7, 2)]))
+        os.rename(tmp_path / "b-correction.json", inbox / "b-correction.json")
         assert _wait(lambda: len(order) == 2, 10)
     finally:
         service.stop()
         store.close()
-    assert order == ["b-new.json:accepted", "a-other.json:accepted"]
-    assert read_after < 1.0  # not held for a-other's settle (3 s)
+    assert order == ["a-original.json:accepted", "b-correction.json:superseded"]  # no late R-010
 
 
 def _manifest_outcomes_match(results: dict[str, object], manifest: dict) -> list[str]:
