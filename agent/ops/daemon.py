@@ -564,14 +564,20 @@ class Daemon:
             signer = None
         self.audit = AuditLog.open(self.config, signer=signer, clock=self.clock)
         self._audit_system("system.agent.start")
-        try:
-            from agent.audit.config_change import record_config_hash
-        except ImportError:
+        self._record_config_hash()
+
+    def _record_config_hash(self, *, reload: bool = False) -> None:
+        """security.md §7.1: the config file is hashed at start and on reload (SIGHUP); a hash that
+        differs from the last recorded one writes ``admin.config.changed``."""
+        from agent.audit.config_change import record_config_hash
+
+        if self.audit is None:
             return
         try:
-            record_config_hash(self.config, self.audit)
-        except Exception:
-            log.warning("config hash could not be recorded", exc_info=True)
+            if record_config_hash(self.config, self.audit) is not None and reload:
+                log.warning("config file changed; the running agent applies it after a restart")
+        except Exception as exc:
+            log.warning("config hash could not be recorded", extra={"error_class": type(exc).__name__})
 
     def _audit_system(self, action: str) -> None:
         """Agent start and stop are audited (security.md §7.1); an unwritable log is a warning here
@@ -598,7 +604,8 @@ class Daemon:
 
     def reload_tls(self) -> None:
         """SIGHUP: load the renewed certificate/key without dropping the port or open connections,
-        and the signing key as it is on disk (``keys rotate-signing``)."""
+        and the signing key as it is on disk (``keys rotate-signing``); re-hash the config file."""
+        self._record_config_hash(reload=True)
         try:
             self.use_current_signing_key()
         except Exception as exc:

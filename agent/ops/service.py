@@ -73,6 +73,8 @@ Type=exec
 User={user}
 Group={group}
 ExecStart={exec_start}
+# `systemctl reload`: new TLS certificate and signing key, config change audited (no restart).
+ExecReload=/bin/kill -HUP $MAINPID
 WorkingDirectory={workdir}
 Restart=on-failure
 RestartSec=5s

@@ -10,8 +10,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -437,3 +439,25 @@ def test_s39_quarantine_show_writes_audit_record_naming_os_user(debug_agent) -> 
     assert rec["request_id"] is None
     for phi in S.phi_strings():
         assert phi not in json.dumps(rec, ensure_ascii=False)
+
+
+def test_s39_config_change_recorded_on_reload(tmp_path: Path) -> None:
+    # security.md §7.1: the config file is hashed "at start and on reload" — SIGHUP is the reload.
+    a = S.AgentProcess(tmp_path / "inst")
+    a.start()
+    try:
+        old = hashlib.sha256(a.config.read_bytes()).hexdigest()
+        a.config.write_text(a.config.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+        new = hashlib.sha256(a.config.read_bytes()).hexdigest()
+        n = len(a.audit_records())
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        recs: list[dict] = []
+        while time.monotonic() < deadline and not recs:
+            recs = [r for r in a.audit_records()[n:] if r.get("action") == "admin.config.changed"]
+            time.sleep(0.1)
+        assert len(recs) == 1 and recs[0]["old_hash"] == old and recs[0]["new_hash"] == new
+        assert a.proc.poll() is None  # still running
+    finally:
+        a.stop()
