@@ -27,8 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent tests
-	$(BIN)/ruff format --check agent tests
+	$(BIN)/ruff check agent tests installer
+	$(BIN)/ruff format --check agent tests installer
 	$(BIN)/mypy agent
 
 fuzz: $(STAMP)

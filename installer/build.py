@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     sep = ";" if os.name == "nt" else ":"
     entry = ROOT / "installer" / "entry.py"
+    # option, value pairs on one line each
+    # fmt: off
     cmd = [
         sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean", "--onedir",
         "--name", "silson-agent",
@@ -27,6 +29,7 @@ def main() -> int:
         "--hidden-import", "uvicorn.protocols.http.httptools_impl",
         "--hidden-import", "uvicorn.lifespan.off",
     ]
+    # fmt: on
     if os.name == "nt":
         cmd += ["--hidden-import", "win32timezone"]  # pywin32 services need it (PITFALLS)
     cmd.append(str(entry))
