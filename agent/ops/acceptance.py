@@ -250,60 +250,6 @@ class _SelftestBackend(Backend):
         return super().tag_event(event)
 
 
-# -- store clean-up ----------------------------------------------------------------------------------------
-def erase_selftest_rows(
-    store: Any, *, doc_ids: list[str], sha256: str, claim_no: str, last_commit_before: str | None
-) -> dict[str, int]:
-    """Remove exactly the self-test's rows in one store transaction, then checkpoint the WAL.
-
-    ``Store.purge(only=...)`` still applies the retention cut-off (it deletes only documents past
-    ``retention.keep``) and keeps ledger rows, so the self-test removes its own rows here, through
-    the store's single writer: versions (document and subject ciphertext), documents, the archive
-    entries and ledger rows of its file (by SHA-256), quarantine entries that file caused, and
-    its claim binding. ``last_commit_at`` goes back to its earlier value when the self-test's
-    commit is still the latest one. ``secure_delete`` zeroes the freed pages.
-    """
-
-    def job(conn: Any) -> dict[str, int]:
-        ledger = conn.execute(
-            "SELECT ledger_id, committed_at FROM ledger WHERE sha256 = ?", (sha256,)
-        ).fetchall()
-        ledger_ids = [row[0] for row in ledger]
-        counts = {"documents": 0, "versions": 0, "archive": 0, "ledger": 0, "quarantine": 0, "bindings": 0}
-        if doc_ids:
-            marks = ",".join("?" * len(doc_ids))
-            counts["versions"] = conn.execute(
-                f"DELETE FROM versions WHERE doc_id IN ({marks})", doc_ids
-            ).rowcount
-            counts["documents"] = conn.execute(
-                f"DELETE FROM documents WHERE doc_id IN ({marks})", doc_ids
-            ).rowcount
-        if ledger_ids:
-            marks = ",".join("?" * len(ledger_ids))
-            counts["archive"] = conn.execute(
-                f"DELETE FROM archive WHERE ledger_id IN ({marks})", ledger_ids
-            ).rowcount
-            counts["ledger"] = conn.execute(
-                f"DELETE FROM ledger WHERE ledger_id IN ({marks})", ledger_ids
-            ).rowcount
-        counts["quarantine"] = conn.execute(
-            "DELETE FROM quarantine WHERE file_id = ?", (sha256[:16],)
-        ).rowcount
-        counts["bindings"] = conn.execute("DELETE FROM bindings WHERE claim_no = ?", (claim_no,)).rowcount
-        latest = conn.execute("SELECT value FROM kv WHERE key = 'last_commit_at'").fetchone()
-        if latest is not None and latest[0] in {row[1] for row in ledger}:
-            if last_commit_before is None:
-                conn.execute("DELETE FROM kv WHERE key = 'last_commit_at'")
-            else:
-                conn.execute("UPDATE kv SET value = ? WHERE key = 'last_commit_at'", (last_commit_before,))
-        conn.execute("UPDATE kv SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return counts
-
-    counts: dict[str, int] = store.db.write(job)
-    store.checkpoint()
-    return counts
-
-
 # -- TLS helpers -----------------------------------------------------------------------------------------
 def connect_host(listen: str) -> tuple[str, int]:
     """Where a local client reaches ``HOST:PORT`` (a wildcard address means loopback)."""
@@ -930,8 +876,7 @@ class _Acceptance:
                 self.doc_ids[key] = doc_id
         counts = {"documents": 0, "archive": 0, "ledger": 0, "quarantine": 0}
         if self.sha256 is not None:
-            counts = erase_selftest_rows(
-                self.store,
+            counts = self.store.erase_rows(
                 doc_ids=sorted(self.doc_ids.values()),
                 sha256=self.sha256,
                 claim_no=self.claim_no,
@@ -960,8 +905,7 @@ class _Acceptance:
                 raise _Failed(f"a search over TLS still lists {len(listed)} documents")
             details.append("a search over TLS lists none")
             # That search extended our claim binding again: take it away too.
-            erase_selftest_rows(
-                self.store,
+            self.store.erase_rows(
                 doc_ids=[],
                 sha256=self.sha256 or "",
                 claim_no=self.claim_no,
@@ -1085,7 +1029,6 @@ __all__ = [
     "SelftestSet",
     "build_selftest_set",
     "check_public_port",
-    "erase_selftest_rows",
     "fhir_structure_problem",
     "run_acceptance",
 ]

@@ -1334,6 +1334,67 @@ class Store:
         self.checkpoint()
         return result
 
+    def erase_rows(
+        self, *, doc_ids: list[str], sha256: str, claim_no: str, last_commit_before: str | None
+    ) -> dict[str, int]:
+        """Remove exactly the rows one known ingest made (the acceptance self-test's), in one
+        transaction through the single writer, then checkpoint the WAL.
+
+        Unlike ``purge`` it ignores retention and also removes ledger rows: the versions (document
+        and subject ciphertext) and documents of ``doc_ids``, the archive entries and ledger rows of
+        the file with ``sha256``, quarantine entries that file caused, and the binding of
+        ``claim_no``. ``last_commit_at`` goes back to ``last_commit_before`` when that file's commit
+        is still the latest one. ``secure_delete`` zeroes the freed pages.
+        """
+
+        def job(conn: sqlite3.Connection) -> dict[str, int]:
+            ledger = conn.execute(
+                "SELECT ledger_id, committed_at FROM ledger WHERE sha256 = ?", (sha256,)
+            ).fetchall()
+            ledger_ids = [row[0] for row in ledger]
+            counts = {
+                "documents": 0,
+                "versions": 0,
+                "archive": 0,
+                "ledger": 0,
+                "quarantine": 0,
+                "bindings": 0,
+            }
+            for chunk in _chunks(doc_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                counts["versions"] += conn.execute(
+                    f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk
+                ).rowcount
+                counts["documents"] += conn.execute(
+                    f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk
+                ).rowcount
+            for chunk in _chunks(ledger_ids, 500):
+                marks = ",".join("?" * len(chunk))
+                counts["archive"] += conn.execute(
+                    f"DELETE FROM archive WHERE ledger_id IN ({marks})", chunk
+                ).rowcount
+                counts["ledger"] += conn.execute(
+                    f"DELETE FROM ledger WHERE ledger_id IN ({marks})", chunk
+                ).rowcount
+            counts["quarantine"] = conn.execute(
+                "DELETE FROM quarantine WHERE file_id = ?", (sha256[:16],)
+            ).rowcount
+            counts["bindings"] = conn.execute("DELETE FROM bindings WHERE claim_no = ?", (claim_no,)).rowcount
+            latest = conn.execute("SELECT value FROM kv WHERE key = 'last_commit_at'").fetchone()
+            if latest is not None and latest[0] in {row[1] for row in ledger}:
+                if last_commit_before is None:
+                    conn.execute("DELETE FROM kv WHERE key = 'last_commit_at'")
+                else:
+                    conn.execute(
+                        "UPDATE kv SET value = ? WHERE key = 'last_commit_at'", (last_commit_before,)
+                    )
+            self._bump_generation(conn)
+            return counts
+
+        counts: dict[str, int] = self.db.write(job)
+        self.checkpoint()
+        return counts
+
     def checkpoint(self) -> None:
         """``wal_checkpoint(TRUNCATE)``: old pages (ciphertext of purged rows) leave the WAL."""
         self.db.write(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), transaction=False)
