@@ -518,5 +518,43 @@ def settings_markdown() -> str:
     return "\n".join(lines)
 
 
+def _toml_value(setting: Setting) -> str:
+    default = setting.default
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in default) + "]"
+    if isinstance(default, str):
+        return f'"{default}"'
+    return str(default)
+
+
+def settings_toml() -> str:
+    """``config/agent.example.toml``: every key at its default, with its meaning (checked by a test
+    against this function, and loaded by it: the example is a valid configuration)."""
+    lines = [
+        "# silson-agent — example configuration (cli.md §5): every key at its default value.",
+        "# Generated from agent/config.py (`python -m agent.config --toml`). Copy what you change;",
+        "# a key left out takes the default shown here. Relative paths resolve against this file's",
+        '# folder. Durations: "30s", "5m", "2h", "7d", "3y" (1 y = 365 d). Unknown keys are an error',
+        "# (exit 4). A changed file takes effect on restart.",
+    ]
+
+    def table(header: str, spec: dict[str, Setting]) -> None:
+        lines.extend(["", header])
+        width = max(len(f"{key} = {_toml_value(s)}") for key, s in spec.items())
+        for key, s in spec.items():
+            entry = f"{key} = {_toml_value(s)}"
+            lines.append(f"{entry.ljust(width)}  # {s.help}")
+
+    for name, spec in SETTINGS.items():
+        table(f"[{name}]", spec)
+        if name == "agent":
+            table("[[watch]]  # one table per export folder", WATCH_SETTINGS)
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    print(settings_markdown())
+    import sys
+
+    sys.stdout.write(settings_toml() if "--toml" in sys.argv[1:] else settings_markdown() + "\n")

@@ -13,12 +13,15 @@ from agent.config import (
     WATCH_SETTINGS,
     build_config,
     load_config,
+    default_config,
     parse_duration,
     settings_markdown,
+    settings_toml,
 )
 from agent.errors import ConfigError, ExitStatus
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "agent.example.toml"
 CLI_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "cli.md"
 
 
@@ -104,6 +107,17 @@ def test_missing_config_file_is_exit_4(cli, tmp_path: Path) -> None:
     result = cli("check", "--config", str(tmp_path / "nope.toml"), str(tmp_path))
     assert result.code == 4
     assert "nope.toml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_example_config_is_generated_and_loads_to_the_defaults(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert text == settings_toml(), "regenerate: python -m agent.config --toml > config/agent.example.toml"
+    copy = write(tmp_path, text)
+    assert load_config(copy) == dataclasses.replace(default_config(tmp_path), source=copy)
+    for section, spec in SETTINGS.items():
+        assert f"[{section}]" in text
+        for key in spec:
+            assert re.search(rf"^{re.escape(key)} = ", text, re.M), (section, key)
 
 
 def test_docs_list_every_key() -> None:

@@ -8,9 +8,16 @@ inputs in the normal test suite.
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
+from agent.api.problems import ERROR_CODES, ProblemError
+from agent.api.validation import parse_json, validate_fetch, validate_search
+from agent.config import ConfigError, build_config
 from agent.documents.problems import Problem
 from agent.formats import read_export
-from agent.formats.profiles import Profile
+from agent.formats.profiles import Profile, ProfileError, parse_profile
 from agent.formats.result import Record
 
 READER_RULES = frozenset({"R-002", "R-003", "R-004", "R-005", "R-021", "R-025"})
@@ -25,3 +32,60 @@ def check_read(data: bytes, file_name: str, profile: Profile | None = None) -> N
     assert all(isinstance(p, Problem) and p.rule in READER_RULES for p in problems), problems
     assert all(isinstance(r, Record) and isinstance(r.document, dict) for r in records)
     assert records or problems, "a file without records must be reported (R-004)"
+
+
+# A pointer names contract members only (relay-api.md §7): never a key or value the relay sent.
+_POINTER = re.compile(
+    r"^(/(request_id|sent_at|relay_id|claim|claim_no|consent_id|patient|name|rrn|period|from|to|"
+    r"document_types|document_ids|format|[0-9]+))*$"
+)
+
+
+def check_relay_request(data: bytes) -> None:
+    """A relay request body: ``parse_json`` gives a JSON object or ``bad-request``; the search and
+    fetch validators accept it or raise a 422 whose errors are fixed (pointer, code) pairs."""
+    try:
+        body = parse_json(data)
+    except ProblemError as exc:
+        assert exc.name == "bad-request", exc.name
+        return
+    assert isinstance(body, dict)
+    for validate in (validate_search, lambda b: validate_fetch(b, max_ids=100)):
+        try:
+            validate(body)
+        except ProblemError as exc:
+            assert exc.name in {"validation-failed", "too-many-documents", "clock-skew"}, exc.name
+            for error in exc.errors:
+                assert error.code in ERROR_CODES, error
+                assert _POINTER.match(error.pointer), error.pointer
+
+
+def _toml(data: bytes) -> dict | None:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+
+
+def check_profile(data: bytes) -> None:
+    """A vendor profile (exports.md §3): a ``Profile`` or a ``ProfileError`` naming the key."""
+    table = _toml(data)
+    if table is None:
+        return
+    try:
+        profile = parse_profile(table, source="fuzz.toml")
+    except ProfileError as exc:
+        assert str(exc).startswith("fuzz.toml"), str(exc)
+        return
+    assert isinstance(profile, Profile)
+
+
+def check_config(data: bytes, base: Path) -> None:
+    """agent.toml (cli.md §5): a ``Config`` or a ``ConfigError`` (exit 4), nothing else."""
+    table = _toml(data)
+    if table is None:
+        return
+    try:
+        build_config(table, base / "agent.toml", base)
+    except ConfigError as exc:
+        assert str(exc), "a configuration error says what is wrong"

@@ -18,9 +18,39 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = ("json", "jsonl", "xml", "csv", "vendor_csv", "vendor_xml", "vendor_json")
+HARNESSES = (
+    "json",
+    "jsonl",
+    "xml",
+    "csv",
+    "vendor_csv",
+    "vendor_xml",
+    "vendor_json",
+    "relay_request",
+    "profile",
+    "config",
+)
 EXAMPLES = ROOT / "tests" / "formats" / "examples"
 SAMPLES = ROOT / "config" / "profiles" / "samples"
+PROFILES = ROOT / "config" / "profiles"
+EXAMPLE_CONFIG = ROOT / "config" / "agent.example.toml"
+
+# Valid relay request bodies (relay-api.md §5, §6; synthetic patient).
+_ENVELOPE = {
+    "request_id": "0b7f8a52-3c1e-4b8e-9f6a-2d4c5e6f7a8b",
+    "sent_at": "2026-01-05T03:00:00Z",
+    "relay_id": "silson24-relay-01",
+    "claim": {"claim_no": "CLM-2026-000001", "consent_id": "CNS-000001"},
+}
+RELAY_BODIES = (
+    {
+        **_ENVELOPE,
+        "patient": {"name": "홍길동", "rrn": "900101-1234568"},
+        "period": {"from": "2025-01-01", "to": "2025-12-31"},
+        "document_types": ["receipt", "prescription"],
+    },
+    {**_ENVELOPE, "document_ids": ["doc_01HZY3J7Q2W9X4V5T6S7R8P9N0"], "format": "fhir"},
+)
 
 
 def seed_corpus(harness: str, directory: Path) -> None:
@@ -43,6 +73,12 @@ def seed_corpus(harness: str, directory: Path) -> None:
         seeds = [p.read_bytes() for p in SAMPLES.glob("*.xml")]
     elif harness == "vendor_json":
         seeds = [p.read_bytes() for p in SAMPLES.glob("*.json")]
+    elif harness == "relay_request":
+        seeds = [json.dumps(body, ensure_ascii=False).encode("utf-8") for body in RELAY_BODIES]
+    elif harness == "profile":
+        seeds = [p.read_bytes() for p in sorted(PROFILES.glob("*.toml"))]
+    elif harness == "config":
+        seeds = [EXAMPLE_CONFIG.read_bytes()]
     for i, seed in enumerate(seeds):
         (directory / f"seed{i}").write_bytes(seed)
 

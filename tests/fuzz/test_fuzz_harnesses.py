@@ -64,3 +64,15 @@ def test_harness_detects_a_contract_break(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(common, "read_export", lambda *a, **k: ReadResult(format="json", encoding=None))
     with pytest.raises(AssertionError):
         common.check_read(b"", "x.json")
+
+
+def test_relay_request_harness_detects_an_echoing_pointer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.fuzz.harness_common as common
+    from agent.api.problems import FieldError, ProblemError
+
+    def echoing(body):  # type: ignore[no-untyped-def]
+        raise ProblemError("validation-failed", errors=[FieldError("/patient/" + "x" * 3, "type")])
+
+    monkeypatch.setattr(common, "validate_search", echoing)
+    with pytest.raises(AssertionError):
+        common.check_relay_request(b'{"patient": {}}')
