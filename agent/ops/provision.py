@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import lzma
 import os
 import re
 import sys
@@ -45,6 +46,7 @@ import tarfile
 import tomllib
 import traceback
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -122,6 +124,20 @@ class Bundle:
 
 
 # -- reading the bundle ------------------------------------------------------------------------------------
+_ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+    OSError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
 class _Members:
     """Read-only access to the bundle's files by exact relative name."""
 
@@ -143,12 +159,12 @@ class _Members:
                 raise self.error(None, "not a folder, .tar.gz, .tgz or .zip")
             else:
                 raise self.error(None, "not found")
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError):
-            raise self.error(None, "not a readable archive") from None
         except PermissionError:
             raise self.error(None, "permission denied") from None
-        except OSError as exc:
-            raise self.error(None, exc.strerror or type(exc).__name__) from None
+        except FileNotFoundError:
+            raise self.error(None, "not found") from None
+        except _ARCHIVE_ERRORS:
+            raise self.error(None, "not a readable archive") from None
         if self.read(BUNDLE_FILE) is None:
             tops = {PurePosixPath(n).parts[0] for n in self._names() if PurePosixPath(n).parts}
             if len(tops) == 1:
@@ -206,10 +222,12 @@ class _Members:
             if zinfo.file_size > MAX_MEMBER_BYTES:
                 raise self.error(member, "too large")
             return self._zip.read(zinfo)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, RuntimeError):
-            raise self.error(member, "cannot be read from the archive") from None
         except PermissionError:
             raise self.error(member, "permission denied") from None
+        except _ARCHIVE_ERRORS:
+            # A damaged archive fails in many ways (bad offsets are OSError, an unknown zip
+            # method NotImplementedError, bad deflate data zlib.error): all are "cannot be read".
+            raise self.error(member, "cannot be read from the archive") from None
 
     def close(self) -> None:
         if self._tar is not None:

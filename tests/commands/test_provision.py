@@ -222,6 +222,25 @@ def test_garbage_archive_is_exit_4(tmp_path: Path):
     assert result.code == 4 and "not a readable archive" in result.stderr and str(archive) in result.stderr
 
 
+def test_damaged_zip_is_exit_4_not_a_traceback(sim: RelaySimulator, tmp_path: Path):
+    # Found by the bundle fuzz harness: a central directory offset past its real place makes
+    # zipfile seek before the file start (OSError EINVAL) — a damaged archive like any other.
+    folder = make_bundle(tmp_path / "b", sim, tmp_path / "inst", token="ENR-TEST-TOKEN-0002")
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.iterdir()):
+            z.write(path, path.name)
+    data = bytearray(archive.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    offset = int.from_bytes(data[end + 16 : end + 20], "little")
+    data[end + 16 : end + 20] = (offset + 100_000).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    result = run_cli("provision", str(archive))
+    assert result.code == 4, result.stderr
+    assert "cannot be read from the archive" in result.stderr and str(archive) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 BAD_CONTENT = {
     "unknown key": ("", "[extra]\nx = 1\n", "unknown key extra"),
     "unknown installation key": ('dir = "', 'colour = "red"\ndir = "', "unknown key installation.colour"),

@@ -19,6 +19,7 @@ from agent.documents.problems import Problem
 from agent.formats import read_export
 from agent.formats.profiles import Profile, ProfileError, parse_profile
 from agent.formats.result import Record
+from agent.ops.provision import read_bundle
 
 READER_RULES = frozenset({"R-002", "R-003", "R-004", "R-005", "R-021", "R-025"})
 
@@ -89,3 +90,15 @@ def check_config(data: bytes, base: Path) -> None:
         build_config(table, base / "agent.toml", base)
     except ConfigError as exc:
         assert str(exc), "a configuration error says what is wrong"
+
+
+def check_bundle(data: bytes, workdir: Path) -> None:
+    """A provisioning bundle (docs/provisioning.md) as a .tar.gz or .zip: a ``Bundle`` or a
+    ``ConfigError`` (exit 4) naming the bundle — never another exception. Nothing is extracted."""
+    suffix = ".zip" if data[:2] == b"PK" else ".tar.gz"
+    path = workdir / f"bundle{suffix}"
+    path.write_bytes(data)
+    try:
+        read_bundle(path)
+    except ConfigError as exc:
+        assert str(exc).startswith(f"provisioning bundle {path}"), str(exc)

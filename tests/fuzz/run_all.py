@@ -29,6 +29,7 @@ HARNESSES = (
     "relay_request",
     "profile",
     "config",
+    "bundle",
 )
 EXAMPLES = ROOT / "tests" / "formats" / "examples"
 SAMPLES = ROOT / "config" / "profiles" / "samples"
@@ -51,6 +52,50 @@ RELAY_BODIES = (
     },
     {**_ENVELOPE, "document_ids": ["doc_01HZY3J7Q2W9X4V5T6S7R8P9N0"], "format": "fhir"},
 )
+
+
+BUNDLE_TOML = b"""format = 1
+
+[installation]
+dir = "/opt/silson-agent"
+institution_code = "12345678"
+institution_type = "clinic"
+
+[relay]
+url = "https://relay.invalid"
+
+[enrollment]
+token_file = "enrollment-token"
+
+[[watch]]
+path = "inbox"
+"""
+
+
+def bundle_seeds() -> list[bytes]:
+    """A valid bundle's members (docs/provisioning.md) as .tar.gz and as .zip."""
+    import io
+    import tarfile
+    import zipfile
+
+    from agent.pki import cert_pem, make_ca
+
+    members = {
+        "provision.toml": BUNDLE_TOML,
+        "enrollment-token": b"synthetic-token-0000\n",
+        "relay-server-ca.crt": cert_pem(make_ca("Synthetic Relay CA")[1]),
+    }
+    tar_buffer = io.BytesIO()
+    with tarfile.open(fileobj=tar_buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    zip_buffer = io.BytesIO()
+    with zipfile.ZipFile(zip_buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return [tar_buffer.getvalue(), zip_buffer.getvalue()]
 
 
 def seed_corpus(harness: str, directory: Path) -> None:
@@ -79,6 +124,8 @@ def seed_corpus(harness: str, directory: Path) -> None:
         seeds = [p.read_bytes() for p in sorted(PROFILES.glob("*.toml"))]
     elif harness == "config":
         seeds = [EXAMPLE_CONFIG.read_bytes()]
+    elif harness == "bundle":
+        seeds = bundle_seeds()
     for i, seed in enumerate(seeds):
         (directory / f"seed{i}").write_bytes(seed)
 

@@ -18,6 +18,17 @@ def harness(name: str):  # type: ignore[no-untyped-def]
     return importlib.import_module(f"tests.fuzz.fuzz_{name}").test_one_input
 
 
+def test_bundle_seeds_are_valid_bundles(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The mutations start from bundles that read: the fuzzer explores past the archive layer.
+    from agent.ops.provision import read_bundle
+    from tests.fuzz.run_all import bundle_seeds
+
+    for n, data in enumerate(bundle_seeds()):
+        path = tmp_path / f"b{n}{'.zip' if data[:2] == b'PK' else '.tar.gz'}"
+        path.write_bytes(data)
+        assert read_bundle(path).install_dir.name == "silson-agent"
+
+
 @pytest.mark.parametrize("name", HARNESSES)
 def test_harness_survives_random_bytes(name: str) -> None:
     body = harness(name)
