@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from agent.clock import utc_iso
 from agent.errors import IntegrityError, UnavailableError
 from agent.fsutil import ensure_dir, fsync_dir
-from agent.keys import KeyRing, check_key_file
+from agent.keys import KEK_RE, KeyRing, check_key_file
 from agent.store import crypto
 from agent.store.ids import new_entry_id
 
@@ -240,7 +240,7 @@ def _read_header(fh: IO[bytes]) -> tuple[dict[str, Any], bytes]:
     raw = fh.read(n)
     try:
         header = json.loads(raw)
-        if header.get("format") != 1:
+        if not isinstance(header, dict) or header.get("format") != 1:
             raise ValueError
     except ValueError:
         raise IntegrityError("integrity error: backup header is corrupt") from None
@@ -296,6 +296,8 @@ def decrypt_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> tuple[dict[st
                     for m in header["members"]
                 ]
                 if any(m["name"] not in ("store.db", AUDIT_FILE) or m["size"] < 0 for m in members):
+                    raise ValueError
+                if not KEK_RE.match(f"{kek_id}.key"):  # names a key file: never a path
                     raise ValueError
             except (KeyError, ValueError, TypeError):
                 raise IntegrityError("integrity error: backup header is corrupt") from None

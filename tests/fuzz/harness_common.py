@@ -8,7 +8,9 @@ inputs in the normal test suite.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -16,10 +18,14 @@ from agent.api.problems import ERROR_CODES, ProblemError
 from agent.api.validation import parse_json, validate_fetch, validate_search
 from agent.config import ConfigError, build_config
 from agent.documents.problems import Problem
+from agent.errors import IntegrityError
 from agent.formats import read_export
 from agent.formats.profiles import Profile, ProfileError, parse_profile
 from agent.formats.result import Record
+from agent.keys import load_keyring
 from agent.ops.provision import read_bundle
+from agent.store.backup import verify_backup
+from tests.store.storehelp import commit_docs, make_config, make_doc, open_store
 
 READER_RULES = frozenset({"R-002", "R-003", "R-004", "R-005", "R-021", "R-025"})
 
@@ -102,3 +108,50 @@ def check_bundle(data: bytes, workdir: Path) -> None:
         read_bundle(path)
     except ConfigError as exc:
         assert str(exc).startswith(f"provisioning bundle {path}"), str(exc)
+
+
+class BackupBench:
+    """An installation with keys and one valid backup of a small store (the fuzzer's seed).
+
+    ``shared()`` gives one per process tree: ``run_all`` makes the seed, and the harness process
+    it starts finds the same keys through ``FUZZ_BACKUP_BENCH`` — a seed made under other keys
+    would fail at its first check and the fuzzer would never get past the header.
+    """
+
+    _shared: BackupBench | None = None
+
+    def __init__(self, root: Path) -> None:
+        self.config = make_config(root / "inst")  # keys made once, reused when present
+        self.seed = root / "seed.bak"
+        if not self.seed.exists():
+            store = open_store(self.config)
+            try:
+                commit_docs(store, [make_doc(i) for i in range(3)])
+                store.backup(self.seed)
+            finally:
+                store.close()
+        self.keyring = load_keyring(self.config.keys_dir)
+        self.tmp = self.config.data_dir / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.input = root / "input.bak"
+
+    @classmethod
+    def shared(cls) -> BackupBench:
+        if cls._shared is None:
+            root = os.environ.get("FUZZ_BACKUP_BENCH") or tempfile.mkdtemp(prefix="fuzz-backup-")
+            os.environ["FUZZ_BACKUP_BENCH"] = root
+            cls._shared = cls(Path(root))
+        return cls._shared
+
+
+def check_backup(data: bytes, bench: BackupBench) -> None:
+    """``backup verify`` of any bytes: the backup's summary, or an ``IntegrityError`` (exit 6) —
+    never another exception, and no decrypted temp copy left behind."""
+    bench.input.write_bytes(data)
+    try:
+        summary = verify_backup(bench.input, bench.keyring, bench.tmp)
+    except IntegrityError:
+        pass
+    else:
+        assert summary["kek_id"] == "kek-1"
+    assert not any(bench.tmp.iterdir()), "a decrypted temp copy was left behind"

@@ -30,7 +30,10 @@ HARNESSES = (
     "profile",
     "config",
     "bundle",
+    "backup",
 )
+# Inputs whose valid seeds are larger than the default -max_len (a backup of a small store).
+MIN_MAX_LEN = {"backup": 200_000}
 EXAMPLES = ROOT / "tests" / "formats" / "examples"
 SAMPLES = ROOT / "config" / "profiles" / "samples"
 PROFILES = ROOT / "config" / "profiles"
@@ -126,6 +129,10 @@ def seed_corpus(harness: str, directory: Path) -> None:
         seeds = [EXAMPLE_CONFIG.read_bytes()]
     elif harness == "bundle":
         seeds = bundle_seeds()
+    elif harness == "backup":
+        from tests.fuzz.harness_common import BackupBench
+
+        seeds = [BackupBench.shared().seed.read_bytes()]
     for i, seed in enumerate(seeds):
         (directory / f"seed{i}").write_bytes(seed)
 
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.executable,
                 str(Path(__file__).parent / f"fuzz_{harness}.py"),
                 f"-runs={args.runs}",
-                f"-max_len={args.max_len}",
+                f"-max_len={max(args.max_len, MIN_MAX_LEN.get(harness, 0))}",
                 "-rss_limit_mb=2048",
                 f"-artifact_prefix={tmp}/",
                 str(corpus),

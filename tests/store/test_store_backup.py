@@ -101,6 +101,28 @@ def test_truncation_and_trailing_garbage_are_detected(config, backup_file: Path)
             verify_backup(backup_file, keyring, config.data_dir / "tmp")
 
 
+@pytest.mark.parametrize(
+    "header",
+    [b"[1]", b'"x"', b"null", b'{"format": 1, "members": 5}', None],
+    ids=["list", "string", "null", "members-not-a-list", "kek-id-a-path"],
+)
+def test_a_header_of_the_wrong_shape_is_an_integrity_error(config, backup_file: Path, header) -> None:
+    # Was an AttributeError (exit 1) for a JSON header that is not an object.
+    import json
+
+    from agent.store.backup import MAGIC
+
+    data = backup_file.read_bytes()
+    if header is None:  # a well-formed header whose kek_id names a path outside keys/
+        n = int.from_bytes(data[8:12], "big")
+        fields = json.loads(data[12 : 12 + n])
+        fields["kek_id"] = "../../kek-1"
+        header = json.dumps(fields).encode()
+    backup_file.write_bytes(MAGIC + len(header).to_bytes(4, "big") + header)
+    with pytest.raises(IntegrityError, match="header is corrupt"):
+        verify_backup(backup_file, load_keyring(config.keys_dir), config.data_dir / "tmp")
+
+
 def test_backup_holds_no_key_and_names_its_kek(config, backup_file: Path) -> None:
     data = backup_file.read_bytes()
     for f in config.keys_dir.iterdir():
