@@ -101,9 +101,11 @@ def _parse_time(text: Any) -> dt.datetime | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC at once: a time at the edge of the calendar (year 1 at +14:00) cannot be
+        # converted, and is as unusable as a malformed one.
+        return moment.astimezone(dt.UTC) if moment.tzinfo else None
+    except (ValueError, OverflowError):
         return None
-    return moment if moment.tzinfo else None
 
 
 def _int(value: Any) -> int | None:

@@ -377,6 +377,20 @@ def test_server_time_skew_sets_the_clock_state(agent: Enrolled, sim: RelaySimula
         assert str(state["clock_skew_s"]) in state["clock_skew_message"]
 
 
+@pytest.mark.parametrize(
+    "server_time",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2025-13-40T00:00:00Z", "yesterday", 7, None],
+)
+def test_an_unusable_server_time_leaves_the_skew_unknown(agent: Enrolled, sim: RelaySimulator, server_time):
+    # A relay answer whose server_time cannot be read (or converted to UTC) is still a successful
+    # heartbeat; the skew stays unmeasured (was an OverflowError for the calendar's edges).
+    sim.heartbeat_extra = {"server_time": server_time}
+    hb = agent.heartbeat()
+    assert hb.beat_once() is True
+    state = hb.state()
+    assert state["clock_skew"] == "unknown" and state["clock_skew_s"] is None
+
+
 def test_skew_levels():
     assert [skew_level(s) for s in (None, 0, 60, 61, 300, 301, -301)] == [
         "unknown",
