@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 KST = dt.timezone(dt.timedelta(hours=9), "KST")
 
@@ -52,6 +52,19 @@ def utc_iso(moment: dt.datetime, millis: bool = True) -> str:
     m = moment.astimezone(dt.UTC)  # f-string fields: several times cheaper than strftime (hot path)
     head = f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
     return f"{head}.{m.microsecond // 1000:03d}Z" if millis else f"{head}Z"
+
+
+def parse_utc(text: Any) -> dt.datetime | None:
+    """An RFC 3339 time with an offset (``Z`` allowed) from outside — a relay answer — in UTC, or
+    ``None`` when it is not a string, malformed, without offset, or beyond the calendar in UTC
+    (year 1 at +14:00)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.astimezone(dt.UTC) if moment.tzinfo else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def kst_iso(moment: dt.datetime) -> str:

@@ -62,7 +62,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
 from agent import API_REVISION, __version__
-from agent.clock import Clock, SystemClock, utc_iso
+from agent.clock import Clock, SystemClock, parse_utc, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import AgentError, AuditUnavailableError, ConfigError, UnavailableError, UsageError
 from agent.fsutil import atomic_write, ensure_dir, fsync_dir, write_new
@@ -506,16 +506,6 @@ def _string(body: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _parse_time(text: Any) -> dt.datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else None
-
-
 def enroll(
     config: Config,
     *,
@@ -671,7 +661,7 @@ def _enroll_staged(
         raise refuse("denied", "answer_rejected", exc) from None
     interval = answer.get("heartbeat_interval_s")
     interval = interval if isinstance(interval, int) and not isinstance(interval, bool) else None
-    server_time = _parse_time(answer.get("server_time"))
+    server_time = parse_utc(answer.get("server_time"))
     skew = int((server_time - now).total_seconds()) if server_time else None
 
     leaf = verified[0]

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent import API_REVISION, __version__
-from agent.clock import Clock, SystemClock, utc_iso
+from agent.clock import Clock, SystemClock, parse_utc, utc_iso
 from agent.config import Config
 from agent.ops.enroll import RelayResponse, enrollment_state, relay_post
 
@@ -96,18 +96,6 @@ def skew_level(skew_s: float | None) -> str:
     return "ok"
 
 
-def _parse_time(text: Any) -> dt.datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        # In UTC at once: a time at the edge of the calendar (year 1 at +14:00) cannot be
-        # converted, and is as unusable as a malformed one.
-        return moment.astimezone(dt.UTC) if moment.tzinfo else None
-    except (ValueError, OverflowError):
-        return None
-
-
 def _int(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -122,7 +110,7 @@ def _timestamp(value: Any) -> str | None:
     if isinstance(value, dt.datetime):
         return utc_iso(value, millis=False)
     if isinstance(value, str) and value:
-        moment = _parse_time(value)
+        moment = parse_utc(value)
         return utc_iso(moment, millis=False) if moment else None
     return None
 
@@ -289,7 +277,7 @@ class Heartbeat:
         answer = answer if isinstance(answer, dict) else {}
         # Only these two members are read; anything else (config, command, …) is ignored.
         suggested = suggested_interval(answer.get("next_interval_s"))
-        server_time = _parse_time(answer.get("server_time"))
+        server_time = parse_utc(answer.get("server_time"))
         skew = None
         if server_time is not None:
             local = sent + (received - sent) / 2
