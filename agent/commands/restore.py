@@ -1,19 +1,20 @@
 """``restore FILE [--force] [--reason TEXT]``: put a backup's store back (cli.md §3).
 
 Run it with the daemon stopped. The backup is fully authenticated and checked before anything is
-replaced; a store newer than the backup (higher generation) is kept unless ``--force``. The audit
-record is written first (fail closed, exit 5); the live ``audit.db`` is never overwritten because
-the chain is append-only and newer than any backup of it.
+replaced; a store newer than the backup (higher generation) is kept unless ``--force``. The
+backup's audit chain comes back when the live one lacks it (``restore_backup``); the audit record
+is written to the chain in place before the store is replaced (fail closed, exit 5).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from agent.cli import Environment
 from agent.commands._common import config_from_args
 from agent.commands.backup import resolve
-from agent.errors import ExitStatus, UsageError
+from agent.errors import AgentError, ExitStatus, UnavailableError, UsageError
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
@@ -26,10 +27,27 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     if not path.is_file():
         raise UsageError(f"restore: {path} is not a file")
     keyring = load_keyring(config.keys_dir)
-    audit_admin(config, "restore", reason=args.reason, environ=env.environ)
-    info = restore_backup(path, config.data_dir, keyring, force=bool(args.force))
+    try:
+        info = restore_backup(
+            path,
+            config.data_dir,
+            keyring,
+            force=bool(args.force),
+            # Written once the audit chain is in place (the backup's, when the data folder was
+            # lost) and before the store is replaced: no record, no restore (exit 5).
+            before_store=lambda: audit_admin(config, "restore", reason=args.reason, environ=env.environ),
+        )
+    except UnavailableError:  # refused (a newer store): the attempt is recorded too
+        with contextlib.suppress(AgentError):
+            audit_admin(config, "restore", reason=args.reason, result="failure", environ=env.environ)
+        raise
     env.err(
         f"restored {', '.join(info['restored']) or 'nothing'} from backup {info['backup_id']} "
         f"(generation {info['generation']})"
     )
+    if info["audit_set_aside"]:
+        env.err(
+            f"the audit log found here was another chain than the backup's; it is kept as "
+            f"{config.data_dir / info['audit_set_aside']}"
+        )
     return int(ExitStatus.OK)

@@ -20,12 +20,13 @@ from ``keys/`` (security.md §5).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -395,12 +396,25 @@ def verify_backup(path: Path, keyring: KeyRing, tmp_dir: Path) -> dict[str, Any]
     return {k: header[k] for k in ("backup_id", "created_at", "kek_id", "members", "generation")}
 
 
-def restore_backup(path: Path, data_dir: Path, keyring: KeyRing, *, force: bool = False) -> dict[str, Any]:
-    """Replace ``data_dir/store.db`` by the backup's (the agent must not be running).
+def restore_backup(
+    path: Path,
+    data_dir: Path,
+    keyring: KeyRing,
+    *,
+    force: bool = False,
+    before_store: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Put the backup's ``store.db`` (and, when the live chain lacks it, its ``audit.db``) in
+    ``data_dir``; the agent must not be running.
 
     Refuses (``UnavailableError``, exit 5) when the current store's generation is newer than the
-    backup's, unless ``force``. ``audit.db`` is restored only when none exists: a live audit chain is
-    append-only and newer than any backup of it.
+    backup's, unless ``force``. The audit chain is append-only, so a live ``audit.db`` that still
+    holds the backup's last record unchanged (it was appended to since) is kept. Otherwise the
+    backup's chain is the history to keep: it is restored — when ``audit.db`` is missing (the data
+    folder was lost), or when it holds another chain (started after the loss), which is then kept
+    beside it as ``audit.db.replaced-<UTC time>``, never deleted. ``before_store`` runs once the
+    audit chain is in place and before the store is replaced: the command writes its audit record
+    there, so a restore whose record cannot be written changes no store (fail closed).
     """
     from agent.store.store import STORE_FILE
 
@@ -420,30 +434,139 @@ def restore_backup(path: Path, data_dir: Path, keyring: KeyRing, *, force: bool 
                     f"the current store is newer than the backup (generation {current_gen} > "
                     f"{header.get('generation', 0)}); use --force to overwrite it"
                 )
-        restored = []
-        for name, p in outputs.items():
-            dest = data_dir / name
-            if name == AUDIT_FILE and dest.exists():
-                continue
+        restored: list[str] = []
+        set_aside: str | None = None
+        audit_copy = outputs.get(AUDIT_FILE)
+        if audit_copy is not None:
+            dest = data_dir / AUDIT_FILE
             if dest.exists():
                 _checkpoint(dest)
-            # Remove the old WAL first, or SQLite would replay it onto the restored file.
-            for suffix in ("-wal", "-shm", "-journal"):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(str(dest) + suffix).unlink()
-            os.chmod(p, 0o600)
-            os.replace(p, dest)
-            restored.append(name)
+                if not _audit_continues(dest, audit_copy):
+                    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+                    aside = dest.with_name(f"{AUDIT_FILE}.replaced-{stamp}")
+                    for suffix in ("-wal", "-shm", "-journal"):
+                        with contextlib.suppress(FileNotFoundError):
+                            Path(str(dest) + suffix).unlink()  # checkpointed above
+                    os.replace(dest, aside)
+                    set_aside = aside.name
+                    _split_anchors(data_dir, audit_copy, stamp)
+            if not dest.exists():
+                _put_in_place(audit_copy, dest)
+                restored.append(AUDIT_FILE)
+            fsync_dir(data_dir)
+        if before_store is not None:
+            before_store()
+        store_copy = outputs.get(STORE_FILE)
+        if store_copy is not None:
+            if target.exists():
+                _checkpoint(target)
+                _carry_replay_memory(target, store_copy)
+            _put_in_place(store_copy, target)
+            restored.insert(0, STORE_FILE)
         fsync_dir(data_dir)
         return {
             "backup_id": header["backup_id"],
             "restored": restored,
+            "audit_set_aside": set_aside,
             "previous_generation": current_gen,
             "generation": header.get("generation"),
         }
     finally:
         for p in outputs.values():
             _remove_db(p)
+
+
+def _put_in_place(copy: Path, dest: Path) -> None:
+    # Remove the old WAL first, or SQLite would replay it onto the restored file.
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(str(dest) + suffix).unlink()
+    os.chmod(copy, 0o600)
+    os.replace(copy, dest)
+
+
+def _audit_continues(live: Path, backed_up: Path) -> bool:
+    """The live chain holds the backed-up chain's last record, byte for byte."""
+    last = _read_one(backed_up, "SELECT seq, record FROM records ORDER BY seq DESC LIMIT 1", ())
+    if last is None:
+        return True  # the backup's chain is empty: nothing of it can be lost
+    same = _read_one(live, "SELECT record FROM records WHERE seq = ?", (last[0],))
+    return same is not None and same[0] == last[1]
+
+
+def _carry_replay_memory(current: Path, restored: Path) -> None:
+    """Request ids seen since the backup stay remembered (relay-api.md §4: replay memory is
+    persisted so that nothing reopens the window — a restore must not either)."""
+    conn = sqlite3.connect(f"file:{restored}", uri=True, timeout=30)
+    try:
+        conn.execute("ATTACH DATABASE ? AS live", (f"file:{current}?mode=ro",))
+        with conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO main.replay (request_id, first_seen) "
+                "SELECT request_id, first_seen FROM live.replay"
+            )
+        conn.execute("DETACH DATABASE live")
+    except sqlite3.Error:
+        pass  # an unreadable current store has no memory to carry; the restore goes on
+    finally:
+        conn.close()
+
+
+def _split_anchors(data_dir: Path, chain: Path, stamp: str) -> None:
+    """The anchor file follows its chain: lines naming a record of the restored ``chain`` (same
+    seq and hash) stay, the others go to ``audit-anchors.jsonl.replaced-<stamp>`` beside the set-
+    aside chain. Lines are moved whole, signatures untouched."""
+    from agent.audit.anchors import ANCHOR_FILE
+
+    path = data_dir / ANCHOR_FILE
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    hashes: dict[int, str] = {}
+    conn = sqlite3.connect(f"file:{chain}?mode=ro", uri=True)
+    try:
+        for seq, text in conn.execute("SELECT seq, record FROM records"):
+            with contextlib.suppress(ValueError, TypeError):
+                hashes[int(seq)] = str(json.loads(text).get("hash"))
+    finally:
+        conn.close()
+    keep, other = [], []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            ours = isinstance(entry, dict) and hashes.get(entry.get("seq")) == entry.get("hash")
+        except ValueError:
+            ours = False
+        (keep if ours else other).append(line)
+    if other:
+        aside = path.with_name(f"{ANCHOR_FILE}.replaced-{stamp}")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(b"".join(other))
+            out.flush()
+            os.fsync(out.fileno())
+    tmp = path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(b"".join(keep))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _read_one(path: Path, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute(sql, params).fetchone()
+        return tuple(row) if row is not None else None
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def _checkpoint(path: Path) -> None:

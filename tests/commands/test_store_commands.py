@@ -119,3 +119,65 @@ def test_restore_refuses_newer_store_then_force(cli, inst: Path, tmp_path: Path)
     assert cli("restore", *_cfg(inst), str(out)).code == 5
     assert cli("restore", *_cfg(inst), str(out), "--force", "--reason", "test").code == 0
     assert cli("store", "verify", *_cfg(inst)).code == 0
+    actions = [(r["action"], r["result"]) for r in _audit_actions(inst)]
+    assert actions[-2:] == [("admin.restore", "failure"), ("admin.restore", "success")]
+
+
+def _chain(inst: Path) -> list[str]:
+    return [f"{r['seq']}:{r['action']}" for r in _audit_actions(inst)]
+
+
+def test_restore_after_the_data_folder_is_lost_brings_back_the_audit_chain(
+    cli, inst: Path, tmp_path: Path
+) -> None:
+    # cli.md §3: the backup holds "the store and audit log"; security.md §3 (art. 8): access
+    # records are protected from loss. The backup's chain comes back and the restore is appended.
+    out = tmp_path / "b.bak"
+    assert cli("audit", "report", "--month", dt.date.today().strftime("%Y-%m"), *_cfg(inst)).code == 0
+    assert cli("backup", *_cfg(inst), "--out", str(out)).code == 0
+    before = _chain(inst)
+    import shutil
+
+    shutil.rmtree(inst / "data")
+    result = cli("restore", *_cfg(inst), str(out), "--reason", "disk replaced")
+    assert result.code == 0, result.stderr
+    assert "store.db, audit.db" in result.stderr
+    after = _chain(inst)
+    assert after[: len(before)] == before and after[len(before)].endswith(":admin.restore")
+    assert cli("audit", "verify", *_cfg(inst)).code == 0
+    assert cli("store", "verify", *_cfg(inst)).code == 0
+
+
+def test_restore_over_a_chain_started_after_the_loss_keeps_both(cli, inst: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.bak"
+    assert cli("backup", *_cfg(inst), "--out", str(out)).code == 0
+    before = _chain(inst)
+    (inst / "data" / "audit.db").unlink()
+    assert cli("audit", "report", "--month", "2026-01", *_cfg(inst)).code == 0  # a new chain begins
+    other = _chain(inst)
+    assert other[0].startswith("1:")
+    result = cli("restore", *_cfg(inst), str(out), "--force")
+    assert result.code == 0, result.stderr
+    aside = sorted((inst / "data").glob("audit.db.replaced-*"))
+    assert len(aside) == 1 and str(aside[0]) in result.stderr
+    assert oct(aside[0].stat().st_mode & 0o777) == "0o600"
+    after = _chain(inst)
+    assert after[: len(before)] == before and after[-1].endswith(":admin.restore")
+    conn = sqlite3.connect(aside[0])
+    try:
+        kept = [f"{s}:{json.loads(r)['action']}" for s, r in conn.execute("SELECT seq, record FROM records")]
+    finally:
+        conn.close()
+    assert kept == other  # the other chain is kept whole, not deleted
+    assert cli("audit", "verify", *_cfg(inst)).code == 0
+
+
+def test_restore_keeps_a_live_chain_that_continues_the_backups(cli, inst: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b.bak"
+    assert cli("backup", *_cfg(inst), "--out", str(out)).code == 0
+    assert cli("audit", "report", "--month", "2026-01", *_cfg(inst)).code == 0  # appended after it
+    live = _chain(inst)
+    result = cli("restore", *_cfg(inst), str(out), "--force")
+    assert result.code == 0 and "restored store.db from" in result.stderr
+    assert _chain(inst)[: len(live)] == live and _chain(inst)[-1].endswith(":admin.restore")
+    assert not list((inst / "data").glob("audit.db.replaced-*"))

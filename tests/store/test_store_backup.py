@@ -146,3 +146,23 @@ def test_restore_refuses_a_newer_store_unless_forced(config, backup_file: Path) 
         assert store.counts()["documents"]["versions_total"] == 30 and store.verify().ok
     finally:
         store.close()
+
+
+def test_restore_keeps_the_request_ids_seen_since_the_backup(config, backup_file: Path) -> None:
+    # relay-api.md §4: the replay memory is persisted so nothing reopens the window; relay traffic
+    # does not make the store "newer", so a plain restore must carry the ids seen since.
+    store = open_store(config)
+    store.close()
+    conn = sqlite3.connect(config.data_dir / "store.db")
+    with conn:
+        conn.execute("INSERT INTO replay (request_id, first_seen) VALUES ('after-backup', 1e9)")
+    conn.close()
+    info = restore_backup(backup_file, config.data_dir, load_keyring(config.keys_dir))
+    assert info["restored"][0] == "store.db"
+    conn = sqlite3.connect(config.data_dir / "store.db")
+    try:
+        assert conn.execute("SELECT first_seen FROM replay WHERE request_id = 'after-backup'").fetchone() == (
+            1e9,
+        )
+    finally:
+        conn.close()
