@@ -531,11 +531,13 @@ def _split_anchors(data_dir: Path, chain: Path, stamp: str) -> None:
                 hashes[int(seq)] = str(json.loads(text).get("hash"))
     finally:
         conn.close()
-    keep, other = [], []
+    keep: list[bytes] = []
+    other: list[bytes] = []
     for line in lines:
         try:
             entry = json.loads(line)
-            ours = isinstance(entry, dict) and hashes.get(entry.get("seq")) == entry.get("hash")
+            seq = entry.get("seq") if isinstance(entry, dict) else None
+            ours = isinstance(seq, int) and hashes.get(seq) == entry.get("hash")
         except ValueError:
             ours = False
         (keep if ours else other).append(line)
