@@ -20,6 +20,7 @@ from agent.errors import AgentError, ExitStatus, UnavailableError, UsageError
 def run(args: argparse.Namespace, env: Environment) -> int:
     from agent.adminctx import audit_admin
     from agent.keys import load_keyring
+    from agent.ops.daemon import lock_installation
     from agent.store.backup import restore_backup
 
     config = config_from_args(args, env)
@@ -27,6 +28,13 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     if not path.is_file():
         raise UsageError(f"restore: {path} is not a file")
     keyring = load_keyring(config.keys_dir)
+    # Never under a running daemon (it would keep writing to the replaced file), and no daemon
+    # may start while the files are swapped: the daemon's own lock, held for the restore.
+    lock = lock_installation(
+        config,
+        busy="the agent is running on this installation; stop it first "
+        "(`silson-agent service stop`), then restore",
+    )
     try:
         info = restore_backup(
             path,
@@ -41,6 +49,8 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         with contextlib.suppress(AgentError):
             audit_admin(config, "restore", reason=args.reason, result="failure", environ=env.environ)
         raise
+    finally:
+        lock.close()
     env.err(
         f"restored {', '.join(info['restored']) or 'nothing'} from backup {info['backup_id']} "
         f"(generation {info['generation']})"

@@ -76,6 +76,31 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_installation(config: Config, *, busy: str) -> IO[bytes]:
+    """An exclusive lock on ``data_dir/agent.lock``: the running daemon holds it for its lifetime
+    (the OS drops it on any exit, SIGKILL included, so it never goes stale), and a command that
+    must not run beside the daemon (``restore``) holds it while it works. ``UnavailableError``
+    (exit 5) with ``busy`` when it is held. Close the returned file to release it."""
+    from agent.fsutil import ensure_dir
+
+    path = ensure_dir(config.data_dir) / LOCK_FILE
+    handle = open(path, "a+b")  # noqa: SIM115 - returned to the caller, who holds it
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UnavailableError(f"{busy} (lock {path} is held)") from None
+    return handle
+
+
 def is_running(state: dict[str, Any] | None) -> bool:
     return bool(state and state.get("running") and pid_alive(int(state.get("pid", 0))))
 
@@ -477,29 +502,12 @@ class Daemon:
 
     # -- start ---------------------------------------------------------------------------------------
     def _lock_installation(self) -> None:
-        """One daemon per installation: an exclusive lock on ``data_dir/agent.lock`` held until the
-        process ends (the OS drops it on any exit, SIGKILL included, so it never goes stale)."""
-        from agent.fsutil import ensure_dir
-
-        path = ensure_dir(self.config.data_dir) / LOCK_FILE
-        handle = open(path, "a+b")  # noqa: SIM115 - held for the daemon's lifetime
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise UnavailableError(
-                f"another silson-agent is already running on this installation (lock {path} is held); "
-                "stop it first, or use `silson-agent status`"
-            ) from None
-        self._lock_handle = handle
+        """One daemon per installation (``lock_installation``), held until the process ends."""
+        self._lock_handle = lock_installation(
+            self.config,
+            busy="another silson-agent is already running on this installation; "
+            "stop it first, or use `silson-agent status`",
+        )
 
     def _unlock_installation(self) -> None:
         handle, self._lock_handle = self._lock_handle, None

@@ -181,3 +181,21 @@ def test_restore_keeps_a_live_chain_that_continues_the_backups(cli, inst: Path, 
     assert result.code == 0 and "restored store.db from" in result.stderr
     assert _chain(inst)[: len(live)] == live and _chain(inst)[-1].endswith(":admin.restore")
     assert not list((inst / "data").glob("audit.db.replaced-*"))
+
+
+def test_restore_refuses_while_the_agent_runs(cli, inst: Path, tmp_path: Path) -> None:
+    # The daemon holds data_dir/agent.lock for its lifetime; replacing store.db under it would
+    # lose every write it makes afterwards.
+    from agent.ops.daemon import lock_installation
+
+    out = tmp_path / "b.bak"
+    assert cli("backup", *_cfg(inst), "--out", str(out)).code == 0
+    before = (inst / "data" / "store.db").stat().st_ino
+    held = lock_installation(load_config(inst / "agent.toml"), busy="the test holds it")
+    try:
+        result = cli("restore", *_cfg(inst), str(out), "--force")
+    finally:
+        held.close()
+    assert result.code == 5 and "stop it first" in result.stderr and "Traceback" not in result.stderr
+    assert (inst / "data" / "store.db").stat().st_ino == before  # untouched
+    assert cli("restore", *_cfg(inst), str(out), "--force").code == 0  # once it is stopped
