@@ -101,13 +101,19 @@ def run(args: argparse.Namespace, env: Environment) -> int:
 
 
 def attention_lines(doc: dict[str, Any]) -> list[str]:
-    """What needs the operator: clock skew against the relay (relay-api.md §11, C-37) and an
-    overdue monthly access-log review (security.md §7.5)."""
+    """What needs the operator: clock skew against the relay (relay-api.md §11, C-37), a key
+    rotation still under way (security.md §5) and an overdue monthly access-log review (§7.5)."""
     lines = []
     relay = doc.get("relay") or {}
     level = relay.get("clock_skew")
     if level in ("warning", "error"):
         lines.append(f"{level.upper()}: {relay.get('clock_skew_message')}")
+    rotation = (doc.get("keys") or {}).get("rotation")
+    if rotation and not rotation.get("complete"):
+        lines.append(
+            f"key rotation to {rotation['kek_id']} under way: {rotation['done']} of "
+            f"{rotation['total']} data keys re-wrapped"
+        )
     review = doc.get("audit") or {}
     if review.get("review_overdue"):
         month = review.get("review_month")

@@ -239,7 +239,17 @@ def status_document(
         "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config),
         "relay": (state or {}).get("relay") if running else None,
         "audit": audit_review(audit, now),
+        "keys": _key_status(store),
     }
+
+
+def _key_status(store: Any | None) -> dict[str, Any] | None:
+    if store is None:
+        return None
+    try:
+        return store.key_status()  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - status reports what it can
+        return None
 
 
 def _count_pending(path: Path) -> int:

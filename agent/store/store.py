@@ -1507,6 +1507,25 @@ class Store:
         )
         return RotationResult(new_id, done, retired, kept)
 
+    def key_status(self) -> dict[str, Any]:
+        """The current KEK and the progress of the last ``keys rotate`` (security.md §5: "Progress
+        appears in status"): ``{kek_id, done, total, complete}``, or ``None`` before any rotation."""
+        rotation: dict[str, Any] | None = None
+        raw = self.kv_get("rotation")
+        if raw:
+            try:
+                value = json.loads(raw)
+                done, total = int(value["done"]), int(value["total"])
+                rotation = {
+                    "kek_id": str(value["kek_id"]),
+                    "done": done,
+                    "total": total,
+                    "complete": done >= total,
+                }
+            except (ValueError, KeyError, TypeError):
+                rotation = None
+        return {"current_kek": self.keyring.current_kek_id, "rotation": rotation}
+
     def kek_usage(self) -> dict[str, int]:
         with self.db.reader() as conn:
             usage: dict[str, int] = {}

@@ -90,6 +90,26 @@ def test_keys_rotate_rewraps_everything_and_retires_the_old_kek(cli, inst: Path)
     actions = [a["action"] for a in _audit_actions(inst)]
     assert "admin.keys.rotate" in actions and "admin.keys.retire" in actions
     assert cli("store", "verify", *_cfg(inst)).code == 0
+    # security.md §5: "Progress appears in status".
+    keys = json.loads(cli("status", "--json", *_cfg(inst)).stdout)["keys"]
+    assert keys["current_kek"] == "kek-2"
+    rotation = keys["rotation"]
+    assert rotation["kek_id"] == "kek-2" and rotation["complete"] is True
+    assert rotation["done"] == rotation["total"] > 0
+
+
+def test_status_shows_a_key_rotation_under_way(cli, inst: Path) -> None:
+    before = json.loads(cli("status", "--json", *_cfg(inst)).stdout)["keys"]
+    assert before == {"current_kek": "kek-1", "rotation": None}
+    conn = sqlite3.connect(inst / "data" / "store.db")  # as a rotation writes it after each batch
+    with conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO kv (key, value) VALUES "
+            '(\'rotation\', \'{"kek_id": "kek-2", "done": 500, "total": 1344}\')'
+        )
+    conn.close()
+    result = cli("status", *_cfg(inst))
+    assert "key rotation to kek-2 under way: 500 of 1344 data keys re-wrapped" in result.stdout
 
 
 def test_keys_public_prints_pem_and_kid(cli, inst: Path) -> None:
