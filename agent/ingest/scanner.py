@@ -148,6 +148,11 @@ class FolderScanner:
         # Set by the ingest service before each scan: a native observer of this folder is alive,
         # so a file renamed in or closed after writing from now on sends its completion event.
         self.observed = False
+        # Files handled (``forget``) -> when: a scan whose listing is older than that skips them.
+        # Without it a file committed while a scan ran came back as a new, settling file, held
+        # the backlog behind it and — being "observed" — let signalled corrections overtake its
+        # originals (CI flake of sessions 4-5).
+        self._forgotten: dict[str, float] = {}
         # Sentinels whose file is gone (read before the sentinel came): relpath -> first seen (monotonic).
         self._orphans: dict[str, float] = {}
 
@@ -303,6 +308,10 @@ class FolderScanner:
             for gone in set(self._signals) - set(listing):
                 del self._signals[gone]
             signals = dict(self._signals)
+            # Handled after this scan began: what the listing shows under that name is the
+            # handled file itself (or a new one, which the next scan finds).
+            stale = {rel for rel, at in self._forgotten.items() if at >= now}
+            self._forgotten = {rel: at for rel, at in self._forgotten.items() if at >= now}
         ready: list[Ready] = []
         pending = 0
         settling = False
@@ -313,6 +322,8 @@ class FolderScanner:
         need_sentinel = self.needs_sentinel()
         hold_max = self.watch.settle + 2 * self.watch.scan_interval
         for rel, st in listing.items():
+            if rel in stale or self._forgotten.get(rel, -1.0) >= now:  # (also handled just now)
+                continue
             key = _stat_key(st)
             state = self.files.get(rel)
             if state is None or (state.size, state.mtime_ns, state.ctime_ns) != key:
@@ -396,10 +407,14 @@ class FolderScanner:
         return ScanResult(False, [], len(self.files), False, None)
 
     def forget(self, relpath: str) -> None:
-        """The file was handled: a file found under this name later is a new file."""
-        self.files.pop(relpath, None)
+        """The file was handled: a file found under this name later is a new file — but not one
+        found by a scan whose listing was taken before the handling (it is the handled file)."""
         with self._signals_lock:
+            self.files.pop(relpath, None)
             self._signals.pop(relpath, None)
+            if len(self._forgotten) > 100_000:  # bounded even if no scan ever prunes it
+                self._forgotten.clear()
+            self._forgotten[relpath] = self._mono()
 
     def restart_settle(self, relpath: str) -> None:
         """The file changed while it was read (or is locked): it must settle again from now.

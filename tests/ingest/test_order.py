@@ -162,6 +162,30 @@ def test_a_signalled_file_waits_for_an_older_backlog_file_but_not_for_an_observe
     assert [r.relpath for r in scanner.scan().ready] == ["d-renamed.json"]
 
 
+def test_a_file_handled_while_a_scan_lists_the_folder_is_not_taken_for_a_new_one(tmp_path: Path):
+    # The listing is a snapshot: a file committed (and forgotten) while the scan runs is still in
+    # it. Taken for a new, settling file it held the backlog behind it and, counting as "observed",
+    # let a renamed-in correction overtake its original (CI flake of sessions 4-5).
+    clock = _Time()
+    scanner = _scanner(tmp_path, clock)
+    scanner.observed = True
+    (tmp_path / "a-handled.json").write_bytes(b"{}")
+    os.utime(tmp_path / "a-handled.json", ns=(T0, T0 + 1))
+    (tmp_path / "b-backlog.json").write_bytes(b"{}")
+    os.utime(tmp_path / "b-backlog.json", ns=(T0, T0 + 2))
+    scanner.scan()
+    clock.mono += 6
+    assert [r.relpath for r in scanner.scan().ready] == ["a-handled.json", "b-backlog.json"]
+    clock.mono += 1
+    scanner.forget("a-handled.json")  # committed by the worker at the instant this scan starts
+    result = scanner.scan()  # its listing still shows the file
+    assert scanner.oldest_unready is None and "a-handled.json" not in scanner.files
+    assert [r.relpath for r in result.ready] == ["b-backlog.json"]  # not held behind a phantom
+    clock.mono += 1
+    scanner.scan()  # a later scan: a file under that name now is a new file
+    assert scanner.oldest_unready == (T0 + 1, "a-handled.json")
+
+
 def test_without_a_live_observer_every_new_file_counts_as_unobserved(tmp_path: Path):
     clock = _Time()
     scanner = _scanner(tmp_path, clock)
