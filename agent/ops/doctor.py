@@ -6,6 +6,7 @@ another. Nothing here prints personal data: checks report paths, modes, counts a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from agent.config import SETTINGS, Config, parse_duration, parse_listen
@@ -111,6 +113,7 @@ def check_certificates(config: Config) -> Iterator[Check]:
         )
     if leaf is not None:
         yield from _check_server_cert(leaf, key_path, now)
+        yield from _check_server_chain(config)
     try:
         cas = _load_certs(ca_path)
     except (OSError, ValueError):
@@ -143,6 +146,52 @@ def check_certificates(config: Config) -> Iterator[Check]:
     crl = config.api.client_crl
     if crl is not None and str(crl) and not Path(crl).is_file():
         yield Check("client CRL", FAIL, f"{crl} missing", "fix api.client_crl or remove it")
+
+
+def _check_server_chain(config: Config) -> Iterator[Check]:
+    """cli.md §3 doctor "certificates (chain, …)": each certificate of ``server.crt`` is signed by
+    the next, and the last is a root in the file or issued by a CA the installation holds (the
+    relay program's CA bundle from enrollment, or ``tls/dev-ca.crt`` of a test installation).
+    Otherwise a relay verifying the agent's certificate cannot build the chain."""
+    name = "server certificate chain"
+    chain = _load_certs(config.api.server_cert)
+    anchors: list[x509.Certificate] = []
+    for path in (config.relay.server_ca, Path(config.api.server_cert).parent / "dev-ca.crt"):
+        with contextlib.suppress(OSError, ValueError):
+            anchors += _load_certs(Path(path))
+    for cert, issuer in zip(chain, chain[1:], strict=False):
+        if not _issued_by(cert, issuer):
+            yield Check(
+                name,
+                FAIL,
+                f"{cert.subject.rfc4514_string()} is not signed by the next certificate in the file",
+                "install the certificate chain the relay issued (leaf first, then its CA)",
+            )
+            return
+    last = chain[-1]
+    if last.subject == last.issuer and _issued_by(last, last):
+        yield Check(name, OK, f"{len(chain)} certificate(s), ending at a root in the file")
+    elif any(_issued_by(last, ca) for ca in anchors):
+        yield Check(name, OK, f"{len(chain)} certificate(s), issued by a CA of this installation")
+    else:
+        # WARN, not FAIL: the relay may hold the issuing CA without this installation holding it.
+        yield Check(
+            name,
+            WARN,
+            f"cannot be confirmed: the issuer of {last.subject.rfc4514_string()} is neither in the "
+            "file nor a CA of this installation",
+            "install the full chain the relay issued, or enroll again (`silson-agent enroll`)",
+        )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _check_server_cert(leaf: x509.Certificate, key_path: Path, now: dt.datetime) -> Iterator[Check]:
@@ -388,6 +437,35 @@ def check_relay_clock(config: Config) -> Iterator[Check]:
         yield Check("clock vs relay", OK, f"differs by {skew} s")
 
 
+def check_relay_heartbeat(config: Config) -> Iterator[Check]:
+    """relay-api.md §11: "A failing heartbeat never affects serving or ingest; it shows in
+    `status`, `doctor` and the log" — the daemon's last heartbeat, as its state file reports it."""
+    name = "relay heartbeat"
+    if not config.relay.url:
+        yield Check(name, OK, "offline installation (relay.url is empty): no heartbeat")
+        return
+    state = _running_state(config)
+    if state is None:
+        yield Check(name, OK, "not measured: the daemon is not running")
+        return
+    relay = state.get("relay") or {}
+    if not relay.get("enrolled"):
+        yield Check(name, WARN, "not enrolled: no heartbeat is sent", "run `silson-agent enroll`")
+    elif relay.get("last_result") == "error":
+        failures = int(relay.get("consecutive_failures") or 0)
+        yield Check(
+            name,
+            WARN,
+            f"failing: {relay.get('last_error') or 'error'}, {failures} in a row"
+            f" (last success {relay.get('last_success_at') or 'never'}); serving and ingest go on",
+            "check the network path to relay.url and the relay's status; see the log",
+        )
+    elif relay.get("last_success_at"):
+        yield Check(name, OK, f"last answered at {relay['last_success_at']}")
+    else:
+        yield Check(name, OK, "no heartbeat sent yet (the first goes out within 30 s of start)")
+
+
 CHECKS: list[CheckFn] = [
     check_key_files,
     check_certificates,
@@ -399,6 +477,7 @@ CHECKS: list[CheckFn] = [
     check_store,
     check_audit,
     check_relay_clock,
+    check_relay_heartbeat,
 ]
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import lzma
 import os
 import re
@@ -57,6 +58,8 @@ from agent.config import WATCH_SETTINGS, Config, build_config, load_config
 from agent.errors import AgentError, ConfigError, ExitStatus, UnavailableError, UsageError
 from agent.fsutil import atomic_write, ensure_dir
 from agent.ops import service
+
+log = logging.getLogger("agent.provision")
 
 BUNDLE_FILE = "provision.toml"
 CA_FILE = "relay-server-ca.crt"
@@ -988,6 +991,8 @@ def _finish(run: _Run, clock: SystemClock, account: service.ServiceUser | None) 
         if not _same_institution(result.install_dir / "agent.toml", result.institution_code):
             path = None  # another institution's installation: not a byte is written into it
             result.result_file = None
+    if result.install_dir is not None and (result.changed or failed):
+        _audit_provision(result, account, failed)
     if path is not None and (result.changed or failed or not path.exists()):
         try:
             write_result(path, result, account)
@@ -995,6 +1000,34 @@ def _finish(run: _Run, clock: SystemClock, account: service.ServiceUser | None) 
             result.result_written = False
             run.report(Step("result", FAILED, f"cannot write {path}: {exc.strerror or type(exc).__name__}"))
     return result
+
+
+def _audit_provision(result: ProvisionResult, account: service.ServiceUser | None, failed: bool) -> None:
+    """security.md §7.1 lists `provision` among the audited admin actions: one ``admin.provision``
+    record per run that changed something or failed (a run that changes nothing writes nothing,
+    not even this: cli.md §3 "a second run changes nothing"). Written as the service user, who
+    owns the audit log; steps by name and status only (no token, no secret)."""
+    assert result.install_dir is not None
+    config_path = result.install_dir / "agent.toml"
+    if not config_path.is_file() or not _same_institution(config_path, result.institution_code):
+        return  # nothing was installed (or another institution's installation): no log to write to
+    steps = {s.name: s.status for s in result.steps}
+
+    def write() -> None:
+        from agent.adminctx import audit_admin
+        from agent.config import load_config
+
+        audit_admin(
+            load_config(config_path),
+            "provision",
+            result="failure" if failed else "success",
+            extra={"steps": steps, "bundle": result.bundle.name},
+        )
+
+    try:
+        run_as(account, write)
+    except Exception as exc:  # the outcome is on screen and in the result file; the log said why
+        log.warning("provision audit record not written", extra={"error_class": type(exc).__name__})
 
 
 def _same_institution(config_path: Path, code: str | None) -> bool:

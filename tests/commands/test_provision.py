@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import tarfile
 import tempfile
@@ -145,6 +146,15 @@ def test_provision_enrolls_installs_the_unit_passes_acceptance_and_a_second_run_
     assert _statuses(saved) == _statuses(doc) and saved["agent_id"] == doc["agent_id"]
     assert saved["result_written"] is True
     _assert_token_nowhere(token, [inst, stage], first.stdout, first.stderr)
+    # security.md §7.1: provision is an audited admin action — one record, steps by status only.
+    conn = sqlite3.connect(inst / "data" / "audit.db")
+    try:
+        records = [json.loads(r[0]) for r in conn.execute("SELECT record FROM records ORDER BY seq")]
+    finally:
+        conn.close()
+    provisions = [r for r in records if r["action"] == "admin.provision"]
+    assert len(provisions) == 1 and provisions[0]["result"] == "success"
+    assert provisions[0]["steps"]["enroll"] == "ok" and provisions[0]["actor"]["kind"] == "admin"
 
     # A second run on the provisioned machine: every step unchanged/skipped, no file rewritten.
     before = _snapshot(inst, stage)

@@ -189,3 +189,59 @@ def test_overdue_monthly_audit_review_is_reported_until_the_report_is_made(
     result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
     review = next(c for c in result.json()["checks"] if c["name"] == "monthly audit review")
     assert review["status"] == "OK"
+
+
+def test_a_failing_heartbeat_is_a_warning(cli, installation: Path) -> None:
+    # relay-api.md §11: a failing heartbeat "shows in `status`, `doctor` and the log".
+    toml = installation / "agent.toml"
+    toml.write_text(
+        toml.read_text(encoding="utf-8").replace('url = ""', 'url = "https://relay.invalid"'),
+        encoding="utf-8",
+    )
+
+    def heartbeat_check() -> dict:
+        result = cli("doctor", "--config", str(toml), "--json")
+        return next(c for c in result.json()["checks"] if c["name"] == "relay heartbeat")
+
+    assert heartbeat_check()["status"] == "OK"  # not running: nothing measured
+    failing = {
+        "enrolled": True,
+        "last_result": "error",
+        "last_error": "http_500",
+        "consecutive_failures": 3,
+        "last_success_at": None,
+    }
+    _fake_running_state(installation, failing)
+    check = heartbeat_check()
+    assert check["status"] == "WARN" and "http_500" in check["detail"] and "3 in a row" in check["detail"]
+    assert check["fix"]
+    _fake_running_state(
+        installation, {**failing, "last_result": "ok", "last_success_at": "2026-11-24T05:00:00Z"}
+    )
+    assert heartbeat_check()["status"] == "OK"
+
+
+def test_a_server_certificate_whose_chain_cannot_be_built_is_reported(cli, installation: Path) -> None:
+    # cli.md §3: doctor checks "certificates (chain, expiry, key match)".
+    from cryptography.hazmat.primitives import serialization
+
+    from agent import pki
+
+    config = str(installation / "agent.toml")
+
+    def chain_check() -> dict:
+        result = cli("doctor", "--config", config, "--json")
+        return next(c for c in result.json()["checks"] if c["name"] == "server certificate chain")
+
+    assert chain_check()["status"] == "OK"  # dev certificates: leaf + dev CA in the file
+    tls = installation / "tls"
+    key = serialization.load_pem_private_key((tls / "server.key").read_bytes(), password=None)
+    other_key, other_ca = pki.make_ca("Unrelated CA")
+    _, leaf = pki.make_cert(other_key, other_ca, "12345678", dns=["localhost"], server=True, key=key)
+    (tls / "server.crt").write_bytes(pki.cert_pem(leaf))  # same key, foreign issuer, no chain
+    check = chain_check()
+    assert check["status"] == "WARN" and "issuer of CN=12345678" in check["detail"] and check["fix"]
+    dev_ca = pki.make_ca("Another CA")[1]
+    (tls / "server.crt").write_bytes(pki.cert_pem(leaf, dev_ca))  # a "chain" whose link is broken
+    check = chain_check()
+    assert check["status"] == "FAIL" and "not signed by the next" in check["detail"]

@@ -419,3 +419,14 @@ def test_certificate_validity_checked_against_the_clock(sim: RelaySimulator, ins
     with pytest.raises(UnavailableError, match="30 more days"):
         enroll(load_config(inst), token=sim.issue_token(), clock=clock, sleep=lambda s: None)
     _assert_nothing_installed(root, before)
+
+
+def test_doctor_confirms_the_chain_of_the_enrolled_certificate(tmp_path: Path, sim: RelaySimulator) -> None:
+    # cli.md §3 doctor "certificates (chain, …)": the relay's certificate chains to a CA the
+    # installation holds after enrollment.
+    from agent.ops.doctor import check_certificates
+
+    toml = sim.prepare_installation(tmp_path / "inst", listen="127.0.0.1:0")
+    enroll(load_config(toml), token=sim.issue_token(), sleep=lambda s: None)
+    checks = {c.name: c for c in check_certificates(load_config(toml))}
+    assert checks["server certificate chain"].status == "OK", checks["server certificate chain"]
