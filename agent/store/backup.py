@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agent.clock import utc_iso
 from agent.errors import IntegrityError, UnavailableError
-from agent.fsutil import ensure_dir, fsync_dir
+from agent.fsutil import atomic_write, ensure_dir, fsync_dir
 from agent.keys import KEK_RE, KeyRing, check_key_file
 from agent.store import crypto
 from agent.store.ids import new_entry_id
@@ -542,19 +542,8 @@ def _split_anchors(data_dir: Path, chain: Path, stamp: str) -> None:
             ours = False
         (keep if ours else other).append(line)
     if other:
-        aside = path.with_name(f"{ANCHOR_FILE}.replaced-{stamp}")
-        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(b"".join(other))
-            out.flush()
-            os.fsync(out.fileno())
-    tmp = path.with_name(f".{ANCHOR_FILE}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(b"".join(keep))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+        atomic_write(path.with_name(f"{ANCHOR_FILE}.replaced-{stamp}"), b"".join(other), 0o600)
+    atomic_write(path, b"".join(keep), 0o600)
 
 
 def _read_one(path: Path, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:

@@ -1360,22 +1360,20 @@ class Store:
                 "quarantine": 0,
                 "bindings": 0,
             }
-            for chunk in _chunks(doc_ids, 500):
-                marks = ",".join("?" * len(chunk))
-                counts["versions"] += conn.execute(
-                    f"DELETE FROM versions WHERE doc_id IN ({marks})", chunk
-                ).rowcount
-                counts["documents"] += conn.execute(
-                    f"DELETE FROM documents WHERE doc_id IN ({marks})", chunk
-                ).rowcount
-            for chunk in _chunks(ledger_ids, 500):
-                marks = ",".join("?" * len(chunk))
-                counts["archive"] += conn.execute(
-                    f"DELETE FROM archive WHERE ledger_id IN ({marks})", chunk
-                ).rowcount
-                counts["ledger"] += conn.execute(
-                    f"DELETE FROM ledger WHERE ledger_id IN ({marks})", chunk
-                ).rowcount
+
+            def delete_in(table: str, column: str, ids: Sequence[Any]) -> int:
+                deleted = 0
+                for chunk in _chunks(ids, 500):
+                    marks = ",".join("?" * len(chunk))
+                    deleted += conn.execute(
+                        f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk
+                    ).rowcount
+                return deleted
+
+            counts["versions"] = delete_in("versions", "doc_id", doc_ids)
+            counts["documents"] = delete_in("documents", "doc_id", doc_ids)
+            counts["archive"] = delete_in("archive", "ledger_id", ledger_ids)
+            counts["ledger"] = delete_in("ledger", "ledger_id", ledger_ids)
             counts["quarantine"] = conn.execute(
                 "DELETE FROM quarantine WHERE file_id = ?", (sha256[:16],)
             ).rowcount
@@ -1694,7 +1692,7 @@ def _natural_key(doc: dict[str, Any]) -> _Key:
     return (str(doc["institution"]["ykiho"]), str(doc["document_type"]), str(doc["document_no"]))
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
