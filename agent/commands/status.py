@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.cli import Environment
 from agent.commands._common import config_from_args, print_json
-from agent.ops.daemon import is_running, read_state, status_document
+from agent.ops.daemon import attention_lines, is_running, read_state, status_document
 
 LIVE_TIMEOUT_S = 3.0
 
@@ -98,27 +98,3 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     lines.extend(attention_lines(doc))
     env.out("\n".join(lines))
     return 0
-
-
-def attention_lines(doc: dict[str, Any]) -> list[str]:
-    """What needs the operator: clock skew against the relay (relay-api.md §11, C-37), a key
-    rotation still under way (security.md §5) and an overdue monthly access-log review (§7.5)."""
-    lines = []
-    relay = doc.get("relay") or {}
-    level = relay.get("clock_skew")
-    if level in ("warning", "error"):
-        lines.append(f"{level.upper()}: {relay.get('clock_skew_message')}")
-    rotation = (doc.get("keys") or {}).get("rotation")
-    if rotation and not rotation.get("complete"):
-        lines.append(
-            f"key rotation to {rotation['kek_id']} under way: {rotation['done']} of "
-            f"{rotation['total']} data keys re-wrapped"
-        )
-    review = doc.get("audit") or {}
-    if review.get("review_overdue"):
-        month = review.get("review_month")
-        lines.append(
-            f"WARNING: the monthly access-log review of {month} is overdue; "
-            f"run `silson-agent audit report --month {month}`"
-        )
-    return lines

@@ -243,6 +243,36 @@ def status_document(
     }
 
 
+def attention_lines(doc: dict[str, Any]) -> list[str]:
+    """What needs the operator, for the text ``status`` and the status page: failing heartbeats and
+    clock skew against the relay (relay-api.md §11, C-37), a key rotation still under way
+    (security.md §5) and an overdue monthly access-log review (§7.5)."""
+    lines = []
+    relay = doc.get("relay") or {}
+    if relay.get("enrolled") and relay.get("last_result") == "error":
+        lines.append(
+            f"WARNING: heartbeats to the relay fail ({relay.get('last_error') or 'error'}, "
+            f"{int(relay.get('consecutive_failures') or 0)} in a row); serving and ingest go on"
+        )
+    level = relay.get("clock_skew")
+    if level in ("warning", "error"):
+        lines.append(f"{level.upper()}: {relay.get('clock_skew_message')}")
+    rotation = (doc.get("keys") or {}).get("rotation")
+    if rotation and not rotation.get("complete"):
+        lines.append(
+            f"key rotation to {rotation['kek_id']} under way: {rotation['done']} of "
+            f"{rotation['total']} data keys re-wrapped"
+        )
+    review = doc.get("audit") or {}
+    if review.get("review_overdue"):
+        month = review.get("review_month")
+        lines.append(
+            f"WARNING: the monthly access-log review of {month} is overdue; "
+            f"run `silson-agent audit report --month {month}`"
+        )
+    return lines
+
+
 def _key_status(store: Any | None) -> dict[str, Any] | None:
     if store is None:
         return None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from agent.ops.daemon import attention_lines
+
 
 def _e(value: Any) -> str:
     if value is None:
@@ -50,6 +52,7 @@ def render_status_html(status: dict[str, Any]) -> str:
     days = api.get("server_cert_expires_in_days")
     if isinstance(days, int) and days <= 30:
         problems.append(f"Server certificate expires in {days} day(s) (인증서 만료 임박).")
+    problems += attention_lines(status)  # the same lines as the text `status`
     banner = "".join(f"<li>{html.escape(p)}</li>" for p in problems) or "<li>All good (정상).</li>"
     watch_rows = "".join(
         f'<tr><td>{_e(w.get("path"))}</td><td class="{"ok" if w.get("reachable") else "bad"}">'

@@ -177,7 +177,7 @@ def test_overdue_monthly_audit_review_is_reported_until_the_report_is_made(
         assert audit_review(log, now.replace(day=10))["review_overdue"] is False  # due by the 10th
         doc = status_document(config, None, None, now=now, audit=log)
     assert doc["audit"] == {"review_overdue": True, "review_month": "2026-10"}
-    from agent.commands.status import attention_lines
+    from agent.ops.daemon import attention_lines
 
     assert any("review of 2026-10 is overdue" in line for line in attention_lines(doc))
     result = cli("doctor", "--config", str(installation / "agent.toml"), "--json")
@@ -215,6 +215,8 @@ def test_a_failing_heartbeat_is_a_warning(cli, installation: Path) -> None:
     check = heartbeat_check()
     assert check["status"] == "WARN" and "http_500" in check["detail"] and "3 in a row" in check["detail"]
     assert check["fix"]
+    status = cli("status", "--config", str(toml))  # "it shows in `status`, `doctor` and the log"
+    assert "heartbeats to the relay fail (http_500, 3 in a row)" in status.stdout
     _fake_running_state(
         installation, {**failing, "last_result": "ok", "last_success_at": "2026-11-24T05:00:00Z"}
     )

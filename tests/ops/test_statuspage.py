@@ -40,6 +40,35 @@ def test_page_escapes_values_and_flags_problems() -> None:
     assert "not running" in page and "unreachable" in page and "quarantine" in page and "expires in 5" in page
 
 
+def test_page_shows_what_the_text_status_asks_the_operator_to_look_at() -> None:
+    # A failing heartbeat, clock skew, a key rotation under way and an overdue access-log review
+    # reach the one person who looks at this page, not only `status` in a terminal.
+    page = render_status_html(
+        {
+            "running": True,
+            "relay": {
+                "enrolled": True,
+                "last_result": "error",
+                "last_error": "http_503",
+                "consecutive_failures": 4,
+                "clock_skew": "warning",
+                "clock_skew_message": "clock differs from the relay by 90 s",
+            },
+            "keys": {
+                "current_kek": "kek-2",
+                "rotation": {"kek_id": "kek-2", "done": 5, "total": 9, "complete": False},
+            },
+            "audit": {"review_overdue": True, "review_month": "2026-10"},
+            "watch": [],
+            "jobs": [],
+        }
+    )
+    assert "heartbeats to the relay fail (http_503, 4 in a row)" in page
+    assert "clock differs from the relay by 90 s" in page
+    assert "key rotation to kek-2 under way: 5 of 9" in page
+    assert "review of 2026-10 is overdue" in page and "All good" not in page
+
+
 def _dump_dom(url: str, profile: Path) -> str:
     assert CHROMIUM is not None
     cmd = [
