@@ -140,7 +140,7 @@ class FolderScanner:
         self._signals_lock = threading.Lock()
         self.scanned_once = False
         # (mtime_ns, relpath) of the oldest file still settling at the last scan, None if none:
-        # a plain write found settled after it waits for it (signalled files never do).
+        # a plain write found settled after it waits for it (a signalled one: ``oldest_unobserved``).
         self.oldest_unready: tuple[int, str] | None = None
         # The same among files first seen without a live observer (``FileState.unobserved``):
         # a signalled file newer than it waits for it too (read from the observer thread).
