@@ -236,7 +236,7 @@ def status_document(
             "listen": ((state or {}).get("admin") or {}).get("listen") if running else config.admin.listen
         },
         "disk": {"data_dir_free_bytes": free},
-        "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config),
+        "jobs": (state or {}).get("jobs", []) if running else _static_jobs(config, (state or {}).get("jobs")),
         "relay": (state or {}).get("relay") if running else None,
         "audit": audit_review(audit, now),
         "keys": _key_status(store),
@@ -302,9 +302,13 @@ def _count_pending(path: Path) -> int:
     return n
 
 
-def _static_jobs(config: Config) -> list[dict[str, Any]]:
+def _static_jobs(config: Config, previous: Any = None) -> list[dict[str, Any]]:
+    """The jobs of a stopped agent: nothing is due (``next_run_at`` null), and what the last run
+    of the daemon left in its state file (``last_result``, …) is kept, so a job that failed
+    before the stop still shows it."""
+    last = {j.get("name"): j for j in previous if isinstance(j, dict)} if isinstance(previous, list) else {}
     return [
-        {"name": name, "next_run_at": None, "last_result": None}
+        {"last_result": None, **last.get(name, {}), "name": name, "next_run_at": None}
         for name in ("rescan", "purge", "backup", "cert_expiry", "cert_renewal", "hourly")
     ]
 

@@ -247,3 +247,30 @@ def test_a_server_certificate_whose_chain_cannot_be_built_is_reported(cli, insta
     (tls / "server.crt").write_bytes(pki.cert_pem(leaf, dev_ca))  # a "chain" whose link is broken
     check = chain_check()
     assert check["status"] == "FAIL" and "not signed by the next" in check["detail"]
+
+
+def test_status_of_a_stopped_agent_keeps_the_last_job_results(cli, installation: Path) -> None:
+    # cli.md §3 status: "scheduled jobs with next run" for a running or stopped agent. Stopped,
+    # nothing is due, but a job that failed before the stop still shows it.
+    import json
+
+    from agent.config import load_config
+    from agent.ops.daemon import state_path
+
+    jobs = [
+        {"name": "backup", "next_run_at": "2026-11-25T17:00:00Z", "last_result": "error", "last_run_at": "x"},
+        {"name": "rescan", "next_run_at": "2026-11-24T05:00:30Z", "last_result": "ok"},
+    ]
+    state = {"running": False, "pid": os.getpid(), "jobs": jobs}
+    state_path(load_config(installation / "agent.toml")).write_text(json.dumps(state), encoding="utf-8")
+    doc = cli("status", "--json", "--config", str(installation / "agent.toml")).json()
+    by_name = {j["name"]: j for j in doc["jobs"]}
+    assert doc["running"] is False
+    assert by_name["backup"] == {
+        "name": "backup",
+        "next_run_at": None,
+        "last_result": "error",
+        "last_run_at": "x",
+    }
+    assert by_name["rescan"]["last_result"] == "ok" and by_name["rescan"]["next_run_at"] is None
+    assert by_name["purge"] == {"name": "purge", "next_run_at": None, "last_result": None}
