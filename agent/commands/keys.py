@@ -95,7 +95,7 @@ def _rotate_signing(config: object, env: Environment) -> int:
             if announced
             else "not enrolled: the relay learns the key at enrollment"
         )
-        + "; a running agent uses it after a restart or SIGHUP"
+        + "; a running agent takes it up within seconds (or at once on SIGHUP)"
     )
     return int(ExitStatus.OK)
 

@@ -538,6 +538,8 @@ class Daemon:
         self.jobs = _Jobs()
         self.started_at = self.clock.now()
         self._stop = threading.Event()
+        # (inode, size, mtime) of the TLS pair and the signing key, for the file watch in wait().
+        self._key_files: tuple[tuple[int, int, int] | None, ...] | None = None
         self.api_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
         self.notes: list[str] = []
@@ -819,7 +821,8 @@ class Daemon:
 
     def use_current_signing_key(self) -> None:
         """Sign documents and audit anchors with ``keys/signing.key`` as it is now on disk (after a
-        rotation by the yearly job, or by ``keys rotate-signing`` followed by SIGHUP)."""
+        rotation by the yearly job, or by ``keys rotate-signing``: SIGHUP, or seen by the file
+        watch within seconds)."""
         from agent.keys import SIGNING_FILE, load_signing_key
         from agent.signing import Signer
 
@@ -879,8 +882,38 @@ class Daemon:
         self._stop.set()
 
     def wait(self) -> None:
+        self._key_files = self._key_file_stats()
         while not self._stop.wait(STATE_REFRESH):
+            self._reload_if_key_files_changed()
             self.write_state(running=True)
+
+    def _key_file_stats(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """(inode, size, mtime) of the server certificate, its key and the signing key."""
+        from agent.keys import SIGNING_FILE
+
+        stats: list[tuple[int, int, int] | None] = []
+        for path in (
+            Path(self.config.api.server_cert),
+            Path(self.config.api.server_key),
+            self.config.keys_dir / SIGNING_FILE,
+        ):
+            try:
+                st = path.stat()
+                stats.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                stats.append(None)
+        return tuple(stats)
+
+    def _reload_if_key_files_changed(self) -> None:
+        """The file watch of issue #6 (besides SIGHUP): a certificate installed by hand or a
+        `keys rotate-signing` run by the CLI is taken up within seconds, without a restart. A
+        half-written pair is no harm: ``reload_tls`` keeps the current one when the new one does
+        not load, and the next change (the second file landing) triggers another attempt."""
+        now = self._key_file_stats()
+        if self._key_files is not None and now != self._key_files:
+            log.info("certificate or signing key changed on disk; reloading")
+            self.reload_tls()
+        self._key_files = now
 
     def stop(self) -> None:
         """Finish the file in hand, stop listeners and jobs, close the store cleanly."""

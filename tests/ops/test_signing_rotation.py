@@ -178,3 +178,31 @@ def test_running_daemon_switches_keys_on_sighup_and_rotates_yearly_by_itself(
     finally:
         conn.close()
     assert "system.keys.rotate_signing" in actions and "admin.keys.rotate_signing" in actions
+
+
+def test_running_daemon_takes_up_a_cli_rotated_signing_key_without_sighup(
+    enrolled: Path, sim: RelaySimulator
+):
+    # Issue #6 point 1: reload "SIGHUP or file watch". The daemon's state loop watches the TLS pair
+    # and the signing key: `keys rotate-signing` takes effect within seconds, no signal needed.
+    import threading
+
+    from agent.ops.daemon import STATE_REFRESH, Daemon
+
+    daemon = Daemon(load_config(enrolled), stderr=open(os.devnull, "w"))  # noqa: SIM115
+    loop = threading.Thread(target=daemon.wait, daemon=True)
+    try:
+        daemon.start()
+        loop.start()
+        first = daemon.api.backend.signing_kid()
+        assert run_cli("keys", "rotate-signing", "--config", str(enrolled)).code == 0
+        deadline = time.monotonic() + 5 * STATE_REFRESH
+        while time.monotonic() < deadline and daemon.api.backend.signing_kid() == first:
+            time.sleep(0.1)
+        second = daemon.api.backend.signing_kid()
+        assert second != first and second == sim.signing_keys[-1]["kid"]
+        assert daemon.audit.signer().kid == second
+    finally:
+        daemon.request_stop()
+        loop.join(10)
+        daemon.stop()
