@@ -498,15 +498,8 @@ def settings_markdown() -> str:
     def table(prefix: str, spec: dict[str, Setting]) -> None:
         lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
         for key, s in spec.items():
-            default = s.default
-            if isinstance(default, bool):
-                default = str(default).lower()
-            elif isinstance(default, tuple):
-                default = "[]"
-            elif isinstance(default, str):
-                default = f'"{default}"'
             meaning = s.help.replace("|", "\\|")
-            lines.append(f"| `{prefix}{key}` | {s.kind} | `{default}` | {meaning} |")
+            lines.append(f"| `{prefix}{key}` | {s.kind} | `{_toml_value(s)}` | {meaning} |")
         lines.append("")
 
     for name, spec in SETTINGS.items():

@@ -308,9 +308,7 @@ class FolderScanner:
             for gone in set(self._signals) - set(listing):
                 del self._signals[gone]
             signals = dict(self._signals)
-            # Handled after this scan began: what the listing shows under that name is the
-            # handled file itself (or a new one, which the next scan finds).
-            stale = {rel for rel, at in self._forgotten.items() if at >= now}
+            # Only files handled after this scan began matter to it (and to later scans).
             self._forgotten = {rel: at for rel, at in self._forgotten.items() if at >= now}
         ready: list[Ready] = []
         pending = 0
@@ -322,7 +320,9 @@ class FolderScanner:
         need_sentinel = self.needs_sentinel()
         hold_max = self.watch.settle + 2 * self.watch.scan_interval
         for rel, st in listing.items():
-            if rel in stale or self._forgotten.get(rel, -1.0) >= now:  # (also handled just now)
+            if self._forgotten.get(rel, -1.0) >= now:
+                # Handled since this scan began: what the listing shows under that name is the
+                # handled file itself (or a new one, which the next scan finds).
                 continue
             key = _stat_key(st)
             state = self.files.get(rel)

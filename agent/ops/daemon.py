@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent import __version__
-from agent.clock import Clock, SystemClock, utc_iso
+from agent.clock import Clock, SystemClock, parse_utc, utc_iso
 from agent.config import Config, parse_listen
 from agent.errors import UnavailableError
 from agent.fsutil import atomic_write, ensure_dir
@@ -212,12 +212,8 @@ def status_document(
     except OSError:
         free = None
     started = (state or {}).get("started_at") if running else None
-    uptime = None
-    if started:
-        try:
-            uptime = int((now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds())
-        except ValueError:
-            uptime = None
+    since = parse_utc(started)
+    uptime = int((now - since).total_seconds()) if since is not None else None
     return {
         "agent_version": __version__,
         "running": running,

@@ -103,7 +103,8 @@ def check_certificates(config: Config) -> Iterator[Check]:
     cert_path, key_path, ca_path = config.api.server_cert, config.api.server_key, config.api.client_ca
     leaf: x509.Certificate | None = None
     try:
-        leaf = _load_certs(cert_path)[0]
+        chain = _load_certs(cert_path)
+        leaf = chain[0]
     except (OSError, ValueError, IndexError):
         yield Check(
             "server certificate",
@@ -113,7 +114,7 @@ def check_certificates(config: Config) -> Iterator[Check]:
         )
     if leaf is not None:
         yield from _check_server_cert(leaf, key_path, now)
-        yield from _check_server_chain(config)
+        yield from _check_server_chain(config, chain)
     try:
         cas = _load_certs(ca_path)
     except (OSError, ValueError):
@@ -148,13 +149,12 @@ def check_certificates(config: Config) -> Iterator[Check]:
         yield Check("client CRL", FAIL, f"{crl} missing", "fix api.client_crl or remove it")
 
 
-def _check_server_chain(config: Config) -> Iterator[Check]:
+def _check_server_chain(config: Config, chain: list[x509.Certificate]) -> Iterator[Check]:
     """cli.md §3 doctor "certificates (chain, …)": each certificate of ``server.crt`` is signed by
     the next, and the last is a root in the file or issued by a CA the installation holds (the
     relay program's CA bundle from enrollment, or ``tls/dev-ca.crt`` of a test installation).
     Otherwise a relay verifying the agent's certificate cannot build the chain."""
     name = "server certificate chain"
-    chain = _load_certs(config.api.server_cert)
     anchors: list[x509.Certificate] = []
     for path in (config.relay.server_ca, Path(config.api.server_cert).parent / "dev-ca.crt"):
         with contextlib.suppress(OSError, ValueError):

@@ -444,9 +444,7 @@ def restore_backup(
                 if not _audit_continues(dest, audit_copy):
                     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
                     aside = dest.with_name(f"{AUDIT_FILE}.replaced-{stamp}")
-                    for suffix in ("-wal", "-shm", "-journal"):
-                        with contextlib.suppress(FileNotFoundError):
-                            Path(str(dest) + suffix).unlink()  # checkpointed above
+                    _remove_sidecars(dest)  # checkpointed above
                     os.replace(dest, aside)
                     set_aside = aside.name
                     _split_anchors(data_dir, audit_copy, stamp)
@@ -476,11 +474,14 @@ def restore_backup(
             _remove_db(p)
 
 
-def _put_in_place(copy: Path, dest: Path) -> None:
-    # Remove the old WAL first, or SQLite would replay it onto the restored file.
+def _remove_sidecars(db: Path) -> None:
     for suffix in ("-wal", "-shm", "-journal"):
         with contextlib.suppress(FileNotFoundError):
-            Path(str(dest) + suffix).unlink()
+            Path(str(db) + suffix).unlink()
+
+
+def _put_in_place(copy: Path, dest: Path) -> None:
+    _remove_sidecars(dest)  # the old WAL first, or SQLite would replay it onto the restored file
     os.chmod(copy, 0o600)
     os.replace(copy, dest)
 

@@ -1352,14 +1352,6 @@ class Store:
                 "SELECT ledger_id, committed_at FROM ledger WHERE sha256 = ?", (sha256,)
             ).fetchall()
             ledger_ids = [row[0] for row in ledger]
-            counts = {
-                "documents": 0,
-                "versions": 0,
-                "archive": 0,
-                "ledger": 0,
-                "quarantine": 0,
-                "bindings": 0,
-            }
 
             def delete_in(table: str, column: str, ids: Sequence[Any]) -> int:
                 deleted = 0
@@ -1370,14 +1362,16 @@ class Store:
                     ).rowcount
                 return deleted
 
-            counts["versions"] = delete_in("versions", "doc_id", doc_ids)
-            counts["documents"] = delete_in("documents", "doc_id", doc_ids)
-            counts["archive"] = delete_in("archive", "ledger_id", ledger_ids)
-            counts["ledger"] = delete_in("ledger", "ledger_id", ledger_ids)
-            counts["quarantine"] = conn.execute(
-                "DELETE FROM quarantine WHERE file_id = ?", (sha256[:16],)
-            ).rowcount
-            counts["bindings"] = conn.execute("DELETE FROM bindings WHERE claim_no = ?", (claim_no,)).rowcount
+            counts = {
+                "versions": delete_in("versions", "doc_id", doc_ids),
+                "documents": delete_in("documents", "doc_id", doc_ids),
+                "archive": delete_in("archive", "ledger_id", ledger_ids),
+                "ledger": delete_in("ledger", "ledger_id", ledger_ids),
+                "quarantine": conn.execute(
+                    "DELETE FROM quarantine WHERE file_id = ?", (sha256[:16],)
+                ).rowcount,
+                "bindings": conn.execute("DELETE FROM bindings WHERE claim_no = ?", (claim_no,)).rowcount,
+            }
             latest = conn.execute("SELECT value FROM kv WHERE key = 'last_commit_at'").fetchone()
             if latest is not None and latest[0] in {row[1] for row in ledger}:
                 if last_commit_before is None:
